@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job), `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+NVCC_HOME := $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export CUDA_HOME ?= $(NVCC_HOME)
+STAMP := $(VENV)/.splitkern-installed
+
+.PHONY: install demo test bench bench-results kernels clean
+
+$(STAMP): requirements-dev.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/splitkern demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: install
+	$(VENV)/bin/python -m pytest benchmarks --benchmark-only --benchmark-enable
+
+bench-results: install
+	$(VENV)/bin/python benchmarks/run_block_diag_mm.py
+
+clean:
+	rm -rf build *.egg-info splitkern/_C*.so

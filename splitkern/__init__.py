@@ -1,0 +1,14 @@
+"""splitkern: fast ragged block-diagonal layers for SplitNet.
+
+Public API: :mod:`splitkern.ops` (custom ops), :mod:`splitkern.nn` (layers),
+:func:`use_backend` / ``SPLITKERN_BACKEND`` (backend choice, see
+:mod:`splitkern.backend`).
+"""
+
+from splitkern.backend import BackendUnavailableError, available_backends, use_backend
+from splitkern import ops  # noqa: F401  (registers torch.ops.splitkern.*)
+from splitkern import nn  # noqa: F401
+
+__version__ = "0.1.0"
+
+__all__ = ["BackendUnavailableError", "available_backends", "nn", "ops", "use_backend", "__version__"]

@@ -1,0 +1,162 @@
+"""The one place that decides which backend runs an op.
+
+Backends:
+
+* ``reference``: pure PyTorch (:mod:`splitkern.reference`); every device and dtype.
+* ``triton``: Triton kernels (:mod:`splitkern.triton`); CUDA tensors, or CPU tensors
+  when the process was started with ``TRITON_INTERPRET=1`` (the Triton interpreter,
+  for tests: fp32/fp16 only, slow).
+* ``cuda``: the compiled extension ``splitkern._C`` (its CUDA kernels on CUDA
+  tensors, its C++ kernels on CPU tensors), for the ops it implements.
+
+Selection: the innermost :func:`use_backend` context, else the ``SPLITKERN_BACKEND``
+environment variable, else automatic (the fastest backend that supports the op, the
+device and the dtype). A forced backend that cannot run a call raises
+:class:`BackendUnavailableError`; nothing silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import threading
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda")
+_ENV_VAR = "SPLITKERN_BACKEND"
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter has no bf16 dot
+_AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("reference",)}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run this call (not installed, wrong device or dtype)."""
+
+
+_state = threading.local()
+
+
+def _stack() -> list:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def _check_name(name: str, source: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{source}: backend must be a str, got {type(name).__name__}")
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force backend ``name`` for splitkern ops called inside the ``with`` block.
+
+    Raises ``ValueError`` for an unknown name and :class:`BackendUnavailableError`
+    when the backend is not usable in this process at all (e.g. Triton not
+    installed, the extension not built).
+    """
+    _check_name(name, "use_backend")
+    reason = _unusable_reason(name)
+    if reason:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
+    _stack().append(name)
+    try:
+        yield name
+    finally:
+        _stack().pop()
+
+
+def forced_backend() -> str | None:
+    """The backend forced by :func:`use_backend` or ``SPLITKERN_BACKEND``, or None."""
+    stack = _stack()
+    if stack:
+        return stack[-1]
+    env = os.environ.get(_ENV_VAR, "").strip()
+    if env in ("", "auto"):
+        return None
+    return _check_name(env, _ENV_VAR)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    try:
+        from splitkern import triton as sk_triton
+    except ImportError as exc:  # triton missing or broken
+        return None, f"cannot import triton ({exc})"
+    return sk_triton, ""
+
+
+@functools.lru_cache(maxsize=None)
+def _extension():
+    try:
+        from splitkern import _C  # noqa: F401
+    except ImportError as exc:
+        return None, f"the compiled extension splitkern._C is not built ({exc})"
+    return _C, ""
+
+
+def triton_interpreted() -> bool:
+    """True when splitkern's Triton kernels run in the Triton CPU interpreter."""
+    module, _ = _triton_module()
+    return bool(module and module.INTERPRETED)
+
+
+def _unusable_reason(name: str) -> str:
+    if name == "triton":
+        return _triton_module()[1]
+    if name == "cuda":
+        return _extension()[1]
+    return ""
+
+
+def unsupported_reason(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Why backend ``name`` cannot run ``op`` on (device, dtype); empty if it can."""
+    reason = _unusable_reason(name)
+    if reason or name == "reference":
+        return reason
+    if name == "triton":
+        if device.type == "cuda":
+            return "" if dtype in _TRITON_DTYPES else f"triton kernels take {_TRITON_DTYPES}, got {dtype}"
+        if device.type == "cpu" and triton_interpreted():
+            ok = dtype in _INTERPRETER_DTYPES
+            return "" if ok else f"the Triton interpreter takes {_INTERPRETER_DTYPES}, got {dtype}"
+        return f"triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for CPU), got {device}"
+    ext = _extension()[0]
+    if f"{op}:{device.type}" not in ext.kernels():
+        return f"the compiled extension has no {device.type} kernel for {op!r} yet"
+    return ""
+
+
+def available_backends(device: str | torch.device = "cpu", op: str = "block_diag_mm",
+                       dtype: torch.dtype = torch.float32) -> list[str]:
+    """Backends that can run ``op`` on ``device`` in ``dtype`` in this process."""
+    device = torch.device(device)
+    return [b for b in BACKENDS if not unsupported_reason(b, op, device, dtype)]
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Name of the backend that runs ``op`` for tensors on ``device`` of ``dtype``."""
+    forced = forced_backend()
+    if forced is not None:
+        reason = unsupported_reason(forced, op, device, dtype)
+        if reason:
+            raise BackendUnavailableError(f"{op}: forced backend {forced!r} cannot run here: {reason}")
+        return forced
+    for name in _AUTO_ORDER.get(device.type, ("reference",)):
+        if not unsupported_reason(name, op, device, dtype):
+            return name
+    return "reference"
+
+
+_PACKAGES = {"reference": "splitkern.reference", "triton": "splitkern.triton", "cuda": "splitkern.cuda"}
+
+
+def implementation(op: str, device: torch.device, dtype: torch.dtype):
+    """The module (``splitkern.<backend>.<op>``) whose functions run ``op`` for this call."""
+    return importlib.import_module(f"{_PACKAGES[select(op, device, dtype)]}.{op}")

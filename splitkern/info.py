@@ -1,0 +1,40 @@
+"""What this install can run: ``python -m splitkern.info`` or ``splitkern info``."""
+
+from __future__ import annotations
+
+import torch
+
+from splitkern import backend
+
+
+def report() -> str:
+    lines = [f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+             f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}"]
+    try:
+        import triton
+        lines.append(f"triton {triton.__version__}"
+                     + (" (interpreter: TRITON_INTERPRET=1)" if backend.triton_interpreted() else ""))
+    except ImportError:
+        lines.append("triton: not installed")
+    ext, why = backend._extension()
+    if ext is None:
+        lines.append(f"extension splitkern._C: not built ({why})")
+    else:
+        kernels = ", ".join(ext.kernels()) or "none yet"
+        lines.append(f"extension splitkern._C: CUDA {ext.cuda_runtime_version()}, archs {ext.cuda_archs}, "
+                     f"kernels: {kernels}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        usable = backend.available_backends(device)
+        auto = backend.select("block_diag_mm", torch.device(device), torch.float32) \
+            if backend.forced_backend() is None else backend.forced_backend()
+        lines.append(f"block_diag_mm on {device} (fp32): usable {usable}, chosen: {auto}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

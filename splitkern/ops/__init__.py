@@ -1,0 +1,5 @@
+"""Public ops (``torch.library`` custom ops under ``torch.ops.splitkern``)."""
+
+from splitkern.ops.block_diag_mm import block_diag_mm
+
+__all__ = ["block_diag_mm"]

@@ -1,0 +1,138 @@
+"""Ragged block-diagonal matmul: custom-op registration, fake impls, autograd, dispatch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from splitkern import backend
+from splitkern.layout import BlockLayout, block_layout, check_sizes
+from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
+from splitkern.reference.block_diag_mm import block_diag_mm_grad_bias
+
+_OP = "block_diag_mm"
+
+
+def _kernels(t: Tensor):
+    return backend.implementation(_OP, t.device, t.dtype)
+
+
+def _layout(in_sizes, out_sizes):
+    return block_layout(tuple(in_sizes), tuple(out_sizes))
+
+
+@torch.library.custom_op("splitkern::block_diag_mm", mutates_args=())
+def _block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int],
+                   out_sizes: list[int], in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
+    layout = _layout(in_sizes, out_sizes)
+    return _kernels(x).block_diag_mm(x, weight, bias, layout, in_index, out_index)
+
+
+@torch.library.custom_op("splitkern::block_diag_mm_grad_input", mutates_args=())
+def _block_diag_mm_grad_input(grad_out: Tensor, weight: Tensor, in_sizes: list[int], out_sizes: list[int],
+                              in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
+    layout = _layout(in_sizes, out_sizes)
+    return _kernels(grad_out).block_diag_mm_grad_input(grad_out, weight, layout, in_index, out_index)
+
+
+@torch.library.custom_op("splitkern::block_diag_mm_grad_weight", mutates_args=())
+def _block_diag_mm_grad_weight(grad_out: Tensor, x: Tensor, in_sizes: list[int], out_sizes: list[int],
+                               in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
+    layout = _layout(in_sizes, out_sizes)
+    return _kernels(x).block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index)
+
+
+@_block_diag_mm.register_fake
+def _(x, weight, bias, in_sizes, out_sizes, in_index, out_index):
+    return x.new_empty((x.shape[0], sum(out_sizes)))
+
+
+@_block_diag_mm_grad_input.register_fake
+def _(grad_out, weight, in_sizes, out_sizes, in_index, out_index):
+    return grad_out.new_empty((grad_out.shape[0], sum(in_sizes)))
+
+
+@_block_diag_mm_grad_weight.register_fake
+def _(grad_out, x, in_sizes, out_sizes, in_index, out_index):
+    return x.new_empty((sum(k * n for k, n in zip(in_sizes, out_sizes)),))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, in_sizes, out_sizes, in_index, out_index = inputs
+    ctx.save_for_backward(x, weight, in_index, out_index)
+    ctx.sizes = (in_sizes, out_sizes)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight, in_index, out_index = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _block_diag_mm_grad_input(grad_out, weight, *ctx.sizes, in_index, out_index)
+    if ctx.needs_input_grad[1]:
+        grad_w = _block_diag_mm_grad_weight(grad_out, x, *ctx.sizes, in_index, out_index)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = block_diag_mm_grad_bias(grad_out, out_index)
+    return grad_x, grad_w, grad_b, None, None, None, None
+
+
+_block_diag_mm.register_autograd(_backward, setup_context=_setup_context)
+
+
+def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+                  in_sizes, out_sizes, in_index: Optional[Tensor] = None,
+                  out_index: Optional[Tensor] = None) -> Tensor:
+    """Ragged block-diagonal matmul: a linear layer whose weight is block-diagonal.
+
+    For G groups with input sizes ``k_g`` and output sizes ``n_g`` (any
+    non-negative ints, equal or not)::
+
+        xg = x[..., in_index]                  (or x when in_index is None)
+        yg[..., out_g] = xg[..., in_g] @ W_g.T + bias[out_g]
+        y[..., out_index] = yg                 (or y = yg when out_index is None)
+
+    where ``in_g``/``out_g`` are the g-th consecutive column ranges and ``W_g`` is
+    the g-th block of the packed weight.
+
+    Args:
+        x: ``(..., K)`` floating tensor, ``K = sum(in_sizes)``; any strides.
+        weight: ``(sum_g n_g * k_g,)`` packed weight: block g is the row-major
+            ``(n_g, k_g)`` matrix stored after blocks ``0..g-1``.
+        bias: optional ``(N,)``, ``N = sum(out_sizes)``, in grouped order.
+        in_sizes, out_sizes: G group sizes each (G >= 1). A group with
+            ``k_g = 0`` outputs its bias; one with ``n_g = 0`` outputs nothing.
+        in_index: optional int64 permutation of ``range(K)``: grouped input
+            column j is ``x[..., in_index[j]]`` (fused gather).
+        out_index: optional int64 permutation of ``range(N)``: grouped output
+            column j is written to ``y[..., out_index[j]]`` (fused scatter).
+
+    Returns:
+        ``(..., N)`` tensor of x's dtype.
+
+    Differentiable in x, weight and bias (once; the backward is not itself
+    differentiable). Runs on the backend chosen by :mod:`splitkern.backend`;
+    accumulates in fp32 on the Triton backend. Index contents are validated for
+    CPU tensors only (a CUDA check would synchronise).
+    """
+    check_tensor(x, "x")
+    check_tensor(weight, "weight")
+    in_sizes = check_sizes(in_sizes, "in_sizes")
+    out_sizes = check_sizes(out_sizes, "out_sizes")
+    layout = BlockLayout(in_sizes, out_sizes)  # sizes only; the kernels use the cached one
+    if x.dim() < 1 or x.shape[-1] != layout.in_features:
+        raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
+                         f"got {tuple(x.shape)}")
+    check_like(weight, "weight", x, "x")
+    check_shape(weight, "weight", (layout.weight_numel,))
+    if bias is not None:
+        check_tensor(bias, "bias")
+        check_like(bias, "bias", x, "x")
+        check_shape(bias, "bias", (layout.out_features,))
+    in_index = check_permutation(in_index, "in_index", layout.in_features, x.device)
+    out_index = check_permutation(out_index, "out_index", layout.out_features, x.device)
+    lead = x.shape[:-1]
+    y = _block_diag_mm(x.reshape(lead.numel(), layout.in_features), weight, bias,
+                       list(in_sizes), list(out_sizes), in_index, out_index)
+    return y.reshape(*lead, layout.out_features)

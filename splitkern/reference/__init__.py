@@ -1,0 +1,1 @@
+"""Pure-PyTorch reference of every op: the test oracle and the CPU path."""
