@@ -29,3 +29,6 @@ bench-results: install
 
 clean:
 	rm -rf build *.egg-info splitkern/_C*.so
+
+kernels: install
+	$(VENV)/bin/splitkern kernels

@@ -60,6 +60,8 @@ class BlockLayout:
         self.in_features = self.in_offsets[-1]
         self.out_features = self.out_offsets[-1]
         self.weight_numel = self.w_offsets[-1]
+        # All sizes (hence all offsets) multiples of 8: kernels may use 16-byte vector accesses.
+        self.aligned = all(s % 8 == 0 for s in in_sizes + out_sizes)
         self._device_tables: dict = {}
 
     def block(self, weight: torch.Tensor, g: int) -> torch.Tensor:

@@ -35,34 +35,39 @@ class MMConfig:
     swap_ab: bool = False  # small M: features fill the MMA rows, the batch its columns
 
 
-# The dispatcher picks only from these; the static kernel report compiles all of them.
+# The dispatcher picks only from these (by batch bucket, dtype and whether every
+# group size is a multiple of 8); the static kernel report compiles all of them and
+# CI fails if any spills. Tiles chosen with that report (no GPU to time them):
+# unaligned layouts cannot use 16-byte vector loads or cp.async, their per-element
+# addresses cost registers, so their tiles are shallower (BLOCK_K = 32, 8 warps);
+# fp32 without tensor cores (ieee) needs 8 warps for 64-row tiles to fit.
+M_BUCKETS = (16, 32, 64, 128)
 FORWARD_CONFIGS = {
-    "m16": MMConfig(16, 64, 64, 4, 4, swap_ab=True),
-    "m32": MMConfig(32, 64, 64, 4, 4, swap_ab=True),
-    "m64": MMConfig(64, 128, 64, 4, 4),
-    "m128": MMConfig(128, 128, 64, 8, 3),
+    "16bit-aligned": {16: MMConfig(16, 64, 64, 4, 4, swap_ab=True), 32: MMConfig(32, 64, 64, 4, 4, swap_ab=True),
+                      64: MMConfig(64, 128, 64, 4, 4), 128: MMConfig(128, 128, 64, 8, 3)},
+    "16bit-ragged": {16: MMConfig(16, 64, 64, 4, 4, swap_ab=True), 32: MMConfig(32, 64, 64, 4, 4, swap_ab=True),
+                     64: MMConfig(64, 128, 32, 8, 3), 128: MMConfig(128, 128, 32, 8, 3)},
+    "fp32": {16: MMConfig(16, 64, 32, 4, 3, swap_ab=True), 32: MMConfig(32, 64, 32, 8, 3, swap_ab=True),
+             64: MMConfig(64, 64, 32, 8, 3), 128: MMConfig(64, 64, 32, 8, 3)},
 }
-FORWARD_CONFIGS_FP32 = {
-    "m16": MMConfig(16, 64, 32, 4, 3, swap_ab=True),
-    "m32": MMConfig(32, 64, 32, 4, 3, swap_ab=True),
-    "m64": MMConfig(64, 64, 32, 4, 3),
-    "m128": MMConfig(128, 64, 32, 4, 3),
-}
-WEIGHT_GRAD_CONFIG = MMConfig(64, 128, 64, 8, 3)  # block_m = batch chunk, (block_n, block_k) = weight tile
-WEIGHT_GRAD_CONFIG_FP32 = MMConfig(32, 64, 64, 4, 3)
+# block_m = batch chunk of the reduction, (block_n, block_k) = weight tile.
+WEIGHT_GRAD_CONFIGS = {"16bit": MMConfig(64, 128, 64, 8, 3), "fp32": MMConfig(32, 64, 32, 4, 3)}
 
 
-def pick_config(m: int, dtype: torch.dtype) -> MMConfig:
+def config_table(dtype: torch.dtype, aligned: bool) -> dict[int, MMConfig]:
+    if dtype == torch.float32:
+        return FORWARD_CONFIGS["fp32"]
+    return FORWARD_CONFIGS["16bit-aligned" if aligned else "16bit-ragged"]
+
+
+def pick_config(m: int, dtype: torch.dtype, aligned: bool) -> MMConfig:
     """The forward/input-grad config for a batch of m rows."""
-    table = FORWARD_CONFIGS_FP32 if dtype == torch.float32 else FORWARD_CONFIGS
-    for key, limit in (("m16", 16), ("m32", 32), ("m64", 64)):
-        if m <= limit:
-            return table[key]
-    return table["m128"]
+    bucket = next((b for b in M_BUCKETS if m <= b), M_BUCKETS[-1])
+    return config_table(dtype, aligned)[bucket]
 
 
 def weight_grad_config(dtype: torch.dtype) -> MMConfig:
-    return WEIGHT_GRAD_CONFIG_FP32 if dtype == torch.float32 else WEIGHT_GRAD_CONFIG
+    return WEIGHT_GRAD_CONFIGS["fp32" if dtype == torch.float32 else "16bit"]
 
 
 @triton.jit
@@ -73,23 +78,32 @@ def grouped_mm_kernel(
     M, stride_am, stride_ak, stride_cm, stride_cn,
     W_AS_IS: tl.constexpr, HAS_BIAS: tl.constexpr,
     GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SWAP_AB: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """C[:, out_g] = A[:, red_g] @ B_g (+ bias[out_g]) for the tile this program owns.
 
     B_g = W_g^T (forward, W_AS_IS=False) or W_g (input gradient, W_AS_IS=True),
     where W_g is the row-major (n_g, k_g) block at w_ptr + w_offsets[g].
+    ALIGNED: every group size is a multiple of 8 (so are all offsets), which lets
+    the compiler use 16-byte vector loads and cp.async/wgmma pipelining.
     """
     pid_m = tl.program_id(0)
     tile = tl.program_id(1)
     g = tl.load(tiles_ptr + 2 * tile)
-    col0 = tl.load(tiles_ptr + 2 * tile + 1)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
     red_lo = tl.load(red_offsets_ptr + g)
     red_size = tl.load(red_offsets_ptr + g + 1) - red_lo
     out_lo = tl.load(out_offsets_ptr + g)
     out_size = tl.load(out_offsets_ptr + g + 1) - out_lo
-    w_lo = tl.load(w_offsets_ptr + g).to(tl.int64)
+    w_lo = tl.load(w_offsets_ptr + g)
+    if ALIGNED:
+        red_lo = tl.multiple_of(red_lo, 8)
+        red_size = tl.multiple_of(red_size, 8)
+        out_lo = tl.multiple_of(out_lo, 8)
+        out_size = tl.multiple_of(out_size, 8)
+        w_lo = tl.multiple_of(w_lo, 8)
+    w_lo = w_lo.to(tl.int64)
     # W_g's rows are k_g long: k_g is the reduction size forward, the output size backward.
     if W_AS_IS:
         stride_wr = out_size
@@ -154,19 +168,26 @@ def grouped_mm_weight_grad_kernel(
     tiles_ptr, in_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
     M, stride_dym, stride_dyn, stride_xm, stride_xk,
     GATHER_DY: tl.constexpr, GATHER_X: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dW_g[rows, cols] = dY[:, out_g rows]^T @ X[:, in_g cols] for the tile this program owns."""
     tile = tl.program_id(0)
     g = tl.load(tiles_ptr + 3 * tile)
-    row0 = tl.load(tiles_ptr + 3 * tile + 1)
-    col0 = tl.load(tiles_ptr + 3 * tile + 2)
+    row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
     in_lo = tl.load(in_offsets_ptr + g)
     in_size = tl.load(in_offsets_ptr + g + 1) - in_lo
     out_lo = tl.load(out_offsets_ptr + g)
     out_size = tl.load(out_offsets_ptr + g + 1) - out_lo
-    w_lo = tl.load(w_offsets_ptr + g).to(tl.int64)
+    w_lo = tl.load(w_offsets_ptr + g)
+    if ALIGNED:
+        in_lo = tl.multiple_of(in_lo, 8)
+        in_size = tl.multiple_of(in_size, 8)
+        out_lo = tl.multiple_of(out_lo, 8)
+        out_size = tl.multiple_of(out_size, 8)
+        w_lo = tl.multiple_of(w_lo, 8)
+    w_lo = w_lo.to(tl.int64)
 
     offs_n = row0 + tl.arange(0, BLOCK_N)
     offs_k = col0 + tl.arange(0, BLOCK_K)
@@ -206,31 +227,54 @@ def _index_or_dummy(index: torch.Tensor | None, like: torch.Tensor) -> torch.Ten
     return like if index is None else index.contiguous()
 
 
-def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
-    """Shared launcher of the forward (w_as_is=False) and the input gradient (True)."""
-    m = a.shape[0]
+def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg: MMConfig):
+    """(grid, args, kwargs) of one ``grouped_mm_kernel`` launch writing ``c``.
+
+    Shared by the launchers and the static kernel report (which compiles exactly
+    these arguments for sm_80/sm_90 without a GPU).
+    """
     red_over, out_over = ("out", "in") if w_as_is else ("in", "out")
-    n_out = layout.in_features if w_as_is else layout.out_features
-    c = a.new_empty((m, n_out))
-    if m == 0 or n_out == 0:
-        return c
-    weight = weight.contiguous()
-    cfg = pick_config(m, a.dtype)
     in_offsets, out_offsets, w_offsets = layout.offsets(a.device)
     offsets = {"in": in_offsets, "out": out_offsets}
     tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
-    grid = (triton.cdiv(m, cfg.block_m), tiles.shape[0])
-    grouped_mm_kernel[grid](
-        a, weight, weight if bias is None else bias.contiguous(), c,
-        _index_or_dummy(a_index, tiles), _index_or_dummy(c_index, tiles),
-        tiles, offsets[red_over], offsets[out_over], w_offsets,
-        m, a.stride(0), a.stride(1), c.stride(0), c.stride(1),
-        W_AS_IS=w_as_is, HAS_BIAS=bias is not None,
-        GATHER_A=a_index is not None, SCATTER_C=c_index is not None, SWAP_AB=cfg.swap_ab,
-        INPUT_PRECISION=_input_precision(a.dtype),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    grid = (triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0])
+    args = (a, weight, weight if bias is None else bias, c,
+            _index_or_dummy(a_index, tiles), _index_or_dummy(c_index, tiles),
+            tiles, offsets[red_over], offsets[out_over], w_offsets,
+            a.shape[0], a.stride(0), a.stride(1), c.stride(0), c.stride(1))
+    kwargs = dict(W_AS_IS=w_as_is, HAS_BIAS=bias is not None,
+                  GATHER_A=a_index is not None, SCATTER_C=c_index is not None, SWAP_AB=cfg.swap_ab,
+                  ALIGNED=layout.aligned, INPUT_PRECISION=_input_precision(a.dtype),
+                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return grid, args, kwargs
+
+
+def weight_grad_launch(grad_out, x, dw, layout, in_index, out_index, cfg: MMConfig):
+    """(grid, args, kwargs) of one ``grouped_mm_weight_grad_kernel`` launch writing ``dw``."""
+    in_offsets, out_offsets, w_offsets = layout.offsets(x.device)
+    tiles = layout.block_tiles(x.device, cfg.block_n, cfg.block_k)
+    args = (grad_out, x, dw,
+            _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+            tiles, in_offsets, out_offsets, w_offsets,
+            x.shape[0], grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1))
+    kwargs = dict(GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
+                  ALIGNED=layout.aligned, INPUT_PRECISION=_input_precision(x.dtype),
+                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return (tiles.shape[0],), args, kwargs
+
+
+def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
+    """Shared launcher of the forward (w_as_is=False) and the input gradient (True)."""
+    n_out = layout.in_features if w_as_is else layout.out_features
+    c = a.new_empty((a.shape[0], n_out))
+    if a.shape[0] == 0 or n_out == 0:
+        return c
+    bias = None if bias is None else bias.contiguous()
+    grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is,
+                                           a_index, c_index, pick_config(a.shape[0], a.dtype, layout.aligned))
+    grouped_mm_kernel[grid](*args, **kwargs)
     return c
 
 
@@ -252,17 +296,47 @@ def block_diag_mm_grad_weight(grad_out, x, layout, in_index=None, out_index=None
         return dw
     if m == 0:
         return dw.zero_()
-    cfg = weight_grad_config(x.dtype)
-    in_offsets, out_offsets, w_offsets = layout.offsets(x.device)
-    tiles = layout.block_tiles(x.device, cfg.block_n, cfg.block_k)
-    grouped_mm_weight_grad_kernel[(tiles.shape[0],)](
-        grad_out, x, dw,
-        _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
-        tiles, in_offsets, out_offsets, w_offsets,
-        m, grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
-        GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
-        INPUT_PRECISION=_input_precision(x.dtype),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    grid, args, kwargs = weight_grad_launch(grad_out, x, dw, layout, in_index, out_index,
+                                            weight_grad_config(x.dtype))
+    grouped_mm_weight_grad_kernel[grid](*args, **kwargs)
     return dw
+
+
+def static_variants():
+    """Every (kernel, config, dtype, flags) the dispatcher can launch, for the static report.
+
+    Yields ``(kernel, label, args, kwargs, needs_tensor_cores)`` built by the real
+    launch helpers from small CPU tensors, so they specialise as real launches do
+    (16-byte aligned pointers, unit inner strides). Covers aligned layouts (all
+    group sizes multiples of 8) and ragged ones, with and without fused indices.
+    """
+    from splitkern.layout import block_layout
+
+    layouts = {"aligned": block_layout((64,) * 4, (64,) * 4),
+               "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}
+    m = 256
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        dname = str(dtype).replace("torch.", "")
+        for precision in ("ieee", "tf32") if dtype == torch.float32 else ("ieee",):
+            tc = dtype != torch.float32 or precision == "tf32"
+            prefix = dname + (f"-{precision}" if dtype == torch.float32 else "")
+            for lname, layout in layouts.items():
+                x = torch.empty(m, layout.in_features, dtype=dtype)
+                y = torch.empty(m, layout.out_features, dtype=dtype)
+                w = torch.empty(layout.weight_numel, dtype=dtype)
+                b = torch.empty(layout.out_features, dtype=dtype)
+                for indexed in (False, True):
+                    ii = torch.arange(layout.in_features) if indexed else None
+                    oi = torch.arange(layout.out_features) if indexed else None
+                    tag = f"{prefix}-{lname}" + ("-indexed" if indexed else "")
+                    launches = [(f"grad_weight-{tag}", grouped_mm_weight_grad_kernel,
+                                 weight_grad_launch(y, x, w, layout, ii, oi, weight_grad_config(dtype)))]
+                    for bucket, cfg in config_table(dtype, layout.aligned).items():
+                        launches += [
+                            (f"forward-{tag}-m{bucket}", grouped_mm_kernel,
+                             grouped_mm_launch(x, w, b, y, layout, False, ii, oi, cfg)),
+                            (f"grad_input-{tag}-m{bucket}", grouped_mm_kernel,
+                             grouped_mm_launch(y, w, None, x, layout, True, oi, ii, cfg)),
+                        ]
+                    for label, kernel, (_, args, kw) in launches:
+                        yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc

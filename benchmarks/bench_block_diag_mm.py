@@ -1,0 +1,190 @@
+"""Benchmark: ragged block-diagonal matmul vs the dense layer it replaces.
+
+Lines: ``dense`` (cuBLAS/MKL ``F.linear`` on the full weight), ``loop`` (one
+``F.linear`` per group + cat), ``bmm`` (equal groups only), ``grouped_mm_padded``
+(``torch._grouped_mm`` on blocks zero-padded to (k_max, n_max); bf16 on sm90),
+and ``splitkern-<backend>`` for every backend usable on the device.
+
+``pytest benchmarks --benchmark-only`` times them with pytest-benchmark;
+``python benchmarks/bench_block_diag_mm.py`` writes ``results/block_diag_mm-*.csv``
+(median, useful TFLOP/s, % of roofline, speedup vs dense) and a plot.
+Nothing asserts a speed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import splitkern  # noqa: E402
+from splitkern import backend  # noqa: E402
+from splitkern.layout import block_layout  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    m: int
+    in_sizes: tuple[int, ...]
+    out_sizes: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def layout(self):
+        return block_layout(self.in_sizes, self.out_sizes)
+
+
+EQ4 = (1024,) * 4
+# Same K, N and FLOPs as EQ4: sum(k) = sum(n) = 4096, sum(n_g * k_g) = 4 * 1024^2.
+RAGGED_IN, RAGGED_OUT = (512, 2048, 1024, 512), (512, 512, 2560, 512)
+ODD_IN, ODD_OUT = (1000, 1100, 900, 1096), (1100, 900, 1096, 1000)
+
+CPU_CASES = [
+    Case("equal-M256", 256, EQ4, EQ4, torch.float32),
+    Case("ragged-M256", 256, RAGGED_IN, RAGGED_OUT, torch.float32),
+    Case("odd-M256", 256, ODD_IN, ODD_OUT, torch.float32),
+    Case("equal-M32", 32, EQ4, EQ4, torch.float32),
+]
+GPU_CASES = [
+    Case(f"{kind}-M{m}", m, ins, outs, torch.bfloat16)
+    for m in (4096, 32)
+    for kind, ins, outs in (("equal", EQ4, EQ4), ("ragged", RAGGED_IN, RAGGED_OUT), ("odd", ODD_IN, ODD_OUT))
+] + [Case("equal-M4096-fp16", 4096, EQ4, EQ4, torch.float16),
+     Case("equal-M4096-fp32", 4096, EQ4, EQ4, torch.float32)]
+CASES = GPU_CASES if DEVICE.type == "cuda" else CPU_CASES
+MODES = ("fwd", "fwd+bwd")
+
+
+def _tensors(case: Case, requires_grad: bool):
+    layout = case.layout
+    opts = dict(device=DEVICE, dtype=case.dtype)
+    x = torch.randn(case.m, layout.in_features, **opts).requires_grad_(requires_grad)
+    w = (torch.randn(layout.weight_numel, **opts) * 0.02).requires_grad_(requires_grad)
+    b = torch.zeros(layout.out_features, **opts).requires_grad_(requires_grad)
+    return x, w, b
+
+
+def _dense(case, x, w, b):
+    weight = torch.block_diag(*(case.layout.block(w.detach(), g) for g in range(case.layout.groups)))
+    weight = weight.contiguous().requires_grad_(w.requires_grad)
+    return lambda: F.linear(x, weight, b)
+
+
+def _loop(case, x, w, b):
+    lay = case.layout
+
+    def run():
+        return torch.cat([F.linear(x[:, lay.in_offsets[g]:lay.in_offsets[g + 1]], lay.block(w, g),
+                                   b[lay.out_offsets[g]:lay.out_offsets[g + 1]])
+                          for g in range(lay.groups)], dim=1)
+    return run
+
+
+def _bmm(case, x, w, b):
+    lay = case.layout
+    if len(set(lay.in_sizes)) != 1 or len(set(lay.out_sizes)) != 1:
+        return None
+    g, k, n = lay.groups, lay.in_sizes[0], lay.out_sizes[0]
+    blocks = w.view(g, n, k)
+    return lambda: torch.baddbmm(b.view(g, 1, n), x.view(-1, g, k).transpose(0, 1),
+                                 blocks.transpose(1, 2)).transpose(0, 1).reshape(-1, g * n)
+
+
+def _grouped_mm_padded(case, x, w, b):
+    if not (DEVICE.type == "cuda" and case.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(DEVICE) >= (9, 0)):
+        return None
+    lay = case.layout
+    k_max, n_max = max(lay.in_sizes), max(lay.out_sizes)
+    pad_w = torch.zeros(lay.groups, k_max, n_max, device=DEVICE, dtype=case.dtype)
+    pad_x = torch.zeros(lay.groups, case.m, k_max, device=DEVICE, dtype=case.dtype)
+    for g in range(lay.groups):
+        pad_w[g, :lay.in_sizes[g], :lay.out_sizes[g]] = lay.block(w.detach(), g).t()
+        pad_x[g, :, :lay.in_sizes[g]] = x.detach()[:, lay.in_offsets[g]:lay.in_offsets[g + 1]]
+    return lambda: torch._grouped_mm(pad_x, pad_w)
+
+
+def _splitkern(name):
+    def build(case, x, w, b):
+        if backend.unsupported_reason(name, "block_diag_mm", DEVICE, case.dtype):
+            return None
+        lay = case.layout
+
+        def run():
+            with splitkern.use_backend(name):
+                return splitkern.ops.block_diag_mm(x, w, b, in_sizes=lay.in_sizes, out_sizes=lay.out_sizes)
+        return run
+    return build
+
+
+LINES = {"dense": _dense, "loop": _loop, "bmm": _bmm, "grouped_mm_padded": _grouped_mm_padded}
+LINES.update({f"splitkern-{name}": _splitkern(name) for name in backend.BACKENDS})
+FWD_ONLY = {"bmm", "grouped_mm_padded"}
+
+
+def make_runner(case: Case, line: str, mode: str):
+    """A zero-argument callable running ``line`` on ``case`` in ``mode``, or None if n/a."""
+    if mode != "fwd" and line in FWD_ONLY:
+        return None
+    train = mode == "fwd+bwd"
+    x, w, b = _tensors(case, requires_grad=train)
+    fn = LINES[line](case, x, w, b)
+    if fn is None or not train:
+        return fn
+    grad = torch.randn(case.m, case.layout.out_features, device=DEVICE, dtype=case.dtype)
+    return lambda: fn().backward(grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("line", list(LINES))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_block_diag_mm(benchmark, case, line, mode):
+    fn = make_runner(case, line, mode)
+    if fn is None:
+        pytest.skip(f"{line} does not run {case.name} {mode} on {DEVICE}")
+    benchmark.group = f"block_diag_mm {case.name} {mode}"
+    benchmark(common.synchronized(fn, DEVICE))
+
+
+def _row(case: Case, line: str, mode: str, seconds: float) -> common.Row:
+    lay = case.layout
+    useful = 2.0 * case.m * lay.weight_numel * (3 if mode == "fwd+bwd" else 1)
+    size = torch.finfo(case.dtype).bits // 8
+    traffic = size * (case.m * (lay.in_features + lay.out_features) + lay.weight_numel)
+    traffic *= 3 if mode == "fwd+bwd" else 1
+    return common.Row("block_diag_mm", case.name, line, str(case.dtype).replace("torch.", ""), case.m,
+                      lay.in_features, lay.out_features, lay.groups, mode, round(seconds * 1e3, 4),
+                      round(useful / seconds / 1e12, 3),
+                      common.roofline_pct(DEVICE, case.dtype, useful, traffic, seconds))
+
+
+def main() -> None:
+    rows = []
+    for case in CASES:
+        for mode in MODES:
+            for line in LINES:
+                fn = make_runner(case, line, mode)
+                if fn is not None:
+                    rows.append(_row(case, line, mode, common.median_seconds(fn, DEVICE)))
+    common.add_speedups(rows)
+    for r in rows:
+        pct = f"{r.pct_roofline:5.1f}%" if r.pct_roofline is not None else "  n/a"
+        print(f"{r.case:<18} {r.mode:<8} {r.line:<20} {r.median_ms:9.3f} ms {r.tflops:8.3f} TFLOP/s "
+              f"{pct}  {r.speedup_vs_dense:6.2f}x vs dense")
+    path = common.write_csv(rows, "block_diag_mm", DEVICE)
+    png = common.plot_speedups(rows, path, f"block_diag_mm on {common.device_label(DEVICE)}")
+    print(f"wrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Timing, roofline and result-writing helpers shared by the op benchmarks.
+
+GPU timings use CUDA events with the L2 flushed before every run; CPU timings use
+``perf_counter``. Both report the median. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (dense bf16/fp16 tensor-core TFLOP/s, dense fp32 TFLOP/s (no tf32), HBM TB/s), public spec sheets.
+PEAKS = {
+    "H100": (989.0, 67.0, 3.35),
+    "H200": (989.0, 67.0, 4.8),
+    "A100": (312.0, 19.5, 2.04),
+}
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    line: str
+    dtype: str
+    m: int
+    k: int
+    n: int
+    groups: int
+    mode: str
+    median_ms: float
+    tflops: float
+    pct_roofline: float | None
+    speedup_vs_dense: float | None = None
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def _peaks(device: torch.device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAKS.items() if k in name), None)
+
+
+def roofline_pct(device, dtype, flops: float, bytes_moved: float, seconds: float) -> float | None:
+    """Achieved fraction of min(compute, bandwidth) roofline time, in percent."""
+    peaks = _peaks(device)
+    if peaks is None:
+        return None
+    tc, fp32, tbs = peaks
+    peak_flops = (fp32 if dtype == torch.float32 else tc) * 1e12
+    bound = max(flops / peak_flops, bytes_moved / (tbs * 1e12))
+    return 100.0 * bound / seconds
+
+
+_L2_FLUSH = {}
+
+
+def _flush_l2(device):
+    buf = _L2_FLUSH.get(device)
+    if buf is None:
+        buf = _L2_FLUSH[device] = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
+    buf.zero_()
+
+
+def median_seconds(fn, device: torch.device, *, repeats: int = 25, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(repeats):
+            _flush_l2(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def synchronized(fn, device: torch.device):
+    """``fn`` followed by a device sync, for pytest-benchmark's wall-clock timer."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return run
+
+
+def add_speedups(rows: list[Row]) -> None:
+    dense = {(r.case, r.mode): r.median_ms for r in rows if r.line == "dense"}
+    for r in rows:
+        base = dense.get((r.case, r.mode))
+        r.speedup_vs_dense = round(base / r.median_ms, 3) if base else None
+
+
+def write_csv(rows: list[Row], op: str, device: torch.device) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    kind = "gpu-" + torch.cuda.get_device_name(device).split()[-1] if device.type == "cuda" else "cpu"
+    path = RESULTS / f"{op}-{kind}-{datetime.date.today().isoformat()}.csv"
+    with path.open("w", newline="") as f:
+        f.write(f"# {device_label(device)}, torch {torch.__version__}\n")
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(asdict(r))
+    return path
+
+
+def plot_speedups(rows: list[Row], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r.case, r.mode) for r in rows})
+    lines = [ln for ln in dict.fromkeys(r.line for r in rows) if ln != "dense"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
+    width = 0.8 / max(1, len(lines))
+    for i, line in enumerate(lines):
+        vals = {(r.case, r.mode): r.speedup_vs_dense or 0 for r in rows if r.line == line}
+        ax.bar([j + i * width for j in range(len(keys))], [vals.get(k, 0) for k in keys], width, label=line)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+    ax.set_xticklabels([f"{c}\n{m}" for c, m in keys], fontsize=7)
+    ax.set_ylabel("speedup vs dense")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
