@@ -1,7 +1,8 @@
 """Pure-PyTorch ragged block-diagonal matmul: the test oracle and the CPU path.
 
 One GEMM per group (``torch.addmm`` on column slices, no per-element Python work),
-differentiable by plain autograd so it can be gradchecked. Semantics are those of
+or one batched GEMM when all groups have the same sizes; differentiable by plain
+autograd so it can be gradchecked. Semantics are those of
 :func:`splitkern.ops.block_diag_mm`.
 """
 
@@ -21,9 +22,35 @@ def _scatter_columns(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tenso
     return t if index is None else torch.zeros_like(t).index_copy(1, index, t)
 
 
+def _equal_groups(layout: BlockLayout) -> tuple[int, int, int] | None:
+    """(G, k, n) when every group has k inputs and n outputs (batched GEMMs apply)."""
+    if len(set(layout.in_sizes)) == 1 and len(set(layout.out_sizes)) == 1 and layout.weight_numel:
+        return layout.groups, layout.in_sizes[0], layout.out_sizes[0]
+    return None
+
+
+def _batched(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(M, G*s) -> (G, M, s) view."""
+    return t.view(t.shape[0], groups, t.shape[1] // groups).transpose(0, 1)
+
+
+def _unbatched(t: torch.Tensor) -> torch.Tensor:
+    """(G, M, s) -> (M, G*s)."""
+    return t.transpose(0, 1).reshape(t.shape[1], t.shape[0] * t.shape[2])
+
+
 def block_diag_mm(x, weight, bias, layout: BlockLayout, in_index=None, out_index=None):
     """``y[:, out_g] = x[:, in_g] @ W_g.T + b[out_g]`` for x of shape (M, K); y (M, N)."""
     x = _gather_columns(x, in_index)
+    equal = _equal_groups(layout)
+    if equal:
+        g, k, n = equal
+        blocks_t = weight.view(g, n, k).transpose(1, 2)
+        if bias is None:
+            y = torch.bmm(_batched(x, g), blocks_t)
+        else:
+            y = torch.baddbmm(bias.view(g, 1, n), _batched(x, g), blocks_t)
+        return _scatter_columns(_unbatched(y), out_index)
     pieces = []
     for g in range(layout.groups):
         xg = x[:, layout.in_offsets[g]:layout.in_offsets[g + 1]]
@@ -38,6 +65,11 @@ def block_diag_mm(x, weight, bias, layout: BlockLayout, in_index=None, out_index
 def block_diag_mm_grad_input(grad_out, weight, layout: BlockLayout, in_index=None, out_index=None):
     """dL/dx of shape (M, K): ``dx[:, in_g] = dy[:, out_g] @ W_g``."""
     grad_out = _gather_columns(grad_out, out_index)
+    equal = _equal_groups(layout)
+    if equal:
+        g, k, n = equal
+        grad_x = _unbatched(torch.bmm(_batched(grad_out, g), weight.view(g, n, k)))
+        return _scatter_columns(grad_x, in_index)
     pieces = [grad_out[:, layout.out_offsets[g]:layout.out_offsets[g + 1]] @ layout.block(weight, g)
               for g in range(layout.groups)]
     return _scatter_columns(torch.cat(pieces, dim=1), in_index)
@@ -47,6 +79,10 @@ def block_diag_mm_grad_weight(grad_out, x, layout: BlockLayout, in_index=None, o
     """dL/dW, packed like the weight: block g is ``dy[:, out_g].T @ x[:, in_g]``."""
     grad_out = _gather_columns(grad_out, out_index)
     x = _gather_columns(x, in_index)
+    equal = _equal_groups(layout)
+    if equal:
+        g = equal[0]
+        return torch.bmm(_batched(grad_out, g).transpose(1, 2), _batched(x, g)).reshape(-1)
     pieces = [(grad_out[:, layout.out_offsets[g]:layout.out_offsets[g + 1]].t()
                @ x[:, layout.in_offsets[g]:layout.in_offsets[g + 1]]).reshape(-1)
               for g in range(layout.groups)]
