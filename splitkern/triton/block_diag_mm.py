@@ -71,6 +71,17 @@ def weight_grad_config(dtype: torch.dtype) -> MMConfig:
 
 
 @triton.jit
+def _group_range(offsets_ptr, g, ALIGNED: tl.constexpr):
+    """(start, size) of group g in an offsets table; multiples of 8 when ALIGNED."""
+    lo = tl.load(offsets_ptr + g)
+    size = tl.load(offsets_ptr + g + 1) - lo
+    if ALIGNED:
+        lo = tl.multiple_of(lo, 8)
+        size = tl.multiple_of(size, 8)
+    return lo, size
+
+
+@triton.jit
 def grouped_mm_kernel(
     a_ptr, w_ptr, bias_ptr, c_ptr,
     a_cols_ptr, c_cols_ptr,
@@ -92,18 +103,9 @@ def grouped_mm_kernel(
     tile = tl.program_id(1)
     g = tl.load(tiles_ptr + 2 * tile)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    red_lo = tl.load(red_offsets_ptr + g)
-    red_size = tl.load(red_offsets_ptr + g + 1) - red_lo
-    out_lo = tl.load(out_offsets_ptr + g)
-    out_size = tl.load(out_offsets_ptr + g + 1) - out_lo
-    w_lo = tl.load(w_offsets_ptr + g)
-    if ALIGNED:
-        red_lo = tl.multiple_of(red_lo, 8)
-        red_size = tl.multiple_of(red_size, 8)
-        out_lo = tl.multiple_of(out_lo, 8)
-        out_size = tl.multiple_of(out_size, 8)
-        w_lo = tl.multiple_of(w_lo, 8)
-    w_lo = w_lo.to(tl.int64)
+    red_lo, red_size = _group_range(red_offsets_ptr, g, ALIGNED)
+    out_lo, out_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = _group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
     # W_g's rows are k_g long: k_g is the reduction size forward, the output size backward.
     if W_AS_IS:
         stride_wr = out_size
@@ -176,18 +178,9 @@ def grouped_mm_weight_grad_kernel(
     g = tl.load(tiles_ptr + 3 * tile)
     row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
-    in_lo = tl.load(in_offsets_ptr + g)
-    in_size = tl.load(in_offsets_ptr + g + 1) - in_lo
-    out_lo = tl.load(out_offsets_ptr + g)
-    out_size = tl.load(out_offsets_ptr + g + 1) - out_lo
-    w_lo = tl.load(w_offsets_ptr + g)
-    if ALIGNED:
-        in_lo = tl.multiple_of(in_lo, 8)
-        in_size = tl.multiple_of(in_size, 8)
-        out_lo = tl.multiple_of(out_lo, 8)
-        out_size = tl.multiple_of(out_size, 8)
-        w_lo = tl.multiple_of(w_lo, 8)
-    w_lo = w_lo.to(tl.int64)
+    in_lo, in_size = _group_range(in_offsets_ptr, g, ALIGNED)
+    out_lo, out_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = _group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
 
     offs_n = row0 + tl.arange(0, BLOCK_N)
     offs_k = col0 + tl.arange(0, BLOCK_K)
