@@ -156,34 +156,17 @@ def test_block_diag_mm(benchmark, case, line, mode):
     benchmark(common.synchronized(fn, DEVICE))
 
 
-def _row(case: Case, line: str, mode: str, seconds: float) -> common.Row:
+def describe(case: Case, mode: str):
     lay = case.layout
-    useful = 2.0 * case.m * lay.weight_numel * (3 if mode == "fwd+bwd" else 1)
+    passes = 3 if mode == "fwd+bwd" else 1
+    useful = 2.0 * case.m * lay.weight_numel * passes
     size = torch.finfo(case.dtype).bits // 8
-    traffic = size * (case.m * (lay.in_features + lay.out_features) + lay.weight_numel)
-    traffic *= 3 if mode == "fwd+bwd" else 1
-    return common.Row("block_diag_mm", case.name, line, str(case.dtype).replace("torch.", ""), case.m,
-                      lay.in_features, lay.out_features, lay.groups, mode, round(seconds * 1e3, 4),
-                      round(useful / seconds / 1e12, 3),
-                      common.roofline_pct(DEVICE, case.dtype, useful, traffic, seconds))
+    traffic = size * (case.m * (lay.in_features + lay.out_features) + lay.weight_numel) * passes
+    return case.dtype, case.m, lay.in_features, lay.out_features, lay.groups, useful, traffic
 
 
 def main() -> None:
-    rows = []
-    for case in CASES:
-        for mode in MODES:
-            for line in LINES:
-                fn = make_runner(case, line, mode)
-                if fn is not None:
-                    rows.append(_row(case, line, mode, common.median_seconds(fn, DEVICE)))
-    common.add_speedups(rows)
-    for r in rows:
-        pct = f"{r.pct_roofline:5.1f}%" if r.pct_roofline is not None else "  n/a"
-        print(f"{r.case:<18} {r.mode:<8} {r.line:<20} {r.median_ms:9.3f} ms {r.tflops:8.3f} TFLOP/s "
-              f"{pct}  {r.speedup_vs_dense:6.2f}x vs dense")
-    path = common.write_csv(rows, "block_diag_mm", DEVICE)
-    png = common.plot_speedups(rows, path, f"block_diag_mm on {common.device_label(DEVICE)}")
-    print(f"wrote {path} and {png}")
+    common.run_and_report("block_diag_mm", CASES, LINES, MODES, make_runner, describe, DEVICE)
 
 
 if __name__ == "__main__":

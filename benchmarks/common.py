@@ -157,3 +157,38 @@ def plot_speedups(rows: list[Row], path: Path, title: str) -> Path:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def print_rows(rows: list[Row]) -> None:
+    for r in rows:
+        pct = f"{r.pct_roofline:5.1f}%" if r.pct_roofline is not None else "  n/a"
+        speedup = f"{r.speedup_vs_dense:6.2f}x vs dense" if r.speedup_vs_dense else ""
+        print(f"{r.case:<22} {r.mode:<8} {r.line:<20} {r.median_ms:9.3f} ms {r.tflops:8.3f} TFLOP/s "
+              f"{pct}  {speedup}")
+
+
+def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: torch.device) -> list[Row]:
+    """Time every (case, mode, line) that ``make_runner`` can build; print, write CSV and plot.
+
+    ``describe(case, mode)`` returns ``(dtype, m, k, n, groups, useful_flops, bytes_moved)``
+    of the case seen as a GEMM (useful = the block-diagonal work only).
+    """
+    from tqdm import tqdm
+
+    jobs = [(c, m, ln) for c in cases for m in modes for ln in lines]
+    rows = []
+    for case, mode, line in tqdm(jobs, desc=op, unit="run"):
+        fn = make_runner(case, line, mode)
+        if fn is None:
+            continue
+        seconds = median_seconds(fn, device)
+        dtype, m, k, n, groups, flops, traffic = describe(case, mode)
+        rows.append(Row(op, case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups, mode,
+                        round(seconds * 1e3, 4), round(flops / seconds / 1e12, 4),
+                        roofline_pct(device, dtype, flops, traffic, seconds)))
+    add_speedups(rows)
+    print_rows(rows)
+    path = write_csv(rows, op, device)
+    png = plot_speedups(rows, path, f"{op} on {device_label(device)}")
+    print(f"wrote {path} and {png}")
+    return rows

@@ -54,9 +54,9 @@ def cuobjdump() -> str:
 
 
 def _variants():
-    from splitkern.triton import block_diag_mm
+    from splitkern.triton import block_diag_mm, grouped_conv
 
-    return list(block_diag_mm.static_variants())
+    return list(block_diag_mm.static_variants()) + list(grouped_conv.static_variants())
 
 
 def _source(kernel, args, kwargs):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import operator
 from collections.abc import Sequence
 
@@ -64,9 +65,15 @@ class BlockLayout:
         self.aligned = all(s % 8 == 0 for s in in_sizes + out_sizes)
         self._device_tables: dict = {}
 
-    def block(self, weight: torch.Tensor, g: int) -> torch.Tensor:
-        """Block g of a packed weight as an ``(n_g, k_g)`` view."""
-        return weight[self.w_offsets[g]:self.w_offsets[g + 1]].view(self.out_sizes[g], self.in_sizes[g])
+    def block(self, weight: torch.Tensor, g: int, kernel_size: tuple[int, ...] = ()) -> torch.Tensor:
+        """Block g of a packed weight as an ``(n_g, k_g, *kernel_size)`` view.
+
+        With a kernel (convolution) every block holds ``n_g * k_g * prod(kernel_size)``
+        elements, row-major like PyTorch's ``(out, in, kh, kw)`` conv weight.
+        """
+        taps = math.prod(kernel_size)
+        lo, hi = self.w_offsets[g] * taps, self.w_offsets[g + 1] * taps
+        return weight[lo:hi].view(self.out_sizes[g], self.in_sizes[g], *kernel_size)
 
     def _cached(self, key, build):
         table = self._device_tables.get(key)

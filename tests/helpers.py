@@ -14,3 +14,16 @@ def fast_backends(op: str, dtype=torch.float32) -> list[str]:
 
 def random_permutation(n: int, device=DEVICE) -> torch.Tensor:
     return torch.randperm(n).to(device)
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def forward_and_grads(fn, tensors, grad_out):
+    """``fn(*tensors)`` and the gradients of <fn, grad_out> w.r.t. every non-None tensor."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+    y = fn(*leaves)
+    wrt = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(y, wrt, grad_out, allow_unused=True, materialize_grads=True)
+    return y, grads

@@ -1,5 +1,6 @@
 """Public ops (``torch.library`` custom ops under ``torch.ops.splitkern``)."""
 
 from splitkern.ops.block_diag_mm import block_diag_mm
+from splitkern.ops.grouped_conv import grouped_conv
 
-__all__ = ["block_diag_mm"]
+__all__ = ["block_diag_mm", "grouped_conv"]

@@ -94,13 +94,17 @@ def block_diag_mm_grad_bias(grad_out, out_index=None):
     return _gather_columns(grad_out.sum(0, keepdim=True), out_index).squeeze(0)
 
 
-def masked_dense_weight(weight, layout: BlockLayout, in_index=None, out_index=None):
-    """The equivalent dense ``(N, K)`` weight in the caller's feature order.
+def masked_dense_weight(weight, layout: BlockLayout, in_index=None, out_index=None, kernel_size=()):
+    """The equivalent dense ``(N, K, *kernel_size)`` weight in the caller's feature order.
 
     ``F.linear(x, masked_dense_weight(...), bias_in_output_order)`` equals
-    :func:`block_diag_mm`; entries between different groups are zero.
+    :func:`block_diag_mm` (``F.conv2d`` likewise for a conv ``kernel_size``);
+    entries between different groups are zero.
     """
-    dense = torch.block_diag(*(layout.block(weight, g) for g in range(layout.groups)))
+    dense = weight.new_zeros(layout.out_features, layout.in_features, *kernel_size)
+    for g in range(layout.groups):
+        dense[layout.out_offsets[g]:layout.out_offsets[g + 1],
+              layout.in_offsets[g]:layout.in_offsets[g + 1]] = layout.block(weight, g, kernel_size)
     if in_index is not None:
         dense = torch.zeros_like(dense).index_copy(1, in_index, dense)
     if out_index is not None:

@@ -9,7 +9,8 @@ from splitkern import backend
 from splitkern.layout import block_layout
 from splitkern.ops import block_diag_mm
 from splitkern.reference import block_diag_mm as ref
-from tests.helpers import DEVICE, fast_backends, random_permutation
+from tests.helpers import DEVICE, assert_close, fast_backends, random_permutation
+from tests.helpers import forward_and_grads as _forward_and_grads
 
 FAST = fast_backends("block_diag_mm")
 
@@ -69,14 +70,9 @@ def run(backend_name, x, w, b, layout, in_index, out_index):
 
 
 def forward_and_grads(backend_name, x, w, b, layout, in_index, out_index, grad_out):
-    inputs = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
-    y = run(backend_name, *inputs[:2], inputs[2] if b is not None else None, layout, in_index, out_index)
-    grads = torch.autograd.grad(y, inputs, grad_out) if y.numel() or x.numel() else ()
-    return y, grads
-
-
-def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    def fn(x_, w_, b_):
+        return run(backend_name, x_, w_, b_, layout, in_index, out_index)
+    return _forward_and_grads(fn, (x, w, b), grad_out)
 
 
 @pytest.mark.parametrize("indices", [False, True])

@@ -1,0 +1,163 @@
+"""Ragged grouped 2-D convolution: custom-op registration, fake impls, autograd, dispatch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from splitkern import backend
+from splitkern.layout import BlockLayout, block_layout, check_sizes
+from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
+from splitkern.reference.grouped_conv import grouped_conv_grad_bias, new_activation, output_shape
+
+_OP = "grouped_conv"
+
+
+def _kernels(t: Tensor):
+    return backend.implementation(_OP, t.device, t.dtype)
+
+
+def _layout(in_sizes, out_sizes):
+    return block_layout(tuple(in_sizes), tuple(out_sizes))
+
+
+@torch.library.custom_op("splitkern::grouped_conv", mutates_args=())
+def _grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int], out_sizes: list[int],
+                  kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+                  in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
+    return _kernels(x).grouped_conv(x, weight, bias, _layout(in_sizes, out_sizes), kernel_size, stride, padding,
+                                    dilation, in_index, out_index)
+
+
+@torch.library.custom_op("splitkern::grouped_conv_grad_input", mutates_args=())
+def _grouped_conv_grad_input(grad_out: Tensor, weight: Tensor, x: Tensor, in_sizes: list[int],
+                             out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
+                             dilation: list[int], in_index: Optional[Tensor],
+                             out_index: Optional[Tensor]) -> Tensor:
+    return _kernels(grad_out).grouped_conv_grad_input(grad_out, weight, x, _layout(in_sizes, out_sizes),
+                                                      kernel_size, stride, padding, dilation, in_index, out_index)
+
+
+@torch.library.custom_op("splitkern::grouped_conv_grad_weight", mutates_args=())
+def _grouped_conv_grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, in_sizes: list[int],
+                              out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
+                              dilation: list[int], in_index: Optional[Tensor],
+                              out_index: Optional[Tensor]) -> Tensor:
+    return _kernels(x).grouped_conv_grad_weight(grad_out, x, weight, _layout(in_sizes, out_sizes), kernel_size,
+                                                stride, padding, dilation, in_index, out_index)
+
+
+@_grouped_conv.register_fake
+def _(x, weight, bias, in_sizes, out_sizes, kernel_size, stride, padding, dilation, in_index, out_index):
+    shape = output_shape(x.shape, sum(out_sizes), kernel_size, stride, padding, dilation)
+    return new_activation(x, shape)
+
+
+@_grouped_conv_grad_input.register_fake
+def _(grad_out, weight, x, *args):
+    return new_activation(x, x.shape)
+
+
+@_grouped_conv_grad_weight.register_fake
+def _(grad_out, x, weight, *args):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, *geometry, in_index, out_index = inputs
+    ctx.save_for_backward(x, weight, in_index, out_index)
+    ctx.geometry = geometry  # in_sizes, out_sizes, kernel_size, stride, padding, dilation
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight, in_index, out_index = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _grouped_conv_grad_input(grad_out, weight, x, *ctx.geometry, in_index, out_index)
+    if ctx.needs_input_grad[1]:
+        grad_w = _grouped_conv_grad_weight(grad_out, x, weight, *ctx.geometry, in_index, out_index)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grouped_conv_grad_bias(grad_out, out_index)
+    return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+_grouped_conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return tuple(pair)
+
+
+def conv_geometry(kernel_size, stride, padding, dilation):
+    """Validated ``(kernel_size, stride, padding, dilation)`` as pairs of ints."""
+    return (_pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1), _pair(padding, "padding", 0),
+            _pair(dilation, "dilation", 1))
+
+
+def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in_sizes, out_sizes,
+                 kernel_size, stride=1, padding=0, dilation=1, in_index: Optional[Tensor] = None,
+                 out_index: Optional[Tensor] = None) -> Tensor:
+    """Ragged grouped 2-D convolution: a conv whose weight is block-diagonal over channels.
+
+    For G groups with input channel counts ``c_in_g`` and output channel counts
+    ``c_out_g`` (any non-negative ints, equal or not)::
+
+        xg = x[:, in_index]                    (or x when in_index is None)
+        yg[:, out_g] = conv2d(xg[:, in_g], W_g, b[out_g], stride, padding, dilation)
+        y[:, out_index] = yg                   (or y = yg)
+
+    where ``in_g``/``out_g`` are the g-th consecutive channel ranges. cuDNN's
+    ``groups=`` is the special case of equal sizes.
+
+    Args:
+        x: ``(N, C_in, H, W)``, NCHW or channels_last (any strides);
+            ``C_in = sum(in_sizes)``.
+        weight: ``(sum_g c_out_g * c_in_g * kh * kw,)`` packed weight: block g
+            is the row-major ``(c_out_g, c_in_g, kh, kw)`` conv weight.
+        bias: optional ``(C_out,)`` in grouped order, ``C_out = sum(out_sizes)``.
+        in_sizes, out_sizes: G channel counts each (G >= 1); a group without
+            input channels outputs its bias.
+        kernel_size, stride, padding, dilation: ints or pairs, as ``F.conv2d``
+            (zero padding; ``padding`` >= 0).
+        in_index, out_index: optional int64 channel permutations (fused gather
+            of input channels / scatter of output channels).
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` in x's memory format (channels_last in,
+        channels_last out) and dtype.
+
+    Differentiable in x, weight and bias (once). fp32 accumulation on Triton.
+    """
+    check_tensor(x, "x")
+    check_tensor(weight, "weight")
+    in_sizes = check_sizes(in_sizes, "in_sizes")
+    out_sizes = check_sizes(out_sizes, "out_sizes")
+    layout = BlockLayout(in_sizes, out_sizes)
+    kernel_size, stride, padding, dilation = conv_geometry(kernel_size, stride, padding, dilation)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != layout.in_features:
+        raise ValueError(f"x has {x.shape[1]} channels but in_sizes sum to {layout.in_features}")
+    out_h, out_w = output_shape(x.shape, 0, kernel_size, stride, padding, dilation)[2:]
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"x's spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "
+                         f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
+    check_like(weight, "weight", x, "x")
+    check_shape(weight, "weight", (layout.weight_numel * kernel_size[0] * kernel_size[1],))
+    if bias is not None:
+        check_tensor(bias, "bias")
+        check_like(bias, "bias", x, "x")
+        check_shape(bias, "bias", (layout.out_features,))
+    in_index = check_permutation(in_index, "in_index", layout.in_features, x.device)
+    out_index = check_permutation(out_index, "out_index", layout.out_features, x.device)
+    return _grouped_conv(x, weight, bias, list(in_sizes), list(out_sizes), list(kernel_size), list(stride),
+                         list(padding), list(dilation), in_index, out_index)

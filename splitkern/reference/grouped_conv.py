@@ -1,0 +1,115 @@
+"""Pure-PyTorch ragged grouped 2-D convolution: the test oracle and the CPU path.
+
+One ``F.conv2d`` with ``groups=G`` when all groups have the same sizes, one
+``F.conv2d`` per group otherwise; differentiable by plain autograd. Semantics are
+those of :func:`splitkern.ops.grouped_conv`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from splitkern.layout import BlockLayout
+from splitkern.reference.block_diag_mm import _equal_groups
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is (strictly) channels_last, else contiguous: the output's format."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def new_activation(x: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` with x's dtype, device and memory format."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
+
+
+def output_shape(x_shape, out_channels: int, kernel_size, stride, padding, dilation) -> tuple[int, ...]:
+    n, _, h, w = x_shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    return (n, out_channels, ho, wo)
+
+
+def _gather_channels(t, index):
+    return t if index is None else t.index_select(1, index)
+
+
+def _scatter_channels(t, index):
+    return t if index is None else torch.zeros_like(t).index_copy(1, index, t)
+
+
+def grouped_conv(x, weight, bias, layout: BlockLayout, kernel_size, stride, padding, dilation,
+                 in_index=None, out_index=None):
+    """``y[:, out_g] = conv2d(x[:, in_g], W_g) + b[out_g]``; x (N, C_in, H, W) -> y (N, C_out, Ho, Wo)."""
+    fmt = memory_format(x)
+    x = _gather_channels(x, in_index)
+    conv = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
+    equal = _equal_groups(layout)
+    if equal and x.shape[0] > 0:
+        g, k, n = equal
+        y = F.conv2d(x, weight.view(g * n, k, *kernel_size), bias, groups=g, **conv)
+    else:
+        shape = output_shape(x.shape, layout.out_features, kernel_size, stride, padding, dilation)
+        pieces = []
+        for g in range(layout.groups):
+            lo, hi = layout.out_offsets[g], layout.out_offsets[g + 1]
+            b = None if bias is None else bias[lo:hi]
+            xg = x[:, layout.in_offsets[g]:layout.in_offsets[g + 1]]
+            if layout.in_sizes[g] and hi > lo and x.shape[0]:
+                pieces.append(F.conv2d(xg, layout.block(weight, g, kernel_size), b, **conv))
+            else:  # no inputs (or no batch): the bias alone; F.conv2d rejects empty channels
+                piece = x.new_zeros((shape[0], hi - lo, *shape[2:]))
+                pieces.append(piece if b is None else piece + b.view(1, -1, 1, 1))
+        y = torch.cat(pieces, dim=1)
+    return _scatter_channels(y, out_index).contiguous(memory_format=fmt)
+
+
+def _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
+                   in_index, out_index, mask):
+    """Per-group ``aten.convolution_backward`` (one call with groups=G when groups are equal)."""
+    grad_out = _gather_channels(grad_out, out_index)
+    x = _gather_channels(x, in_index)
+    conv = (list(stride), list(padding), list(dilation), False, [0, 0])
+    equal = _equal_groups(layout)
+    if equal:
+        g, k, n = equal
+        w = weight.view(g * n, k, *kernel_size)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(grad_out, x, w, None, *conv, g, mask)
+        return grad_x, (None if grad_w is None else grad_w.reshape(-1))
+    xs, ws = [], []
+    for g in range(layout.groups):
+        go = grad_out[:, layout.out_offsets[g]:layout.out_offsets[g + 1]]
+        xg = x[:, layout.in_offsets[g]:layout.in_offsets[g + 1]]
+        wg = layout.block(weight, g, kernel_size)
+        if go.numel() and xg.numel():
+            gx, gw, _ = torch.ops.aten.convolution_backward(go, xg, wg, None, *conv, 1, mask)
+        else:  # an empty group (or batch) contributes nothing; aten rejects empty channels
+            gx, gw = torch.zeros_like(xg), torch.zeros_like(wg)
+        xs.append(gx)
+        ws.append(None if gw is None else gw.reshape(-1))
+    grad_x = torch.cat(xs, dim=1) if mask[0] else None
+    return grad_x, (torch.cat(ws) if mask[1] else None)
+
+
+def grouped_conv_grad_input(grad_out, weight, x, layout: BlockLayout, kernel_size, stride, padding, dilation,
+                            in_index=None, out_index=None):
+    """dL/dx, shaped and laid out like x (only x's shape and layout are read)."""
+    grad_x, _ = _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
+                               in_index, out_index, [True, False, False])
+    return _scatter_channels(grad_x, in_index).contiguous(memory_format=memory_format(x))
+
+
+def grouped_conv_grad_weight(grad_out, x, weight, layout: BlockLayout, kernel_size, stride, padding,
+                             dilation, in_index=None, out_index=None):
+    """dL/dW, packed like the weight (only weight's size is read)."""
+    _, grad_w = _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
+                               in_index, out_index, [False, True, False])
+    return grad_w
+
+
+def grouped_conv_grad_bias(grad_out, out_index=None):
+    """dL/db in grouped order."""
+    return _gather_channels(grad_out.sum((0, 2, 3)).unsqueeze(0), out_index).squeeze(0)

@@ -1,0 +1,343 @@
+"""Triton implicit-GEMM kernels for the ragged grouped 2-D convolution.
+
+One launch covers all groups (tile table over channel tiles, int32 group offset
+tables, one base pointer per operand). Activations are addressed through their
+four strides, so NCHW and channels_last both work; channels may be gathered
+(input) and scattered (output) through index tables.
+
+* forward: rows = output pixels (n, ho, wo), columns = the group's output channels,
+  reduction over (kh, kw, input channels of the group);
+* grad_input: rows = input pixels, columns = the group's input channels, reduction
+  over (kh, kw, output channels), with the stride handled by masking taps whose
+  source position is not on the stride grid;
+* grad_weight: one program per (group, out-channel tile, in-channel tile, tap),
+  reduction over output pixels.
+
+The weight is packed per group in PyTorch's ``(c_out_g, c_in_g, kh, kw)`` order.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import triton
+import triton.language as tl
+
+from splitkern.reference.grouped_conv import new_activation, output_shape
+from splitkern.triton.block_diag_mm import MMConfig, _group_range, _index_or_dummy, _input_precision
+
+# Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
+# the weight is read with per-element addresses (taps are innermost in the packed
+# OIHW blocks), so 128-pixel 16-bit tiles need 8 warps and fp32 a 16-deep chunk to
+# stay spill-free on sm_80 and sm_90.
+CONV_CONFIGS = {"16bit": MMConfig(128, 64, 32, 8, 3), "fp32": MMConfig(64, 64, 16, 4, 2)}
+CONV_WEIGHT_GRAD_CONFIGS = {"16bit": MMConfig(64, 64, 32, 4, 3), "fp32": MMConfig(32, 64, 32, 8, 2)}
+
+
+def conv_config(dtype: torch.dtype) -> MMConfig:
+    return CONV_CONFIGS["fp32" if dtype == torch.float32 else "16bit"]
+
+
+def conv_weight_grad_config(dtype: torch.dtype) -> MMConfig:
+    return CONV_WEIGHT_GRAD_CONFIGS["fp32" if dtype == torch.float32 else "16bit"]
+
+
+@triton.jit
+def _pixel_coords(offs_p, HO, WO):
+    n = offs_p // (HO * WO)
+    rem = offs_p % (HO * WO)
+    return n, rem // WO, rem % WO
+
+
+@triton.jit
+def _channels(lo, offs, mask, index_ptr, GATHER: tl.constexpr):
+    chan = lo + offs
+    if GATHER:
+        chan = tl.load(index_ptr + chan, mask=mask, other=0)
+    return chan.to(tl.int64)
+
+
+@triton.jit
+def grouped_conv_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, x_chan_ptr, y_chan_ptr,
+    tiles_ptr, in_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    P, H, W, HO, WO,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATHER_X: tl.constexpr, SCATTER_Y: tl.constexpr, ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[n, out_g, ho, wo] = sum_{r,s,c in in_g} x[n, c, ho*S-P+r*D, wo*S-P+s*D] W_g[o, c, r, s] (+ b)."""
+    pid_m = tl.program_id(0)
+    tile = tl.program_id(1)
+    g = tl.load(tiles_ptr + 2 * tile)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
+    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
+
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_p = offs_p < P
+    n, ho, wo = _pixel_coords(offs_p, HO, WO)
+    offs_o = col0 + tl.arange(0, BLOCK_N)
+    mask_o = offs_o < co_size
+    w_rows = w_lo + offs_o.to(tl.int64) * ci_size * (KH * KW)
+    n_chunks = tl.cdiv(ci_size, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(0, KH * KW * n_chunks):
+        tap = t // n_chunks
+        offs_c = (t % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_c = offs_c < ci_size
+        h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
+        w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
+        valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        pix = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        chan = _channels(ci_lo, offs_c, mask_c, x_chan_ptr, GATHER_X)
+        a = tl.load(x_ptr + pix[:, None] + chan[None, :] * sxc, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        b = tl.load(w_ptr + w_rows[None, :] + (offs_c * (KH * KW) + tap)[:, None],
+                    mask=mask_c[:, None] & mask_o[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co_lo + offs_o, mask=mask_o, other=0.0).to(tl.float32)[None, :]
+    chan_y = _channels(co_lo, offs_o, mask_o, y_chan_ptr, SCATTER_Y)
+    pix_y = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
+    tl.store(y_ptr + pix_y[:, None] + chan_y[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=mask_p[:, None] & mask_o[None, :])
+
+
+@triton.jit
+def grouped_conv_grad_input_kernel(
+    dy_ptr, w_ptr, dx_ptr, dy_chan_ptr, dx_chan_ptr,
+    tiles_ptr, in_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    P, H, W, HO, WO,
+    syn, syc, syh, syw, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    GATHER_DY: tl.constexpr, SCATTER_DX: tl.constexpr, ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[n, in_g, h, w] = sum over taps (r, s) with h = ho*S-P+r*D (same for w) and o in out_g of
+    dy[n, o, ho, wo] W_g[o, c, r, s]."""
+    pid_m = tl.program_id(0)
+    tile = tl.program_id(1)
+    g = tl.load(tiles_ptr + 2 * tile)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
+    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
+
+    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_p = offs_p < P
+    n, h, w = _pixel_coords(offs_p, H, W)
+    offs_c = col0 + tl.arange(0, BLOCK_N)
+    mask_c = offs_c < ci_size
+    n_chunks = tl.cdiv(co_size, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(0, KH * KW * n_chunks):
+        tap = t // n_chunks
+        offs_o = (t % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_o = offs_o < co_size
+        hs = h + PAD_H - (tap // KW) * DIL_H
+        ws = w + PAD_W - (tap % KW) * DIL_W
+        hs_pos = tl.maximum(hs, 0)
+        ws_pos = tl.maximum(ws, 0)
+        ho = hs_pos // STRIDE_H
+        wo = ws_pos // STRIDE_W
+        valid = mask_p & (hs >= 0) & (ws >= 0) & (ho < HO) & (wo < WO)
+        valid = valid & (hs_pos % STRIDE_H == 0) & (ws_pos % STRIDE_W == 0)
+        pix = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
+        chan = _channels(co_lo, offs_o, mask_o, dy_chan_ptr, GATHER_DY)
+        a = tl.load(dy_ptr + pix[:, None] + chan[None, :] * syc, mask=valid[:, None] & mask_o[None, :], other=0.0)
+        b = tl.load(w_ptr + w_lo + ((offs_o.to(tl.int64) * ci_size)[:, None] + offs_c[None, :]) * (KH * KW) + tap,
+                    mask=mask_o[:, None] & mask_c[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    chan_x = _channels(ci_lo, offs_c, mask_c, dx_chan_ptr, SCATTER_DX)
+    pix_x = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+    tl.store(dx_ptr + pix_x[:, None] + chan_x[None, :] * sxc, acc.to(dx_ptr.dtype.element_ty),
+             mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def grouped_conv_grad_weight_kernel(
+    dy_ptr, x_ptr, dw_ptr, dy_chan_ptr, x_chan_ptr,
+    tiles_ptr, in_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    P, H, W, HO, WO,
+    syn, syc, syh, syw, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    GATHER_DY: tl.constexpr, GATHER_X: tl.constexpr, ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dW_g[o, c, r, s] = sum over output pixels of dy[n, o, ho, wo] x[n, c, ho*S-P+r*D, wo*S-P+s*D]."""
+    tile = tl.program_id(0)
+    tap = tl.program_id(1)
+    g = tl.load(tiles_ptr + 3 * tile)
+    row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
+    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
+
+    offs_o = row0 + tl.arange(0, BLOCK_N)
+    offs_c = col0 + tl.arange(0, BLOCK_K)
+    mask_o = offs_o < co_size
+    mask_c = offs_c < ci_size
+    chan_dy = _channels(co_lo, offs_o, mask_o, dy_chan_ptr, GATHER_DY) * syc
+    chan_x = _channels(ci_lo, offs_c, mask_c, x_chan_ptr, GATHER_X) * sxc
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_M):
+        offs_p = p0 + tl.arange(0, BLOCK_M)
+        mask_p = offs_p < P
+        n, ho, wo = _pixel_coords(offs_p, HO, WO)
+        h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
+        w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
+        valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        pix_dy = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
+        pix_x = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        dy_t = tl.load(dy_ptr + chan_dy[:, None] + pix_dy[None, :], mask=mask_o[:, None] & mask_p[None, :],
+                       other=0.0)
+        xs = tl.load(x_ptr + pix_x[:, None] + chan_x[None, :], mask=valid[:, None] & mask_c[None, :], other=0.0)
+        acc = tl.dot(dy_t, xs, acc, input_precision=INPUT_PRECISION)
+
+    dw = dw_ptr + w_lo + ((offs_o.to(tl.int64) * ci_size)[:, None] + offs_c[None, :]) * (KH * KW) + tap
+    tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=mask_o[:, None] & mask_c[None, :])
+
+
+def _geometry(kernel_size, stride, padding, dilation):
+    return dict(KH=kernel_size[0], KW=kernel_size[1], STRIDE_H=stride[0], STRIDE_W=stride[1],
+                PAD_H=padding[0], PAD_W=padding[1], DIL_H=dilation[0], DIL_W=dilation[1])
+
+
+def _meta(cfg: MMConfig, dtype: torch.dtype, aligned: bool) -> dict:
+    return dict(ALIGNED=aligned, INPUT_PRECISION=_input_precision(dtype), BLOCK_M=cfg.block_m,
+                BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def conv_launch(x, weight, bias, y, layout, geometry, in_index, out_index, cfg: MMConfig):
+    """(grid, args, kwargs) of the forward launch writing ``y`` (also used by the kernel report)."""
+    n, _, h, w = x.shape
+    ho, wo = y.shape[2:]
+    tiles = layout.column_tiles(x.device, cfg.block_n, "out")
+    in_off, out_off, w_off = layout.offsets(x.device)
+    grid = (triton.cdiv(n * ho * wo, cfg.block_m), tiles.shape[0])
+    args = (x, weight, weight if bias is None else bias, y,
+            _index_or_dummy(in_index, tiles), _index_or_dummy(out_index, tiles),
+            tiles, in_off, out_off, w_off, n * ho * wo, h, w, ho, wo, *x.stride(), *y.stride())
+    kwargs = dict(**geometry, HAS_BIAS=bias is not None, GATHER_X=in_index is not None,
+                  SCATTER_Y=out_index is not None, **_meta(cfg, x.dtype, layout.aligned))
+    return grid, args, kwargs
+
+
+def conv_grad_input_launch(grad_out, weight, dx, layout, geometry, in_index, out_index, cfg: MMConfig):
+    """(grid, args, kwargs) of the input-gradient launch writing ``dx``."""
+    n, _, h, w = dx.shape
+    ho, wo = grad_out.shape[2:]
+    tiles = layout.column_tiles(dx.device, cfg.block_n, "in")
+    in_off, out_off, w_off = layout.offsets(dx.device)
+    grid = (triton.cdiv(n * h * w, cfg.block_m), tiles.shape[0])
+    args = (grad_out, weight, dx, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+            tiles, in_off, out_off, w_off, n * h * w, h, w, ho, wo, *grad_out.stride(), *dx.stride())
+    kwargs = dict(**geometry, GATHER_DY=out_index is not None, SCATTER_DX=in_index is not None,
+                  **_meta(cfg, dx.dtype, layout.aligned))
+    return grid, args, kwargs
+
+
+def conv_grad_weight_launch(grad_out, x, dw, layout, geometry, in_index, out_index, cfg: MMConfig):
+    """(grid, args, kwargs) of the weight-gradient launch writing ``dw``."""
+    n, _, h, w = x.shape
+    ho, wo = grad_out.shape[2:]
+    tiles = layout.block_tiles(x.device, cfg.block_n, cfg.block_k)
+    in_off, out_off, w_off = layout.offsets(x.device)
+    grid = (tiles.shape[0], geometry["KH"] * geometry["KW"])
+    args = (grad_out, x, dw, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+            tiles, in_off, out_off, w_off, n * ho * wo, h, w, ho, wo, *grad_out.stride(), *x.stride())
+    kwargs = dict(**geometry, GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
+                  **_meta(cfg, x.dtype, layout.aligned))
+    return grid, args, kwargs
+
+
+def grouped_conv(x, weight, bias, layout, kernel_size, stride, padding, dilation, in_index=None, out_index=None):
+    """Forward; see :func:`splitkern.ops.grouped_conv`."""
+    shape = output_shape(x.shape, layout.out_features, kernel_size, stride, padding, dilation)
+    y = new_activation(x, shape)
+    if y.numel() == 0:
+        return y
+    bias = None if bias is None else bias.contiguous()
+    grid, args, kwargs = conv_launch(x, weight.contiguous(), bias, y, layout,
+                                     _geometry(kernel_size, stride, padding, dilation), in_index, out_index,
+                                     conv_config(x.dtype))
+    grouped_conv_kernel[grid](*args, **kwargs)
+    return y
+
+
+def grouped_conv_grad_input(grad_out, weight, x, layout, kernel_size, stride, padding, dilation,
+                            in_index=None, out_index=None):
+    """Input gradient, shaped and laid out like x."""
+    dx = new_activation(x, x.shape)
+    if dx.numel() == 0:
+        return dx
+    if grad_out.numel() == 0:
+        return dx.zero_()
+    grid, args, kwargs = conv_grad_input_launch(grad_out, weight.contiguous(), dx, layout,
+                                                _geometry(kernel_size, stride, padding, dilation),
+                                                in_index, out_index, conv_config(x.dtype))
+    grouped_conv_grad_input_kernel[grid](*args, **kwargs)
+    return dx
+
+
+def grouped_conv_grad_weight(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
+                             in_index=None, out_index=None):
+    """Weight gradient, packed like the weight."""
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    if dw.numel() == 0:
+        return dw
+    if grad_out.numel() == 0:
+        return dw.zero_()
+    grid, args, kwargs = conv_grad_weight_launch(grad_out, x, dw, layout,
+                                                 _geometry(kernel_size, stride, padding, dilation),
+                                                 in_index, out_index, conv_weight_grad_config(x.dtype))
+    grouped_conv_grad_weight_kernel[grid](*args, **kwargs)
+    return dw
+
+
+def static_variants():
+    """Every conv kernel variant the dispatcher can launch, for the static kernel report.
+
+    Same contract as :func:`splitkern.triton.block_diag_mm.static_variants`:
+    (kernel, label, args, kwargs, needs_tensor_cores) from the real launch helpers.
+    """
+    from splitkern.layout import block_layout
+    from splitkern.reference.grouped_conv import output_shape
+
+    layouts = {"aligned": block_layout((64,) * 4, (64,) * 4),
+               "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}
+    geometries = {"3x3s1": ((3, 3), (1, 1), (1, 1), (1, 1)), "3x3s2": ((3, 3), (2, 2), (1, 1), (1, 1))}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        dname = str(dtype).replace("torch.", "")
+        for precision in ("ieee", "tf32") if dtype == torch.float32 else ("ieee",):
+            tc = dtype != torch.float32 or precision == "tf32"
+            prefix = dname + (f"-{precision}" if dtype == torch.float32 else "")
+            for (lname, layout), (gname, geo) in itertools.product(layouts.items(), geometries.items()):
+                geometry = _geometry(*geo)
+                x = torch.empty(8, layout.in_features, 16, 16, dtype=dtype).to(memory_format=torch.channels_last)
+                y = new_activation(x, output_shape(x.shape, layout.out_features, *geo))
+                w = torch.empty(layout.weight_numel * 9, dtype=dtype)
+                b = torch.empty(layout.out_features, dtype=dtype)
+                for indexed in (False, True):
+                    ii = torch.arange(layout.in_features) if indexed else None
+                    oi = torch.arange(layout.out_features) if indexed else None
+                    tag = f"{prefix}-{lname}-{gname}" + ("-indexed" if indexed else "")
+                    launches = [
+                        (f"forward-{tag}", grouped_conv_kernel,
+                         conv_launch(x, w, b, y, layout, geometry, ii, oi, conv_config(dtype))),
+                        (f"grad_input-{tag}", grouped_conv_grad_input_kernel,
+                         conv_grad_input_launch(y, w, x, layout, geometry, ii, oi, conv_config(dtype))),
+                        (f"grad_weight-{tag}", grouped_conv_grad_weight_kernel,
+                         conv_grad_weight_launch(y, x, w, layout, geometry, ii, oi, conv_weight_grad_config(dtype))),
+                    ]
+                    for label, kernel, (_, args, kw) in launches:
+                        yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
