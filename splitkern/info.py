@@ -6,6 +6,8 @@ import torch
 
 from splitkern import backend
 
+OPS = ("block_diag_mm", "grouped_conv")
+
 
 def report() -> str:
     lines = [f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
@@ -24,11 +26,14 @@ def report() -> str:
         lines.append(f"extension splitkern._C: CUDA {ext.cuda_runtime_version()}, archs {ext.cuda_archs}, "
                      f"kernels: {kernels}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        usable = backend.available_backends(device)
-        auto = backend.select("block_diag_mm", torch.device(device), torch.float32) \
-            if backend.forced_backend() is None else backend.forced_backend()
-        lines.append(f"block_diag_mm on {device} (fp32): usable {usable}, chosen: {auto}")
+    for op in OPS:
+        for device in devices:
+            usable = backend.available_backends(device, op)
+            try:
+                chosen = backend.select(op, torch.device(device), torch.float32)
+            except backend.BackendUnavailableError as exc:
+                chosen = f"error: {exc}"
+            lines.append(f"{op} on {device} (fp32): usable {usable}, chosen: {chosen}")
     return "\n".join(lines)
 
 
