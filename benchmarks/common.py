@@ -41,7 +41,8 @@ class Row:
     median_ms: float
     tflops: float
     pct_roofline: float | None
-    speedup_vs_dense: float | None = None
+    baseline: str = "dense"
+    speedup: float | None = None  # baseline time / this time
 
 
 def device_label(device: torch.device) -> str:
@@ -113,11 +114,12 @@ def synchronized(fn, device: torch.device):
     return run
 
 
-def add_speedups(rows: list[Row]) -> None:
-    dense = {(r.case, r.mode): r.median_ms for r in rows if r.line == "dense"}
+def add_speedups(rows: list[Row], baseline: str = "dense") -> None:
+    base_ms = {(r.case, r.mode): r.median_ms for r in rows if r.line == baseline}
     for r in rows:
-        base = dense.get((r.case, r.mode))
-        r.speedup_vs_dense = round(base / r.median_ms, 3) if base else None
+        base = base_ms.get((r.case, r.mode))
+        r.baseline = baseline
+        r.speedup = round(base / r.median_ms, 3) if base else None
 
 
 def write_csv(rows: list[Row], op: str, device: torch.device) -> Path:
@@ -140,16 +142,17 @@ def plot_speedups(rows: list[Row], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     keys = sorted({(r.case, r.mode) for r in rows})
-    lines = [ln for ln in dict.fromkeys(r.line for r in rows) if ln != "dense"]
+    baseline = rows[0].baseline
+    lines = [ln for ln in dict.fromkeys(r.line for r in rows) if ln != baseline]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
     width = 0.8 / max(1, len(lines))
     for i, line in enumerate(lines):
-        vals = {(r.case, r.mode): r.speedup_vs_dense or 0 for r in rows if r.line == line}
+        vals = {(r.case, r.mode): r.speedup or 0 for r in rows if r.line == line}
         ax.bar([j + i * width for j in range(len(keys))], [vals.get(k, 0) for k in keys], width, label=line)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
     ax.set_xticklabels([f"{c}\n{m}" for c, m in keys], fontsize=7)
-    ax.set_ylabel("speedup vs dense")
+    ax.set_ylabel(f"speedup vs {baseline}")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -162,12 +165,13 @@ def plot_speedups(rows: list[Row], path: Path, title: str) -> Path:
 def print_rows(rows: list[Row]) -> None:
     for r in rows:
         pct = f"{r.pct_roofline:5.1f}%" if r.pct_roofline is not None else "  n/a"
-        speedup = f"{r.speedup_vs_dense:6.2f}x vs dense" if r.speedup_vs_dense else ""
+        speedup = f"{r.speedup:6.2f}x vs {r.baseline}" if r.speedup else ""
         print(f"{r.case:<22} {r.mode:<8} {r.line:<20} {r.median_ms:9.3f} ms {r.tflops:8.3f} TFLOP/s "
               f"{pct}  {speedup}")
 
 
-def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: torch.device) -> list[Row]:
+def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: torch.device,
+                   baseline: str = "dense") -> list[Row]:
     """Time every (case, mode, line) that ``make_runner`` can build; print, write CSV and plot.
 
     ``describe(case, mode)`` returns ``(dtype, m, k, n, groups, useful_flops, bytes_moved)``
@@ -186,7 +190,7 @@ def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: 
         rows.append(Row(op, case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups, mode,
                         round(seconds * 1e3, 4), round(flops / seconds / 1e12, 4),
                         roofline_pct(device, dtype, flops, traffic, seconds)))
-    add_speedups(rows)
+    add_speedups(rows, baseline)
     print_rows(rows)
     path = write_csv(rows, op, device)
     png = plot_speedups(rows, path, f"{op} on {device_label(device)}")

@@ -54,9 +54,10 @@ def cuobjdump() -> str:
 
 
 def _variants():
-    from splitkern.triton import block_diag_mm, grouped_conv
+    from splitkern.triton import block_diag_mm, group_weight_reg, grouped_conv
 
-    return list(block_diag_mm.static_variants()) + list(grouped_conv.static_variants())
+    modules = (block_diag_mm, grouped_conv, group_weight_reg)
+    return [variant for module in modules for variant in module.static_variants()]
 
 
 def _source(kernel, args, kwargs):
