@@ -8,7 +8,9 @@ Public API: :mod:`splitkern.ops` (custom ops), :mod:`splitkern.nn` (layers),
 from splitkern.backend import BackendUnavailableError, available_backends, use_backend
 from splitkern import ops  # noqa: F401  (registers torch.ops.splitkern.*)
 from splitkern import nn  # noqa: F401
+from splitkern.splitnet.io import load, save
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "available_backends", "nn", "ops", "use_backend", "__version__"]
+__all__ = ["BackendUnavailableError", "available_backends", "load", "nn", "ops", "save", "use_backend",
+           "__version__"]

@@ -47,6 +47,14 @@ class BlockDiagonalLayer(nn.Module):
             return torch.arange(length, device=device)
         return check_permutation(index.cpu(), name, length, torch.device("cpu")).to(device)
 
+    @torch.no_grad()
+    def set_indices(self, in_index=None, out_index=None) -> None:
+        """Replace the grouped -> original position maps (None: identity, i.e. grouped layout)."""
+        for name, index in (("in_index", in_index), ("out_index", out_index)):
+            buffer = getattr(self, name)
+            buffer.copy_(self._index(index, buffer.numel(), name, buffer.device))
+        self._note_identity()
+
     def _note_identity(self) -> None:
         """Skip the fused gather/scatter where an index is the identity (checked off the hot path)."""
         for name in ("in_index", "out_index"):

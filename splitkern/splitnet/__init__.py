@@ -1,6 +1,10 @@
-"""The SplitNet method: assignments, regularisers, tree specs, splitting a model."""
+"""The SplitNet method: assignments, regularisers, split specs, splitting a model."""
 
 from splitkern.splitnet.assignments import GroupAssignment, merge_groups
+from splitkern.splitnet.convert import (count_parameters, hard_groups, masked_dense, regularization,
+                                        split)
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
+from splitkern.splitnet.spec import SplitSpec
 
-__all__ = ["GroupAssignment", "balance_reg", "disjoint_reg", "group_weight_reg", "merge_groups"]
+__all__ = ["GroupAssignment", "SplitSpec", "balance_reg", "count_parameters", "disjoint_reg", "group_weight_reg",
+           "hard_groups", "masked_dense", "merge_groups", "regularization", "split"]

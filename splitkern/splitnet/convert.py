@@ -1,0 +1,150 @@
+"""From a model trained with assignments to the physically split model (DESIGN.md §1, stage 2).
+
+* :func:`regularization`: gamma1 mean(R_D) + gamma2 sum R_W + gamma3 mean(R_E) of a split-aware model.
+* :func:`hard_groups`: argmax group ids of an assignment at a split level. In a tree the
+  lower level's ids are the upper ids' parents (``id // ratio``), so one channel order
+  (sorted by the upper ids) is grouped for both levels.
+* :func:`masked_dense`: the dense model with every inter-group weight zeroed.
+* :func:`split`: the model rebuilt from SplitLinear/SplitConv2d in grouped layout; it
+  permutes activations once where the split starts and un-permutes the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
+
+DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
+
+
+def _plan(model):
+    plan = getattr(model, "split_plan", None)
+    if plan is None or not hasattr(model, "assignments"):
+        raise ValueError("model has no split assignments: build it with split=SPEC (e.g. wrn(16, 8, split='2-2-2'))")
+    return plan
+
+
+def level_probs(model, key: str, level: str) -> torch.Tensor:
+    """(G_level, d) probabilities of assignment ``key`` at ``level`` (merged in a tree)."""
+    return model.assignments[key].probs(_plan(model).groups(level))
+
+
+def hard_groups(model, key: str, level: str) -> torch.Tensor:
+    """(d,) int64 group ids of assignment ``key`` at ``level``."""
+    assignment = model.assignments[key]
+    return assignment.hard() // (assignment.groups // _plan(model).groups(level))
+
+
+def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
+    """``gamma1 mean(R_D) + gamma2 sum_layers R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model."""
+    plan = _plan(model)
+    modules = dict(model.named_modules())
+    r_w = sum(group_weight_reg(modules[name].weight, level_probs(model, role.in_key, role.level),
+                               level_probs(model, role.out_key, role.level))
+              for name, role in plan.layers.items())
+    probs = [a.probs() for a in model.assignments.values()]
+    r_d = torch.stack([disjoint_reg(p) for p in probs]).mean()
+    r_e = torch.stack([balance_reg(p) for p in probs]).mean()
+    return gammas[0] * r_d + gammas[1] * r_w + gammas[2] * r_e
+
+
+def channel_orders(model) -> dict[str, torch.Tensor]:
+    """Per assignment key, the permutation that sorts its features by (native) hard group."""
+    return {key: torch.sort(a.hard().cpu(), stable=True).indices for key, a in model.assignments.items()}
+
+
+@torch.no_grad()
+def masked_dense(model):
+    """A copy of the model with every weight between different hard groups set to zero."""
+    plan = _plan(model)
+    dense = copy.deepcopy(model)
+    modules = dict(dense.named_modules())
+    for name, role in plan.layers.items():
+        weight = modules[name].weight
+        out_ids = hard_groups(model, role.out_key, role.level).to(weight.device)
+        in_ids = hard_groups(model, role.in_key, role.level).to(weight.device)
+        mask = (out_ids[:, None] == in_ids[None, :]).to(weight.dtype)
+        weight.mul_(mask.view(*mask.shape, *(1,) * (weight.dim() - 2)))
+    return dense
+
+
+class ChannelPermute(nn.Module):
+    """``x[:, index]``: puts activations into grouped order where the split starts."""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.clone())
+
+    def forward(self, x):
+        return x.index_select(1, self.index)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _split_layer(module, in_ids, out_ids, perm_in, perm_out, groups, *, gather: bool, scatter: bool):
+    """A grouped-layout split layer from a dense one: rows/columns permuted into group order."""
+    permuted = copy.deepcopy(module)
+    with torch.no_grad():
+        permuted.weight.copy_(module.weight[perm_out.to(module.weight.device)][:, perm_in.to(module.weight.device)])
+        if module.bias is not None:
+            permuted.bias.copy_(module.bias[perm_out.to(module.bias.device)])
+    cls = SplitLinear if isinstance(module, nn.Linear) else SplitConv2d
+    layer = cls.from_dense(permuted, in_ids[perm_in], out_ids[perm_out], num_groups=groups)
+    layer.set_indices(in_index=perm_in if gather else None, out_index=perm_out if scatter else None)
+    return layer
+
+
+@torch.no_grad()
+def split(model):
+    """The physically split model: SplitConv2d/SplitLinear blocks, BN permuted, no assignments.
+
+    In eval mode it computes what :func:`masked_dense` computes (to fp32 rounding).
+    """
+    plan = _plan(model)
+    orders = channel_orders(model)
+    result = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    for name, role in plan.layers.items():
+        groups = plan.groups(role.level)
+        in_ids = hard_groups(model, role.in_key, role.level).cpu()
+        out_ids = hard_groups(model, role.out_key, role.level).cpu()
+        layer = _split_layer(modules[name], in_ids, out_ids, orders[role.in_key], orders[role.out_key], groups,
+                             gather=plan.start is None and isinstance(modules[name], nn.Linear),
+                             scatter=role.out_key == plan.output_key)
+        _set_module(result, name, layer)
+    for name, key in plan.channels.items():
+        bn = result.get_submodule(name)
+        index = orders[key].to(bn.weight.device)
+        for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            tensor.copy_(tensor[index])
+    if plan.start is not None:
+        name, key = plan.start
+        _set_module(result, name, nn.Sequential(ChannelPermute(orders[key]), result.get_submodule(name)))
+    result.split_meta = {"model": type(model).__name__, "config": dict(getattr(model, "config", {})),
+                         "spec": str(plan.spec),
+                         "hard": {key: a.hard().cpu() for key, a in model.assignments.items()}}
+    del result.assignments
+    result.split_plan = None
+    for bn in result.modules():  # stage 2 fine-tunes everything
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.weight.requires_grad_(True)
+    return result
+
+
+def count_parameters(model, *, include_assignments: bool = False) -> int:
+    """Weights of conv/linear layers (BN and assignments excluded, as in DESIGN.md's counts)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, SplitConv2d, SplitLinear)):
+            total += module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+    if include_assignments and hasattr(model, "assignments"):
+        total += sum(p.numel() for p in model.assignments.parameters())
+    return total
