@@ -17,7 +17,44 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--groups", type=int, default=4)
     demo.add_argument("--repeats", type=int, default=10)
     demo.add_argument("--device", default="cpu")
+
+    train = sub.add_parser("train", help="SplitNet: stage 1, split, stage 2 (+ baselines)")
+    train.add_argument("--data", default="synthetic", help="'synthetic', an npz shard folder or cifar-100-python")
+    train.add_argument("--model", default="wrn10-2", help="wrn{depth}-{widen}, e.g. wrn16-8")
+    train.add_argument("--split", default="4", help="groups per split level, lowest first: 4, 4-4, 2-2-2, 2-4-8")
+    train.add_argument("--epochs", type=int, default=None, help="total epochs (2/3 stage 1, 1/3 stage 2)")
+    train.add_argument("--stage1-epochs", type=int, default=None)
+    train.add_argument("--stage2-epochs", type=int, default=None)
+    train.add_argument("--warmup-epochs", type=int, default=None, help="dense epochs before assignments learn")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--assign-lr", type=float, default=10.0, help="learning rate of the assignment logits")
+    train.add_argument("--assign-init", choices=("cluster", "random"), default="cluster")
+    train.add_argument("--baselines", default="", help="comma-separated: dense,random,cluster")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True)
+    train.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    train.add_argument("--no-tensorboard", action="store_true")
+
+    plot = sub.add_parser("plot", help="assignment heat maps and block-diagonal weights of a train folder")
+    plot.add_argument("dir")
     return parser
+
+
+def _train_config(args):
+    from splitkern.splitnet.train import TrainConfig
+
+    epochs = args.epochs or 9
+    stage2 = args.stage2_epochs if args.stage2_epochs is not None else max(1, epochs // 3)
+    stage1 = args.stage1_epochs if args.stage1_epochs is not None else max(2, epochs - stage2)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else stage1 // 3
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
+                       stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
+                       assign_lr=args.assign_lr, assign_init=args.assign_init, baselines=baselines,
+                       device=args.device, seed=args.seed, out=args.out, resume=args.resume,
+                       tensorboard=not args.no_tensorboard)
 
 
 def main(argv=None) -> None:
@@ -33,6 +70,15 @@ def main(argv=None) -> None:
     elif args.command == "demo":
         from splitkern.demo import run_demo
         run_demo(args.features, args.batch, args.groups, args.repeats, device=args.device)
+    elif args.command == "train":
+        from splitkern.splitnet.train import run
+        import json
+        metrics = run(_train_config(args))
+        print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+    elif args.command == "plot":
+        from splitkern.splitnet.plot import plot
+        for path in plot(args.dir):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""Dataset readers and the batch pipeline (see :mod:`splitkern.data`)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR_STD = (0.2673, 0.2564, 0.2762)
+
+
+@dataclass
+class ImageDataset:
+    """Train and test splits: ``x_*`` uint8 (N, H, W, 3), ``y_*`` int64 fine labels, ``c_*`` coarse labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    fine_names: list[str]
+    coarse_names: list[str] = field(default_factory=list)
+    fine_to_coarse: list[int] = field(default_factory=list)
+    mean: tuple[float, ...] = CIFAR_MEAN
+    std: tuple[float, ...] = CIFAR_STD
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.fine_names)
+
+    @property
+    def has_coarse(self) -> bool:
+        return len(self.fine_to_coarse) == self.num_classes
+
+
+def _check_arrays(path, x, y_fine, y_coarse, num_fine, num_coarse):
+    if x.ndim != 4 or x.shape[3] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"{path}: 'x' must be uint8 (N, H, W, 3), got {x.dtype} {x.shape}")
+    for name, y, limit in (("y_fine", y_fine, num_fine), ("y_coarse", y_coarse, num_coarse)):
+        if y is None:
+            continue
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{path}: '{name}' must have shape ({x.shape[0]},), got {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= limit):
+            raise ValueError(f"{path}: '{name}' has labels outside [0, {limit})")
+
+
+def _read_npz(path: Path, num_fine: int, num_coarse: int):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"x", "y_fine"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path}: missing keys {sorted(missing)} (has {sorted(data.files)})")
+            x, y_fine = data["x"], data["y_fine"].astype(np.int64)
+            y_coarse = data["y_coarse"].astype(np.int64) if "y_coarse" in data.files else None
+    except (OSError, EOFError) as exc:  # unreadable, truncated or not an npz
+        raise ValueError(f"{path}: cannot read npz ({exc})") from exc
+    _check_arrays(path, x, y_fine, y_coarse, num_fine, num_coarse)
+    return x, y_fine
+
+
+def load_npz_folder(folder) -> ImageDataset:
+    """A folder of ``train*.npz`` shards + ``test.npz`` (+ optional ``meta.json``), as in shared/data/cifar100."""
+    folder = Path(folder)
+    shards = sorted(folder.glob("train*.npz"))
+    test = folder / "test.npz"
+    if not shards or not test.exists():
+        raise ValueError(f"{folder}: expected train*.npz shards and test.npz")
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    fine_names = meta.get("fine_names") or [str(i) for i in range(100)]
+    coarse_names = meta.get("coarse_names", [])
+    parts = [_read_npz(p, len(fine_names), max(1, len(coarse_names) or 100)) for p in shards]
+    x_test, y_test = _read_npz(test, len(fine_names), max(1, len(coarse_names) or 100))
+    return ImageDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                        x_test, y_test, list(fine_names), list(coarse_names), list(meta.get("fine_to_coarse", [])))
+
+
+def load_cifar_python(folder) -> ImageDataset:
+    """torchvision's ``cifar-100-python`` folder (files ``train``, ``test``, ``meta``)."""
+    folder = Path(folder)
+
+    def read(name):
+        path = folder / name
+        try:
+            with path.open("rb") as f:
+                return pickle.load(f, encoding="latin1"), path
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            raise ValueError(f"{path}: cannot read cifar-100-python file ({exc})") from exc
+
+    meta, _ = read("meta")
+    splits = []
+    for name in ("train", "test"):
+        data, path = read(name)
+        if not {"data", "fine_labels"} <= set(data):
+            raise ValueError(f"{path}: missing keys 'data'/'fine_labels'")
+        x = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        fine = np.asarray(data["fine_labels"], dtype=np.int64)
+        coarse = np.asarray(data.get("coarse_labels", np.zeros_like(fine)), dtype=np.int64)
+        _check_arrays(path, x, fine, coarse, 100, 20)
+        splits.append((x, fine, coarse))
+    (xt, yt, ct), (xs, ys, _) = splits
+    fine_to_coarse = [0] * 100
+    for f, c in zip(yt, ct):
+        fine_to_coarse[f] = int(c)
+    return ImageDataset(xt, yt, xs, ys, list(meta["fine_label_names"]), list(meta.get("coarse_label_names", [])),
+                        fine_to_coarse)
+
+
+def synthetic_hierarchy(seed: int = 0, coarse: int = 4, fine_per_coarse: int = 4, train_per_class: int = 200,
+                        test_per_class: int = 50, size: int = 32) -> ImageDataset:
+    """A built-in hierarchical image set (no download), deterministic from ``seed``.
+
+    Each superclass has a colour and a low-frequency pattern; each fine class adds its
+    own stripe orientation and frequency on top; images get random shifts and noise.
+    Classes of one superclass look alike, so a good split groups them together.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    classes = coarse * fine_per_coarse
+    coarse_colour = rng.uniform(0.2, 0.8, (coarse, 3))
+    coarse_freq = rng.uniform(1, 3, (coarse, 2))
+    fine_angle = rng.uniform(0, np.pi, classes)
+    fine_freq = rng.uniform(3, 8, classes)
+
+    def render(label, n):
+        c = label // fine_per_coarse
+        shift = rng.uniform(0, 1, (n, 2, 1, 1))
+        base = np.sin(2 * np.pi * (coarse_freq[c, 0] * (xx + shift[:, 0]) + coarse_freq[c, 1] * (yy + shift[:, 1])))
+        stripes = np.sin(2 * np.pi * fine_freq[label] * (np.cos(fine_angle[label]) * (xx + shift[:, 0])
+                                                       + np.sin(fine_angle[label]) * (yy + shift[:, 1])))
+        img = coarse_colour[c][None, None, None] + 0.25 * base[..., None] + 0.2 * stripes[..., None]
+        img = img + rng.normal(0, 0.08, img.shape)
+        return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+    def build(per_class):
+        xs = [render(label, per_class) for label in range(classes)]
+        ys = np.repeat(np.arange(classes), per_class)
+        order = rng.permutation(len(ys))
+        return np.concatenate(xs)[order], ys[order]
+
+    x_train, y_train = build(train_per_class)
+    x_test, y_test = build(test_per_class)
+    names = [f"c{c}_f{f}" for c in range(coarse) for f in range(fine_per_coarse)]
+    mean = tuple(float(v) for v in x_train.reshape(-1, 3).mean(0) / 255)
+    std = tuple(float(v) for v in x_train.reshape(-1, 3).std(0) / 255)
+    return ImageDataset(x_train, y_train, x_test, y_test, names, [f"super{c}" for c in range(coarse)],
+                        [f // fine_per_coarse for f in range(classes)], mean, std)
+
+
+def load(source) -> ImageDataset:
+    """``"synthetic"``, a folder of npz shards, or a ``cifar-100-python`` folder."""
+    if str(source) == "synthetic":
+        return synthetic_hierarchy()
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder (give 'synthetic', an npz shard folder or cifar-100-python)")
+    if (folder / "train").exists() and (folder / "meta").exists():
+        return load_cifar_python(folder)
+    return load_npz_folder(folder)
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, mean, std, train: bool, generator=None,
+            device="cpu"):
+    """Yield ``(images, labels)``: float NCHW (channels_last) normalised, with random crop (pad 4) and
+    horizontal flip when ``train``. Shuffled when ``train`` (from ``generator``)."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size].numpy()
+        images = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float()
+        if train:
+            images = _augment(images, generator)
+        images = ((images - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+        yield images.to(device), torch.from_numpy(y[idx]).to(device)
+
+
+def _augment(images: torch.Tensor, generator) -> torch.Tensor:
+    """Random 4-pixel-padded crop and horizontal flip, vectorised over the batch."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 3, h, w + 8)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 3, h, w)
+    cropped = cropped.gather(3, cols)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cropped[flip] = cropped[flip].flip(3)
+    return cropped

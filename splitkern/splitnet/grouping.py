@@ -1,0 +1,91 @@
+"""Hard groupings that do not come from training: clustering, weight-mass propagation, random, NMI.
+
+* :func:`kmeans`: Lloyd's k-means (k-means++ init) on rows, e.g. the classes' FC weight rows:
+  the authors' clustering baseline for class groups.
+* :func:`propagate_groups`: given the class groups, give every feature the group its
+  weights feed most (top layer first), so a whole split tree follows from the classes.
+* :func:`random_balanced`: equal-sized random groups.
+* :func:`nmi`: normalised mutual information (arithmetic mean of entropies, as sklearn).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from splitkern.reference.group_weight_reg import weight_energy
+
+
+def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> torch.Tensor:
+    """Cluster ``rows`` (n, d) into ``k`` groups; returns (n,) int64 ids. Empty clusters are re-seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    x = rows.detach().float().cpu()
+    n = x.shape[0]
+    centres = x[torch.randint(0, n, (1,), generator=gen)]
+    for _ in range(1, k):  # k-means++
+        dist = torch.cdist(x, centres).min(1).values.square()
+        probs = dist / dist.sum() if dist.sum() > 0 else torch.full((n,), 1.0 / n)
+        centres = torch.cat([centres, x[torch.multinomial(probs, 1, generator=gen)]])
+    ids = torch.zeros(n, dtype=torch.int64)
+    for _ in range(iters):
+        new_ids = torch.cdist(x, centres).argmin(1)
+        for c in range(k):
+            members = x[new_ids == c]
+            centres[c] = members.mean(0) if len(members) else x[torch.randint(0, n, (1,), generator=gen)][0]
+        if torch.equal(new_ids, ids):
+            break
+        ids = new_ids
+    return ids
+
+
+def random_balanced(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
+
+
+def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Native hard groups for every assignment of a split-aware model, from the class groups down.
+
+    A feature joins the group whose output features its weights reach with the most
+    energy (sum of mean squared weights), layer by layer from the logits.
+    """
+    from splitkern.splitnet.convert import _plan
+
+    plan = _plan(model)
+    modules = dict(model.named_modules())
+    known = {plan.output_key: class_groups.cpu()}
+    while len(known) < len(model.assignments):
+        mass: dict[str, torch.Tensor] = {}
+        for name, role in plan.layers.items():
+            native = model.assignments[role.in_key].groups
+            if role.in_key in known or role.out_key not in known or native != plan.groups(role.level):
+                continue
+            out_ids = known[role.out_key] // (model.assignments[role.out_key].groups // native)
+            energy = weight_energy(modules[name].weight.detach()).cpu()  # (out, in)
+            onehot = torch.nn.functional.one_hot(out_ids, native).float()  # (out, G)
+            mass[role.in_key] = mass.get(role.in_key, 0) + onehot.t() @ energy
+        if not mass:
+            raise RuntimeError(f"cannot propagate groups to {sorted(set(model.assignments) - set(known))}")
+        known.update({key: m.argmax(0) for key, m in mass.items()})
+    return known
+
+
+def apply_groups(model, groups: dict[str, torch.Tensor], confidence: float = 4.0) -> None:
+    for key, ids in groups.items():
+        model.assignments[key].set_hard(ids, confidence)
+
+
+def nmi(a, b) -> float:
+    """Normalised mutual information of two labelings (arithmetic normalisation)."""
+    a, b = np.asarray(a), np.asarray(b)
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    joint = np.zeros((ia.max() + 1, ib.max() + 1))
+    np.add.at(joint, (ia, ib), 1)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
+    ha, hb = -float((pa * np.log(pa)).sum()), -float((pb * np.log(pb)).sum())
+    denom = (ha + hb) / 2
+    return mi / denom if denom > 0 else 1.0
