@@ -57,6 +57,26 @@ def _train_config(args):
                        tensorboard=not args.no_tensorboard)
 
 
+def _summary(metrics: dict, out: str) -> str:
+    lines = [f"SplitNet {metrics['model']} split {metrics['spec']} on {metrics['data']}:"]
+    coarse = metrics.get("coarse_of_groups") or [[] for _ in metrics["groups"]]
+    for g, (classes, supers) in enumerate(zip(metrics["groups"], coarse)):
+        shown = ", ".join(classes[:8]) + (f", ... ({len(classes)} classes)" if len(classes) > 8 else "")
+        lines.append(f"  group {g}: {shown}" + (f"\n           superclasses: {', '.join(supers)}" if supers else ""))
+    if "nmi_coarse" in metrics:
+        lines.append(f"  NMI(class groups, superclasses) = {metrics['nmi_coarse']:.3f}")
+    share = metrics["params_split"] / metrics["params_dense"]
+    lines.append(f"  params: dense {metrics['params_dense']:,}  split {metrics['params_split']:,} ({100 * share:.1f}%)")
+    lines.append(f"  test accuracy (split model): {100 * metrics['test_acc']:.2f}%")
+    lines.append(f"  inference, batch 256: dense {metrics['inference_ms_dense_b256']:.1f} ms, "
+                 f"split {metrics['inference_ms_split_b256']:.1f} ms")
+    for name, result in metrics["baselines"].items():
+        nmi = f", NMI {result['nmi_coarse']:.3f}" if "nmi_coarse" in result else ""
+        lines.append(f"  baseline {name}: accuracy {100 * result['test_acc']:.2f}%, params {result['params']:,}{nmi}")
+    lines.append(f"  written to {out}/ (metrics.json, log.csv, split.pt; 'splitkern plot {out}' draws the groups)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args, rest = _parser().parse_known_args(argv)
     if args.command == "kernels":
@@ -72,9 +92,7 @@ def main(argv=None) -> None:
         run_demo(args.features, args.batch, args.groups, args.repeats, device=args.device)
     elif args.command == "train":
         from splitkern.splitnet.train import run
-        import json
-        metrics = run(_train_config(args))
-        print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+        print(_summary(run(_train_config(args)), args.out))
     elif args.command == "plot":
         from splitkern.splitnet.plot import plot
         for path in plot(args.dir):

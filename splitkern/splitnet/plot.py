@@ -36,7 +36,7 @@ def plot(run_dir) -> list[Path]:
     for ax, key in zip(axes[:, 0], keys):
         probs = model.assignments[key].probs().detach()
         order = torch.sort(probs.argmax(0), stable=True).indices
-        ax.imshow(probs[:, order], aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(probs[:, order].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_ylabel(key, rotation=0, ha="right", fontsize=7)
         ax.set_yticks([])
         ax.set_xticks([])
@@ -50,7 +50,7 @@ def plot(run_dir) -> list[Path]:
     orders = convert.channel_orders(model)
     weight = model.fc.weight.detach().abs()[orders[role.out_key]][:, orders[role.in_key]]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.imshow(weight, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.imshow(weight.numpy(), aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_xlabel("input features (grouped)")
     ax.set_ylabel("classes (grouped)")
     ax.set_title("|W| of the logits layer, rows and columns sorted by group", fontsize=9)

@@ -87,13 +87,13 @@ class Phase:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, dataset: sk_data.ImageDataset | None = None):
         config.validate()
         self.config = config
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config.device)
-        self.data = sk_data.load(config.data)
+        self.data = dataset if dataset is not None else sk_data.load(config.data)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.log_path = self.out / "log.csv"
         self.writer = self._writer() if config.tensorboard else None
@@ -137,6 +137,7 @@ class Trainer:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             self.gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
             phase.history = state["history"]
             start = state["epoch"] + 1
         base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -151,7 +152,8 @@ class Trainer:
             phase.history.append(row)
             self._log(row)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "generator": self.gen.get_state(), "history": phase.history}, path)
+                        "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "history": phase.history}, path)
         return model
 
     def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> float:
@@ -269,9 +271,12 @@ class Trainer:
         return 1e3 * sorted(times)[len(times) // 2]
 
 
-def run(config: TrainConfig) -> dict:
-    """Train SplitNet and the requested baselines; write and return ``metrics.json``'s content."""
-    trainer = Trainer(config)
+def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dict:
+    """Train SplitNet and the requested baselines; write and return ``metrics.json``'s content.
+
+    ``dataset`` overrides ``config.data`` (tests pass a tiny one).
+    """
+    trainer = Trainer(config, dataset)
     warm = trainer.warmed_up()
     main = trainer.run_splitnet(warm)
     stage1 = wrn(**parse_model_name(config.model), num_classes=trainer.data.num_classes, split=config.split)
@@ -297,9 +302,11 @@ def run(config: TrainConfig) -> dict:
         metrics["coarse_of_groups"] = [sorted({trainer.data.coarse_names[trainer.data.fine_to_coarse[i]]
                                                for i in torch.nonzero(class_ids == g).flatten().tolist()})
                                        for g in range(len(metrics["groups"]))] if trainer.data.coarse_names else []
-    for name in config.baselines:
+    metrics_path = trainer.out / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    for name in config.baselines:  # metrics.json is rewritten after each, so a long run reports as it goes
         metrics["baselines"][name] = trainer.run_baseline(name, warm)
-    (trainer.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics_path.write_text(json.dumps(metrics, indent=2))
     if trainer.writer is not None:
         trainer.writer.close()
     return metrics

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import splitkern
+from splitkern import data
+from splitkern.cli import _parser, _train_config
+from splitkern.models import wrn
+from splitkern.splitnet import grouping
+from splitkern.splitnet.plot import plot
+from splitkern.splitnet.train import Trainer, TrainConfig, run
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return data.synthetic_hierarchy(seed=0, train_per_class=6, test_per_class=3)
+
+
+def config(tmp_path, **kw):
+    base = dict(model="wrn10-1", split="2-4", stage1_epochs=2, warmup_epochs=1, stage2_epochs=1, batch_size=32,
+                out=str(tmp_path), tensorboard=False, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_writes_metrics_split_model_and_logs(tmp_path, tiny):
+    metrics = run(config(tmp_path, baselines=("dense", "random", "cluster")), tiny)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_acc", "params_dense", "params_split", "nmi_coarse", "groups"):
+        assert key in saved
+    assert saved["params_split"] < saved["params_dense"]
+    assert sorted(name for group in saved["groups"] for name in group) == sorted(tiny.fine_names)
+    assert set(saved["baselines"]) == {"dense", "random", "cluster"}
+    assert 0 <= metrics["nmi_coarse"] <= 1
+    model = splitkern.load(tmp_path / "split.pt").eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("run,phase,epoch") and len(log) > 4
+    for path in plot(tmp_path):
+        assert path.stat().st_size > 0
+
+
+def test_resume_after_a_kill_loses_nothing(tmp_path, tiny, monkeypatch):
+    reference = run(config(tmp_path / "a"), tiny)
+
+    calls = {"n": 0}
+    original = Trainer._train_epoch
+
+    def dies_on_third_epoch(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args)
+    monkeypatch.setattr(Trainer, "_train_epoch", dies_on_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path / "b"), tiny)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = run(config(tmp_path / "b", resume=True), tiny)
+    assert resumed["test_acc"] == reference["test_acc"]
+    a = torch.load(tmp_path / "a" / "split.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "split.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_configs(tmp_path):
+    for kw, words in ((dict(warmup_epochs=2), "warmup_epochs"), (dict(baselines=("oracle",)), "baselines"),
+                      (dict(model="resnet"), "wrn16-8"), (dict(assign_init="best"), "assign_init")):
+        with pytest.raises(ValueError, match=words):
+            Trainer(config(tmp_path, **kw), data.synthetic_hierarchy(train_per_class=1, test_per_class=1))
+
+
+def test_cli_epoch_split():
+    args = _parser().parse_args(["train", "--out", "x", "--epochs", "15", "--baselines", "dense,cluster"])
+    cfg = _train_config(args)
+    assert (cfg.stage1_epochs, cfg.stage2_epochs, cfg.warmup_epochs) == (10, 5, 3)
+    assert cfg.baselines == ("dense", "cluster")
+
+
+def test_nmi_reference_values():
+    assert grouping.nmi([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)
+    assert grouping.nmi([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(0.0)
+    # DESIGN.md: 4 superclass-pure groups of 100 classes vs 20 superclasses score 0.63
+    coarse = np.arange(100) // 5
+    assert grouping.nmi(coarse // 5, coarse) == pytest.approx(0.633, abs=1e-3)
+
+
+def test_kmeans_separates_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(30) % 3
+    points = centres[truth] + 0.1 * torch.randn(30, 2, generator=gen)
+    found = grouping.kmeans(points, 3)
+    assert grouping.nmi(found.numpy(), truth.numpy()) == pytest.approx(1.0)
+
+
+def test_propagate_groups_follows_block_structure():
+    model = wrn(10, 1, 4, split="2")
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.weight[:2, :32] = 1.0  # classes 0, 1 read features 0..31
+        model.fc.weight[2:, 32:] = 1.0
+    groups = grouping.propagate_groups(model, torch.tensor([1, 1, 0, 0]))
+    expected = torch.cat([torch.ones(32, dtype=torch.long), torch.zeros(32, dtype=torch.long)])
+    assert torch.equal(groups["logits_in"], expected) and torch.equal(groups["classes"], torch.tensor([1, 1, 0, 0]))
