@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="SplitNet: stage 1, split, stage 2 (+ baselines)")
     train.add_argument("--data", default="synthetic", help="'synthetic', an npz shard folder or cifar-100-python")
-    train.add_argument("--model", default="wrn10-2", help="wrn{depth}-{widen}, e.g. wrn16-8")
+    train.add_argument("--model", default="wrn10-2", help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
     train.add_argument("--split", default="4", help="groups per split level, lowest first: 4, 4-4, 2-2-2, 2-4-8")
     train.add_argument("--epochs", type=int, default=None, help="total epochs (2/3 stage 1, 1/3 stage 2)")
     train.add_argument("--stage1-epochs", type=int, default=None)

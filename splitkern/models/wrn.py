@@ -119,7 +119,7 @@ class WideResNet(nn.Module):
         first = split_levels[0]
         start = None if first == "logits" else (f"stages.{LEVELS.index(first) + 1}", entry[first])
         plan = SplitPlan(spec=spec, levels=tuple(split_levels), layers=layers, channels=channels, start=start,
-                         output_key="classes")
+                         output_key="classes", gather_layer="fc" if start is None else None)
         return nn.ModuleDict(assignments), plan
 
     def features(self, x):
@@ -141,7 +141,8 @@ def parse_model_name(name: str) -> dict:
         depth, widen = name.lower().removeprefix("wrn").split("-")
         return {"depth": int(depth), "widen": int(widen)}
     except ValueError:
-        raise ValueError(f"model name {name!r} must look like 'wrn16-8' (wrn{{depth}}-{{widen}})") from None
+        raise ValueError(f"model name {name!r} must be 'alexnet' or look like 'wrn16-8' "
+                         f"(wrn{{depth}}-{{widen}})") from None
 
 
 __all__ = ["BasicBlock", "WideResNet", "parse_model_name", "wrn"]

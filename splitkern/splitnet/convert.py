@@ -117,7 +117,7 @@ def split(model):
         in_ids = hard_groups(model, role.in_key, role.level).cpu()
         out_ids = hard_groups(model, role.out_key, role.level).cpu()
         layer = _split_layer(modules[name], in_ids, out_ids, orders[role.in_key], orders[role.out_key], groups,
-                             gather=plan.start is None and isinstance(modules[name], nn.Linear),
+                             gather=name == plan.gather_layer,
                              scatter=role.out_key == plan.output_key)
         _set_module(result, name, layer)
     for name, key in plan.channels.items():

@@ -10,9 +10,9 @@ FORMAT = "splitkern-split-v1"
 
 
 def _builders():
-    from splitkern.models import WideResNet
+    from splitkern.models import AlexNet, WideResNet
 
-    return {"WideResNet": WideResNet}
+    return {"WideResNet": WideResNet, "AlexNet": AlexNet}
 
 
 def save(split_model, path) -> Path:

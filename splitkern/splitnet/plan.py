@@ -23,8 +23,9 @@ class SplitPlan:
     ``layers``: module name -> :class:`LayerRole`. ``channels``: module name of a
     per-channel layer (BatchNorm) -> the key of the features it normalises.
     ``start``: (module name, key) before which activations are permuted into grouped
-    order, or None when the first split layer is the linear that gathers itself.
-    ``output_key``: the assignment of the model's outputs (un-permuted at the end).
+    order, or None when ``gather_layer`` (the first split layer, a linear) gathers its
+    input itself. ``output_key``: the assignment of the model's outputs (un-permuted
+    inside the last split layer).
     """
 
     spec: SplitSpec
@@ -33,6 +34,7 @@ class SplitPlan:
     channels: dict[str, str]
     start: tuple[str, str] | None
     output_key: str
+    gather_layer: str | None = None
 
     def groups(self, level: str) -> int:
         return self.spec.groups[self.levels.index(level)]

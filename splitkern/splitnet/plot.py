@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from splitkern.models import parse_model_name, wrn
+from splitkern import models
 from splitkern.splitnet import convert
 
 
@@ -16,8 +16,8 @@ def load_stage1(run_dir) -> torch.nn.Module:
         raise ValueError(f"{run_dir}: no stage1.pt (is this a 'splitkern train' output folder?)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     config = blob["config"]
-    classes = blob["state_dict"]["fc.weight"].shape[0]
-    model = wrn(**parse_model_name(config["model"]), num_classes=classes, split=config["split"])
+    classes = blob["state_dict"]["assignments.classes.logits"].shape[1]
+    model = models.build(config["model"], classes, config["split"])
     model.load_state_dict(blob["state_dict"])
     return model
 
@@ -46,9 +46,11 @@ def plot(run_dir) -> list[Path]:
     fig.savefig(first, dpi=110)
     plt.close(fig)
 
-    role = model.split_plan.layers["fc"]
+    plan = model.split_plan
+    last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
+    role = plan.layers[last]
     orders = convert.channel_orders(model)
-    weight = model.fc.weight.detach().abs()[orders[role.out_key]][:, orders[role.in_key]]
+    weight = model.get_submodule(last).weight.detach().abs()[orders[role.out_key]][:, orders[role.in_key]]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.imshow(weight.numpy(), aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_xlabel("input features (grouped)")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from splitkern import data as sk_data
-from splitkern.models import parse_model_name, wrn
+from splitkern import models
 from splitkern.splitnet import convert, grouping, io
 
 BASELINES = ("dense", "random", "cluster")
@@ -70,7 +70,8 @@ class TrainConfig:
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
-        parse_model_name(self.model)
+        if self.model.lower() != "alexnet":
+            models.parse_model_name(self.model)
 
 
 @dataclass
@@ -109,8 +110,7 @@ class Trainer:
     # --- models -------------------------------------------------------------------------------
     def build(self, split=True):
         torch.manual_seed(self.config.seed)
-        model = wrn(**parse_model_name(self.config.model), num_classes=self.data.num_classes,
-                    split=self.config.split if split else None)
+        model = models.build(self.config.model, self.data.num_classes, self.config.split if split else None)
         return model.to(self.device, memory_format=torch.channels_last)
 
     def _optimizer(self, model, phase: Phase):
@@ -188,7 +188,8 @@ class Trainer:
         return correct / len(d.y_test)
 
     def nmi(self, model) -> float:
-        classes = convert.hard_groups(model, model.split_plan.output_key, "logits").cpu()
+        plan = model.split_plan
+        classes = convert.hard_groups(model, plan.output_key, plan.levels[-1]).cpu()
         return grouping.nmi(classes.numpy(), self.data.fine_to_coarse)
 
     def _log(self, row: dict) -> None:
@@ -207,7 +208,11 @@ class Trainer:
 
     # --- runs -----------------------------------------------------------------------------------
     def cluster_groups(self, model) -> dict[str, torch.Tensor]:
-        classes = grouping.kmeans(model.fc.weight, model.split_plan.groups("logits"), seed=self.config.seed)
+        """k-means of the classes' rows of the last layer, propagated down the split tree."""
+        plan = model.split_plan
+        last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
+        top = plan.layers[last].level
+        classes = grouping.kmeans(model.get_submodule(last).weight, plan.groups(top), seed=self.config.seed)
         return grouping.propagate_groups(model, classes)
 
     def warmed_up(self):
@@ -279,19 +284,19 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
     trainer = Trainer(config, dataset)
     warm = trainer.warmed_up()
     main = trainer.run_splitnet(warm)
-    stage1 = wrn(**parse_model_name(config.model), num_classes=trainer.data.num_classes, split=config.split)
+    stage1 = models.build(config.model, trainer.data.num_classes, config.split)
     stage1.load_state_dict(torch.load(trainer.out / "stage1.pt", weights_only=False)["state_dict"])
     split_model = io.load(trainer.out / "split.pt")
-    class_ids = convert.hard_groups(stage1, stage1.split_plan.output_key, "logits")
+    top = stage1.split_plan.levels[-1]
+    class_ids = convert.hard_groups(stage1, stage1.split_plan.output_key, top)
     names = trainer.data.fine_names
     metrics = {
         "spec": config.split, "model": config.model, "data": config.data,
         "test_acc": main["test_acc"],
-        "params_dense": convert.count_parameters(wrn(**parse_model_name(config.model),
-                                                     num_classes=trainer.data.num_classes)),
+        "params_dense": convert.count_parameters(models.build(config.model, trainer.data.num_classes)),
         "params_split": main["params"],
         "groups": [[names[i] for i in torch.nonzero(class_ids == g).flatten().tolist()]
-                   for g in range(stage1.split_plan.groups("logits"))],
+                   for g in range(stage1.split_plan.groups(top))],
         "inference_ms_dense_b256": trainer.inference_ms(stage1.to(trainer.device)),
         "inference_ms_split_b256": trainer.inference_ms(split_model.to(trainer.device)),
         "baselines": {},

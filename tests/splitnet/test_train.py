@@ -104,3 +104,9 @@ def test_propagate_groups_follows_block_structure():
     groups = grouping.propagate_groups(model, torch.tensor([1, 1, 0, 0]))
     expected = torch.cat([torch.ones(32, dtype=torch.long), torch.zeros(32, dtype=torch.long)])
     assert torch.equal(groups["logits_in"], expected) and torch.equal(groups["classes"], torch.tensor([1, 1, 0, 0]))
+
+
+def test_alexnet_run(tmp_path, tiny):
+    metrics = run(config(tmp_path, model="alexnet", split="2-2-4"), tiny)
+    assert metrics["params_split"] < metrics["params_dense"] and len(metrics["groups"]) == 4
+    assert len(plot(tmp_path)) == 2

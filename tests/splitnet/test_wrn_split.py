@@ -121,3 +121,33 @@ def test_spec_parsing():
         parse_model_name("resnet50")
     with pytest.raises(ValueError, match="6n\\+4"):
         wrn(12, 1, 10)
+
+
+@pytest.mark.parametrize("variant, size", [("cifar", 32), ("imagenet", 224)])
+@pytest.mark.parametrize("spec", ["4", "2-2", "2-2-2", "2-4-8"])
+def test_alexnet_split_equals_masked_dense(variant, size, spec):
+    from splitkern.models import alexnet
+
+    torch.manual_seed(0)
+    model = alexnet(10, split=spec, variant=variant, hidden=64).eval()
+    for assignment in model.assignments.values():
+        torch.nn.init.normal_(assignment.logits, std=3.0)
+    x = torch.randn(2, 3, size, size)
+    expected = masked_dense(model).eval()(x)
+    split_model = split(model).eval()
+    torch.testing.assert_close(split_model(x), expected, rtol=1e-5, atol=1e-5)
+    assert count_parameters(split_model) < count_parameters(model)
+    assert regularization(model).isfinite()
+
+
+def test_alexnet_save_load_and_bad_spec(tmp_path):
+    from splitkern.models import alexnet
+
+    split_model = split(alexnet(10, split="2-2-2", variant="cifar", hidden=32)).eval()
+    loaded = splitkern.load(splitkern.save(split_model, tmp_path / "a.pt")).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), split_model(x))
+    with pytest.raises(ValueError, match="only 3 split levels"):
+        alexnet(10, split="2-2-2-2")
+    with pytest.raises(ValueError, match="variant"):
+        alexnet(10, variant="mnist")

@@ -1,0 +1,73 @@
+"""AlexNet (one-tower, as torchvision's) with SplitNet's split levels fc6, fc7, fc8 (Kim et al. 2017).
+
+``variant="imagenet"``: 224x224 inputs, 5 convs (64, 192, 384, 256, 256), 6x6 pooled
+features, fc6/fc7 of ``hidden`` (4096) units. ``variant="cifar"``: 32x32 inputs, 3x3
+convs, 4x4 pooled features, ``hidden`` 1024 by default.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from splitkern.splitnet.assignments import GroupAssignment
+from splitkern.splitnet.plan import LayerRole, SplitPlan
+from splitkern.splitnet.spec import SplitSpec
+
+LEVELS = ("fc6", "fc7", "fc8")
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes: int = 1000, split=None, variant: str = "imagenet", hidden: int | None = None,
+                 dropout: float = 0.5):
+        super().__init__()
+        if variant not in ("imagenet", "cifar"):
+            raise ValueError(f"variant must be 'imagenet' or 'cifar', got {variant!r}")
+        hidden = hidden or (4096 if variant == "imagenet" else 1024)
+        self.config = dict(num_classes=num_classes, variant=variant, hidden=hidden, dropout=dropout)
+        if variant == "imagenet":
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+            self.pool, side = nn.AdaptiveAvgPool2d(6), 6
+        else:
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            self.pool, side = nn.AdaptiveAvgPool2d(4), 4
+        flat = 256 * side * side
+        self.drop6, self.fc6 = nn.Dropout(dropout), nn.Linear(flat, hidden)
+        self.drop7, self.fc7 = nn.Dropout(dropout), nn.Linear(hidden, hidden)
+        self.fc8 = nn.Linear(hidden, num_classes)
+        if split is not None:
+            spec = SplitSpec.parse(split)
+            spec.check_levels(LEVELS, "AlexNet")
+            self.assignments, self.split_plan = self._plan(spec, (flat, hidden, hidden, num_classes))
+
+    def _plan(self, spec, widths):
+        levels = LEVELS[len(LEVELS) - spec.levels:]
+        groups = dict(zip(levels, spec.groups))
+        keys = ("fc6_in", "fc7_in", "fc8_in", "classes")
+        first = LEVELS.index(levels[0])
+        # features entering a level are assigned at its group count; the classes at fc8's
+        assignments = {keys[j]: GroupAssignment(groups[LEVELS[min(j, 2)]], widths[j]) for j in range(first, 4)}
+        layers = {level: LayerRole(keys[i], keys[i + 1], level) for i, level in enumerate(LEVELS) if level in groups}
+        plan = SplitPlan(spec=spec, levels=levels, layers=layers, channels={}, start=None, output_key="classes",
+                         gather_layer=levels[0])
+        return nn.ModuleDict(assignments), plan
+
+    def forward(self, x):
+        x = self.pool(self.features(x)).flatten(1)
+        x = self.fc6(self.drop6(x)).relu()
+        x = self.fc7(self.drop7(x)).relu()
+        return self.fc8(x)
+
+
+def alexnet(num_classes: int = 1000, split=None, **kwargs) -> AlexNet:
+    """AlexNet; ``split="2-2-2"`` splits fc6, fc7 and fc8 (``"4"``: fc8 only)."""
+    return AlexNet(num_classes, split=split, **kwargs)
