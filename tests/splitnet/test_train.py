@@ -26,7 +26,8 @@ def config(tmp_path, **kw):
 
 
 def test_run_writes_metrics_split_model_and_logs(tmp_path, tiny):
-    metrics = run(config(tmp_path, baselines=("dense", "random", "cluster")), tiny)
+    metrics = run(config(tmp_path, baselines=("dense", "random", "cluster"), tensorboard=True), tiny)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test_acc", "params_dense", "params_split", "nmi_coarse", "groups"):
         assert key in saved
