@@ -20,6 +20,7 @@ demo: install
 	$(VENV)/bin/splitkern plot runs/demo
 
 test: install
+	$(VENV)/bin/ruff check splitkern tests benchmarks
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: install

@@ -27,7 +27,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def _per_group_loop(split: SplitLinear):
     blocks = [split.block(g) for g in range(split.layout.groups)]
-    in_off, out_off = split.layout.in_offsets, split.layout.out_offsets
+    in_off = split.layout.in_offsets
 
     def run(x):
         xg = x[:, split.in_index]

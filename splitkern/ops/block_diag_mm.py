@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from splitkern import backend
-from splitkern.layout import BlockLayout, block_layout, check_sizes
+from splitkern.layout import BlockLayout, check_sizes
+from splitkern.ops._dispatch import cached_layout, kernels
 from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
 from splitkern.reference.block_diag_mm import block_diag_mm_grad_bias
 
@@ -16,31 +16,27 @@ _OP = "block_diag_mm"
 
 
 def _kernels(t: Tensor):
-    return backend.implementation(_OP, t.device, t.dtype)
-
-
-def _layout(in_sizes, out_sizes):
-    return block_layout(tuple(in_sizes), tuple(out_sizes))
+    return kernels(_OP, t)
 
 
 @torch.library.custom_op("splitkern::block_diag_mm", mutates_args=())
 def _block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int],
                    out_sizes: list[int], in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
-    layout = _layout(in_sizes, out_sizes)
+    layout = cached_layout(in_sizes, out_sizes)
     return _kernels(x).block_diag_mm(x, weight, bias, layout, in_index, out_index)
 
 
 @torch.library.custom_op("splitkern::block_diag_mm_grad_input", mutates_args=())
 def _block_diag_mm_grad_input(grad_out: Tensor, weight: Tensor, in_sizes: list[int], out_sizes: list[int],
                               in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
-    layout = _layout(in_sizes, out_sizes)
+    layout = cached_layout(in_sizes, out_sizes)
     return _kernels(grad_out).block_diag_mm_grad_input(grad_out, weight, layout, in_index, out_index)
 
 
 @torch.library.custom_op("splitkern::block_diag_mm_grad_weight", mutates_args=())
 def _block_diag_mm_grad_weight(grad_out: Tensor, x: Tensor, in_sizes: list[int], out_sizes: list[int],
                                in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
-    layout = _layout(in_sizes, out_sizes)
+    layout = cached_layout(in_sizes, out_sizes)
     return _kernels(x).block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index)
 
 

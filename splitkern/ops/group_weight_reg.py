@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from splitkern import backend
+from splitkern.ops._dispatch import kernels
 from splitkern.ops._checks import check_shape, check_tensor
 from splitkern.reference.group_weight_reg import finish
 
@@ -13,7 +13,7 @@ _OP = "group_weight_reg"
 
 
 def _kernels(t: Tensor):
-    return backend.implementation(_OP, t.device, t.dtype)
+    return kernels(_OP, t)
 
 
 @torch.library.custom_op("splitkern::group_weight_reg_gemms", mutates_args=())

@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from splitkern import backend
-from splitkern.layout import BlockLayout, block_layout, check_sizes
+from splitkern.layout import BlockLayout, check_sizes
+from splitkern.ops._dispatch import cached_layout, kernels
 from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
 from splitkern.reference.grouped_conv import grouped_conv_grad_bias, new_activation, output_shape
 
@@ -16,18 +16,14 @@ _OP = "grouped_conv"
 
 
 def _kernels(t: Tensor):
-    return backend.implementation(_OP, t.device, t.dtype)
-
-
-def _layout(in_sizes, out_sizes):
-    return block_layout(tuple(in_sizes), tuple(out_sizes))
+    return kernels(_OP, t)
 
 
 @torch.library.custom_op("splitkern::grouped_conv", mutates_args=())
 def _grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int], out_sizes: list[int],
                   kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
                   in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(x).grouped_conv(x, weight, bias, _layout(in_sizes, out_sizes), kernel_size, stride, padding,
+    return _kernels(x).grouped_conv(x, weight, bias, cached_layout(in_sizes, out_sizes), kernel_size, stride, padding,
                                     dilation, in_index, out_index)
 
 
@@ -36,7 +32,7 @@ def _grouped_conv_grad_input(grad_out: Tensor, weight: Tensor, x: Tensor, in_siz
                              out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                              dilation: list[int], in_index: Optional[Tensor],
                              out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(grad_out).grouped_conv_grad_input(grad_out, weight, x, _layout(in_sizes, out_sizes),
+    return _kernels(grad_out).grouped_conv_grad_input(grad_out, weight, x, cached_layout(in_sizes, out_sizes),
                                                       kernel_size, stride, padding, dilation, in_index, out_index)
 
 
@@ -45,7 +41,7 @@ def _grouped_conv_grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, in_si
                               out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                               dilation: list[int], in_index: Optional[Tensor],
                               out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(x).grouped_conv_grad_weight(grad_out, x, weight, _layout(in_sizes, out_sizes), kernel_size,
+    return _kernels(x).grouped_conv_grad_weight(grad_out, x, weight, cached_layout(in_sizes, out_sizes), kernel_size,
                                                 stride, padding, dilation, in_index, out_index)
 
 
