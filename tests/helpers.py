@@ -27,3 +27,20 @@ def forward_and_grads(fn, tensors, grad_out):
     wrt = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(y, wrt, grad_out, allow_unused=True, materialize_grads=True)
     return y, grads
+
+
+def to_original_order(dense, bias, in_index, out_index):
+    """A grouped-order dense (out, in, ...) weight and bias moved to the original feature order."""
+    if in_index is not None:  # grouped column j reads original column in_index[j]
+        moved = torch.zeros_like(dense)
+        moved[:, in_index] = dense
+        dense = moved
+    if out_index is not None:
+        moved = torch.zeros_like(dense)
+        moved[out_index] = dense
+        dense = moved
+        if bias is not None:
+            moved_bias = torch.zeros_like(bias)
+            moved_bias[out_index] = bias
+            bias = moved_bias
+    return dense, bias

@@ -32,6 +32,21 @@ def _energy_tile(w_ptr, offs_o, offs_i, mask, stride_o, stride_i, TAPS: tl.const
 
 
 @triton.jit
+def _tile(p_ptr, q_ptr, G, D_OUT, D_IN, BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr):
+    """This program's W tile and the matching (G x tile) slices of P and Q: offsets, masks, P, Q."""
+    offs_o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_o, mask_i, mask_g = offs_o < D_OUT, offs_i < D_IN, offs_g < G
+    gi = offs_g[:, None] * D_IN + offs_i[None, :]
+    go = offs_g[:, None] * D_OUT + offs_o[None, :]
+    mask_gi, mask_go = mask_g[:, None] & mask_i[None, :], mask_g[:, None] & mask_o[None, :]
+    p = tl.load(p_ptr + gi, mask=mask_gi, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + go, mask=mask_go, other=0.0).to(tl.float32)
+    return offs_o, offs_i, mask_o[:, None] & mask_i[None, :], gi, go, mask_gi, mask_go, p, q
+
+
+@triton.jit
 def group_weight_reg_kernel(
     w_ptr, p_ptr, q_ptr, a_ptr, b_ptr,
     G, D_OUT, D_IN, stride_o, stride_i,
@@ -39,19 +54,11 @@ def group_weight_reg_kernel(
     BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     """a[:, i-tile] += (Q∘Q)[:, o-tile] @ M_tile;  b[:, o-tile] += (P∘P)[:, i-tile] @ M_tile^T."""
-    offs_o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    offs_g = tl.arange(0, BLOCK_G)
-    mask_o, mask_i, mask_g = offs_o < D_OUT, offs_i < D_IN, offs_g < G
-    m = _energy_tile(w_ptr, offs_o, offs_i, mask_o[:, None] & mask_i[None, :], stride_o, stride_i, TAPS)
-    q = tl.load(q_ptr + offs_g[:, None] * D_OUT + offs_o[None, :], mask=mask_g[:, None] & mask_o[None, :],
-                other=0.0).to(tl.float32)
-    p = tl.load(p_ptr + offs_g[:, None] * D_IN + offs_i[None, :], mask=mask_g[:, None] & mask_i[None, :],
-                other=0.0).to(tl.float32)
-    a = tl.dot(q * q, m, input_precision=INPUT_PRECISION)
-    b = tl.dot(p * p, tl.trans(m), input_precision=INPUT_PRECISION)
-    tl.atomic_add(a_ptr + offs_g[:, None] * D_IN + offs_i[None, :], a, mask=mask_g[:, None] & mask_i[None, :])
-    tl.atomic_add(b_ptr + offs_g[:, None] * D_OUT + offs_o[None, :], b, mask=mask_g[:, None] & mask_o[None, :])
+    offs_o, offs_i, mask, gi, go, mask_gi, mask_go, p, q = _tile(p_ptr, q_ptr, G, D_OUT, D_IN, BLOCK_G, BLOCK_O,
+                                                                 BLOCK_I)
+    m = _energy_tile(w_ptr, offs_o, offs_i, mask, stride_o, stride_i, TAPS)
+    tl.atomic_add(a_ptr + gi, tl.dot(q * q, m, input_precision=INPUT_PRECISION), mask=mask_gi)
+    tl.atomic_add(b_ptr + go, tl.dot(p * p, tl.trans(m), input_precision=INPUT_PRECISION), mask=mask_go)
 
 
 @triton.jit
@@ -62,17 +69,9 @@ def group_weight_reg_backward_kernel(
     BLOCK_G: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     """dW_tile = (2 W / taps) * ((Q∘Q)^T dA + dB^T (P∘P)); cross_p += dB @ M; cross_q += dA @ M^T."""
-    offs_o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    offs_g = tl.arange(0, BLOCK_G)
-    mask_o, mask_i, mask_g = offs_o < D_OUT, offs_i < D_IN, offs_g < G
-    mask = mask_o[:, None] & mask_i[None, :]
-    gi = offs_g[:, None] * D_IN + offs_i[None, :]
-    go = offs_g[:, None] * D_OUT + offs_o[None, :]
-    mask_gi, mask_go = mask_g[:, None] & mask_i[None, :], mask_g[:, None] & mask_o[None, :]
+    offs_o, offs_i, mask, gi, go, mask_gi, mask_go, p, q = _tile(p_ptr, q_ptr, G, D_OUT, D_IN, BLOCK_G, BLOCK_O,
+                                                                 BLOCK_I)
     m = _energy_tile(w_ptr, offs_o, offs_i, mask, stride_o, stride_i, TAPS)
-    q = tl.load(q_ptr + go, mask=mask_go, other=0.0).to(tl.float32)
-    p = tl.load(p_ptr + gi, mask=mask_gi, other=0.0).to(tl.float32)
     da = tl.load(da_ptr + gi, mask=mask_gi, other=0.0)
     db = tl.load(db_ptr + go, mask=mask_go, other=0.0)
     dm = tl.dot(tl.trans(q * q), da, input_precision=INPUT_PRECISION)

@@ -51,6 +51,18 @@ def _pixel_coords(offs_p, HO, WO):
 
 
 @triton.jit
+def _pixel_offsets(n, h, w, stride_n, stride_h, stride_w):
+    """int64 element offsets of pixels (n, h, w) under a tensor's strides."""
+    return n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w
+
+
+@triton.jit
+def _store_tile(ptr, acc, pix, chan, stride_c, mask):
+    """Store a (pixels x channels) tile at ``ptr + pix + chan * stride_c`` in ptr's dtype."""
+    tl.store(ptr + pix[:, None] + chan[None, :] * stride_c, acc.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _channels(lo, offs, mask, index_ptr, GATHER: tl.constexpr):
     chan = lo + offs
     if GATHER:
@@ -93,7 +105,7 @@ def grouped_conv_kernel(
         h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
         w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
         valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        pix = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        pix = _pixel_offsets(n, h, w, sxn, sxh, sxw)
         chan = _channels(ci_lo, offs_c, mask_c, x_chan_ptr, GATHER_X)
         a = tl.load(x_ptr + pix[:, None] + chan[None, :] * sxc, mask=valid[:, None] & mask_c[None, :], other=0.0)
         b = tl.load(w_ptr + w_rows[None, :] + (offs_c * (KH * KW) + tap)[:, None],
@@ -103,9 +115,7 @@ def grouped_conv_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co_lo + offs_o, mask=mask_o, other=0.0).to(tl.float32)[None, :]
     chan_y = _channels(co_lo, offs_o, mask_o, y_chan_ptr, SCATTER_Y)
-    pix_y = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
-    tl.store(y_ptr + pix_y[:, None] + chan_y[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
-             mask=mask_p[:, None] & mask_o[None, :])
+    _store_tile(y_ptr, acc, _pixel_offsets(n, ho, wo, syn, syh, syw), chan_y, syc, mask_p[:, None] & mask_o[None, :])
 
 
 @triton.jit
@@ -148,7 +158,7 @@ def grouped_conv_grad_input_kernel(
         wo = ws_pos // STRIDE_W
         valid = mask_p & (hs >= 0) & (ws >= 0) & (ho < HO) & (wo < WO)
         valid = valid & (hs_pos % STRIDE_H == 0) & (ws_pos % STRIDE_W == 0)
-        pix = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
+        pix = _pixel_offsets(n, ho, wo, syn, syh, syw)
         chan = _channels(co_lo, offs_o, mask_o, dy_chan_ptr, GATHER_DY)
         a = tl.load(dy_ptr + pix[:, None] + chan[None, :] * syc, mask=valid[:, None] & mask_o[None, :], other=0.0)
         b = tl.load(w_ptr + w_lo + ((offs_o.to(tl.int64) * ci_size)[:, None] + offs_c[None, :]) * (KH * KW) + tap,
@@ -156,9 +166,7 @@ def grouped_conv_grad_input_kernel(
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     chan_x = _channels(ci_lo, offs_c, mask_c, dx_chan_ptr, SCATTER_DX)
-    pix_x = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
-    tl.store(dx_ptr + pix_x[:, None] + chan_x[None, :] * sxc, acc.to(dx_ptr.dtype.element_ty),
-             mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(dx_ptr, acc, _pixel_offsets(n, h, w, sxn, sxh, sxw), chan_x, sxc, mask_p[:, None] & mask_c[None, :])
 
 
 @triton.jit
@@ -196,8 +204,8 @@ def grouped_conv_grad_weight_kernel(
         h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
         w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
         valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        pix_dy = n.to(tl.int64) * syn + ho.to(tl.int64) * syh + wo.to(tl.int64) * syw
-        pix_x = n.to(tl.int64) * sxn + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
+        pix_dy = _pixel_offsets(n, ho, wo, syn, syh, syw)
+        pix_x = _pixel_offsets(n, h, w, sxn, sxh, sxw)
         dy_t = tl.load(dy_ptr + chan_dy[:, None] + pix_dy[None, :], mask=mask_o[:, None] & mask_p[None, :],
                        other=0.0)
         xs = tl.load(x_ptr + pix_x[:, None] + chan_x[None, :], mask=valid[:, None] & mask_c[None, :], other=0.0)

@@ -9,7 +9,7 @@ from splitkern import backend
 from splitkern.layout import block_layout
 from splitkern.ops import block_diag_mm
 from splitkern.reference import block_diag_mm as ref
-from tests.helpers import DEVICE, assert_close, fast_backends, random_permutation
+from tests.helpers import DEVICE, assert_close, fast_backends, random_permutation, to_original_order
 from tests.helpers import forward_and_grads as _forward_and_grads
 
 FAST = fast_backends("block_diag_mm")
@@ -48,19 +48,7 @@ def masked_dense_linear(x, w, b, layout, in_index, out_index):
         cols = (in_ids == g).nonzero().flatten().tolist()
         if rows and cols:
             dense[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = layout.block(w, g)
-    bias = b
-    if in_index is not None:  # grouped column j reads original column in_index[j]
-        dense_orig = torch.zeros_like(dense)
-        dense_orig[:, in_index] = dense
-        dense = dense_orig
-    if out_index is not None:
-        dense_orig = torch.zeros_like(dense)
-        dense_orig[out_index] = dense
-        dense = dense_orig
-        if b is not None:
-            bias = torch.zeros_like(b)
-            bias[out_index] = b
-    return F.linear(x, dense, bias)
+    return F.linear(x, *to_original_order(dense, b, in_index, out_index))
 
 
 def run(backend_name, x, w, b, layout, in_index, out_index):

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 import splitkern
 from splitkern.layout import block_layout
 from splitkern.ops import grouped_conv
-from tests.helpers import DEVICE, assert_close, fast_backends, forward_and_grads, random_permutation
+from tests.helpers import (DEVICE, assert_close, fast_backends, forward_and_grads, random_permutation,
+                           to_original_order)
 
 FAST = fast_backends("grouped_conv")
 
@@ -63,24 +64,22 @@ def masked_dense_conv(x, w, b, layout, ii, oi, conv):
         block = w[offset:offset + n * k * kh * kw].view(n, k, kh, kw)
         offset += n * k * kh * kw
         dense[layout.out_offsets[g]:layout.out_offsets[g] + n, layout.in_offsets[g]:layout.in_offsets[g] + k] = block
-    bias = b
-    if ii is not None:
-        moved = torch.zeros_like(dense)
-        moved[:, ii] = dense
-        dense = moved
-    if oi is not None:
-        moved = torch.zeros_like(dense)
-        moved[oi] = dense
-        dense = moved
-        if b is not None:
-            bias = torch.zeros_like(b)
-            bias[oi] = b
+    dense, bias = to_original_order(dense, b, ii, oi)
     geometry = dict(stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"])
     if dense.numel() == 0:  # F.conv2d mishandles zero channels: the output is the bias alone
         shape = F.conv2d(x.new_zeros(x.shape[0], 1, *x.shape[2:]), dense.new_zeros(1, 1, kh, kw), **geometry).shape
         y = x.new_zeros(shape[0], layout.out_features, *shape[2:]) + 0 * x.sum()
         return y if bias is None else y + bias.view(1, -1, 1, 1)
     return F.conv2d(x, dense, bias, **geometry)
+
+
+def oracle(x, w, b, layout, ii, oi, conv, grad_out=None):
+    """Masked dense conv output, the grad_out used, and its gradients for (x, w, b)."""
+    expected = masked_dense_conv(x, w, b, layout, ii, oi, conv)
+    grad_out = torch.randn_like(expected) if grad_out is None else grad_out
+    _, grads = forward_and_grads(lambda x_, w_, b_: masked_dense_conv(x_, w_, b_, layout, ii, oi, conv), (x, w, b),
+                                 grad_out)
+    return expected, grad_out, grads
 
 
 def grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out):
@@ -95,11 +94,8 @@ def grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out):
 def test_reference_equals_masked_dense_conv(name, geometry, indices, channels_last):
     case = make_case(*LAYOUTS[name], GEOMETRIES[geometry], channels_last=channels_last, indices=indices)
     layout, x, w, b, ii, oi, conv = case
-    expected = masked_dense_conv(x, w, b, layout, ii, oi, conv)
-    grad_out = torch.randn_like(expected)
+    expected, grad_out, expected_grads = oracle(x, w, b, layout, ii, oi, conv)
     y, grads = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
-    _, expected_grads = forward_and_grads(lambda x_, w_, b_: masked_dense_conv(x_, w_, b_, layout, ii, oi, conv),
-                                          (x, w, b), grad_out)
     assert_close(y, expected)
     for actual, ref in zip(grads, expected_grads):
         assert_close(actual, ref)
@@ -114,8 +110,7 @@ def test_reference_equals_masked_dense_conv(name, geometry, indices, channels_la
 def test_backend_matches_reference(backend_name, name, geometry, indices, channels_last):
     layout, x, w, b, ii, oi, conv = make_case(*LAYOUTS[name], GEOMETRIES[geometry], channels_last=channels_last,
                                               indices=indices)
-    y_ref = run("reference", x, w, b, layout, ii, oi, conv)
-    grad_out = torch.randn_like(y_ref)
+    grad_out = torch.randn_like(run("reference", x, w, b, layout, ii, oi, conv))
     y_ref, g_ref = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
     y, g = grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out)
     assert_close(y, y_ref)
@@ -130,11 +125,8 @@ def test_backend_matches_reference(backend_name, name, geometry, indices, channe
 def test_batch_and_spatial_edge_cases(backend_name, batch, hw):
     geometry = GEOMETRIES["3x3"] if min(hw) > 1 else GEOMETRIES["1x1"]
     layout, x, w, b, ii, oi, conv = make_case(*LAYOUTS["ragged"], geometry, batch=batch, hw=hw, indices=True)
-    expected = masked_dense_conv(x, w, b, layout, ii, oi, conv)
-    grad_out = torch.randn_like(expected)
+    expected, grad_out, expected_grads = oracle(x, w, b, layout, ii, oi, conv)
     y, grads = grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out)
-    _, expected_grads = forward_and_grads(lambda x_, w_, b_: masked_dense_conv(x_, w_, b_, layout, ii, oi, conv),
-                                          (x, w, b), grad_out)
     assert y.shape == expected.shape
     assert_close(y, expected)
     for actual, ref in zip(grads, expected_grads):
@@ -146,9 +138,8 @@ def test_larger_channels_span_several_tiles(backend_name):
     """Channel counts above the 64-wide tiles and a reduction longer than one chunk."""
     layout, x, w, b, ii, oi, conv = make_case((70, 3), (66, 5), GEOMETRIES["3x3"], batch=1, hw=(5, 4),
                                               indices=True)
-    y_ref = run("reference", x, w, b, layout, ii, oi, conv)
-    grad_out = torch.randn_like(y_ref)
-    _, g_ref = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
+    grad_out = torch.randn_like(run("reference", x, w, b, layout, ii, oi, conv))
+    y_ref, g_ref = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
     y, g = grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out)
     assert_close(y, y_ref)
     for actual, expected in zip(g, g_ref):
@@ -173,10 +164,7 @@ def test_fuzz_random_layouts_and_geometry(data):
     geometry = ((kh, kw), stride, padding, dilation)
     layout, x, w, b, ii, oi, conv = make_case(in_sizes, out_sizes, geometry, batch=batch, hw=hw,
                                               channels_last=channels_last, indices=indices)
-    expected = masked_dense_conv(x, w, b, layout, ii, oi, conv)
-    grad_out = torch.randn_like(expected)
-    _, expected_grads = forward_and_grads(lambda x_, w_, b_: masked_dense_conv(x_, w_, b_, layout, ii, oi, conv),
-                                          (x, w, b), grad_out)
+    expected, grad_out, expected_grads = oracle(x, w, b, layout, ii, oi, conv)
     for name in ["reference", *FAST]:
         y, grads = grads_for(name, x, w, b, layout, ii, oi, conv, grad_out)
         assert_close(y, expected)
