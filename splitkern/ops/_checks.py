@@ -45,3 +45,19 @@ def check_permutation(index, name: str, length: int, device: torch.device) -> to
             torch.sort(index).values, torch.arange(length, device=index.device)):
         raise ValueError(f"{name} must be a permutation of range({length})")
     return index.contiguous()
+
+
+def check_block_operands(x, weight, bias, weight_numel: int, out_features: int) -> None:
+    """weight ``(weight_numel,)`` and bias ``(out_features,)`` (or None), both like x."""
+    check_like(weight, "weight", x, "x")
+    check_shape(weight, "weight", (weight_numel,))
+    if bias is not None:
+        check_tensor(bias, "bias")
+        check_like(bias, "bias", x, "x")
+        check_shape(bias, "bias", (out_features,))
+
+
+def check_indices(in_index, out_index, layout, device):
+    """Validated ``(in_index, out_index)`` permutations for a layout (see :func:`check_permutation`)."""
+    return (check_permutation(in_index, "in_index", layout.in_features, device),
+            check_permutation(out_index, "out_index", layout.out_features, device))

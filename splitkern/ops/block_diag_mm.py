@@ -9,7 +9,7 @@ from torch import Tensor
 
 from splitkern.layout import BlockLayout, check_sizes
 from splitkern.ops._dispatch import cached_layout, kernels
-from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
+from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
 from splitkern.reference.block_diag_mm import block_diag_mm_grad_bias
 
 _OP = "block_diag_mm"
@@ -120,14 +120,8 @@ def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     if x.dim() < 1 or x.shape[-1] != layout.in_features:
         raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
                          f"got {tuple(x.shape)}")
-    check_like(weight, "weight", x, "x")
-    check_shape(weight, "weight", (layout.weight_numel,))
-    if bias is not None:
-        check_tensor(bias, "bias")
-        check_like(bias, "bias", x, "x")
-        check_shape(bias, "bias", (layout.out_features,))
-    in_index = check_permutation(in_index, "in_index", layout.in_features, x.device)
-    out_index = check_permutation(out_index, "out_index", layout.out_features, x.device)
+    check_block_operands(x, weight, bias, layout.weight_numel, layout.out_features)
+    in_index, out_index = check_indices(in_index, out_index, layout, x.device)
     lead = x.shape[:-1]
     y = _block_diag_mm(x.reshape(lead.numel(), layout.in_features), weight, bias,
                        list(in_sizes), list(out_sizes), in_index, out_index)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from splitkern.layout import BlockLayout, check_sizes
 from splitkern.ops._dispatch import cached_layout, kernels
-from splitkern.ops._checks import check_like, check_permutation, check_shape, check_tensor
+from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
 from splitkern.reference.grouped_conv import grouped_conv_grad_bias, new_activation, output_shape
 
 _OP = "grouped_conv"
@@ -147,13 +147,7 @@ def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in
     if out_h < 1 or out_w < 1:
         raise ValueError(f"x's spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "
                          f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
-    check_like(weight, "weight", x, "x")
-    check_shape(weight, "weight", (layout.weight_numel * kernel_size[0] * kernel_size[1],))
-    if bias is not None:
-        check_tensor(bias, "bias")
-        check_like(bias, "bias", x, "x")
-        check_shape(bias, "bias", (layout.out_features,))
-    in_index = check_permutation(in_index, "in_index", layout.in_features, x.device)
-    out_index = check_permutation(out_index, "out_index", layout.out_features, x.device)
+    check_block_operands(x, weight, bias, layout.weight_numel * kernel_size[0] * kernel_size[1], layout.out_features)
+    in_index, out_index = check_indices(in_index, out_index, layout, x.device)
     return _grouped_conv(x, weight, bias, list(in_sizes), list(out_sizes), list(kernel_size), list(stride),
                          list(padding), list(dilation), in_index, out_index)
