@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.reference.grouped_conv import memory_format
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
 DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
@@ -81,7 +82,7 @@ class ChannelPermute(nn.Module):
         self.register_buffer("index", index.clone())
 
     def forward(self, x):
-        return x.index_select(1, self.index)
+        return x.index_select(1, self.index).contiguous(memory_format=memory_format(x))  # keep channels_last
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
