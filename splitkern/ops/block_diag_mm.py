@@ -10,7 +10,6 @@ from torch import Tensor
 from splitkern.layout import BlockLayout, check_sizes
 from splitkern.ops._dispatch import cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
-from splitkern.reference.block_diag_mm import block_diag_mm_grad_bias
 
 _OP = "block_diag_mm"
 
@@ -38,6 +37,16 @@ def _block_diag_mm_grad_weight(grad_out: Tensor, x: Tensor, in_sizes: list[int],
                                in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
     layout = cached_layout(in_sizes, out_sizes)
     return _kernels(x).block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index)
+
+
+@torch.library.custom_op("splitkern::block_diag_mm_grad_bias", mutates_args=())
+def _block_diag_mm_grad_bias(grad_out: Tensor, out_index: Optional[Tensor]) -> Tensor:
+    return _kernels(grad_out).block_diag_mm_grad_bias(grad_out, out_index)
+
+
+@_block_diag_mm_grad_bias.register_fake
+def _(grad_out, out_index):
+    return grad_out.new_empty((grad_out.shape[1],))
 
 
 @_block_diag_mm.register_fake
@@ -70,7 +79,7 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[1]:
         grad_w = _block_diag_mm_grad_weight(grad_out, x, *ctx.sizes, in_index, out_index)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = block_diag_mm_grad_bias(grad_out, out_index)
+        grad_b = _block_diag_mm_grad_bias(grad_out, out_index)
     return grad_x, grad_w, grad_b, None, None, None, None
 
 

@@ -161,6 +161,7 @@ def test_opcheck(backend_name, indices):
          (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *sizes, ii, oi)),
         (torch.ops.splitkern.block_diag_mm_grad_input.default, (grad_out, w.detach(), *sizes, ii, oi)),
         (torch.ops.splitkern.block_diag_mm_grad_weight.default, (grad_out, x.detach(), *sizes, ii, oi)),
+        (torch.ops.splitkern.block_diag_mm_grad_bias.default, (grad_out, oi)),
     ]
     with splitkern.use_backend(backend_name):
         for op, args in cases:
