@@ -182,10 +182,14 @@ def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: 
     jobs = [(c, m, ln) for c in cases for m in modes for ln in lines]
     rows = []
     for case, mode, line in tqdm(jobs, desc=op, unit="run"):
-        fn = make_runner(case, line, mode)
-        if fn is None:
+        try:
+            fn = make_runner(case, line, mode)
+            if fn is None:
+                continue
+            seconds = median_seconds(fn, device)
+        except Exception as exc:  # one line that cannot run here must not lose the others; it is reported
+            print(f"SKIPPED {case.name} {mode} {line}: {type(exc).__name__}: {exc}")
             continue
-        seconds = median_seconds(fn, device)
         dtype, m, k, n, groups, flops, traffic = describe(case, mode)
         rows.append(Row(op, case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups, mode,
                         round(seconds * 1e3, 4), round(flops / seconds / 1e12, 4),
