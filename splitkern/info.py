@@ -6,7 +6,7 @@ import torch
 
 from splitkern import backend
 
-OPS = ("block_diag_mm", "grouped_conv")
+OPS = ("block_diag_mm", "grouped_conv", "group_weight_reg")
 
 
 def report() -> str:
