@@ -133,7 +133,8 @@ def split(model):
                          "spec": str(plan.spec),
                          "hard": {key: a.hard().cpu() for key, a in model.assignments.items()}}
     del result.assignments
-    result.split_plan = None
+    result.split_plan = None  # no assignments to train any more
+    result.split_structure = plan  # which module is which split layer: for subtree extraction
     for bn in result.modules():  # stage 2 fine-tunes everything
         if isinstance(bn, nn.BatchNorm2d):
             bn.weight.requires_grad_(True)

@@ -1,0 +1,158 @@
+"""Subtrees of a split model: everything that depends on one lowest-level group.
+
+In a split model every split layer is block-diagonal and the groups nest (a level's
+group is the union of consecutive groups of the level above), so the channels of
+lowest-level group h flow only into h's descendants: the model restricted to those
+channels computes the logits of h's classes on its own. :func:`subtrees` cuts a model
+returned by :func:`splitkern.splitnet.split` into those pieces; each keeps a copy of
+the shared trunk (as in the paper's model-parallel setting).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.splitnet.convert import ChannelPermute, _set_module
+
+
+@dataclass
+class Subtree:
+    """``module(x)`` returns the logits of ``classes`` (original class ids), in that order."""
+
+    group: int
+    module: nn.Module
+    classes: torch.Tensor
+    flops_per_sample: int
+
+
+def _ranges(sizes, lo_group: int, hi_group: int) -> tuple[int, int]:
+    offsets = (0, *itertools.accumulate(sizes))
+    return offsets[lo_group], offsets[hi_group]
+
+
+def _native_counts(split_model) -> dict[str, torch.Tensor]:
+    hard = split_model.split_meta["hard"]
+    return {key: torch.bincount(ids) for key, ids in hard.items()}
+
+
+def _native_groups(plan) -> dict[str, int]:
+    """Groups each assignment was learned with: the level that reads it (the top level for the classes)."""
+    natives = {role.in_key: plan.groups(role.level) for role in plan.layers.values()}
+    natives[plan.output_key] = plan.groups(plan.levels[-1])
+    return natives
+
+
+def _key_range(counts: torch.Tensor, native_groups: int, lowest: int, h: int) -> tuple[int, int]:
+    per = native_groups // lowest
+    counts = torch.nn.functional.pad(counts, (0, native_groups - counts.numel()))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    return int(offsets[h * per]), int(offsets[(h + 1) * per])
+
+
+def _slice_layer(layer, g_lo: int, g_hi: int):
+    """The same kind of split layer holding only groups [g_lo, g_hi), grouped layout."""
+    lay = layer.layout
+    taps = layer.weight.numel() // max(lay.weight_numel, 1) if lay.weight_numel else 1
+    in_sizes, out_sizes = lay.in_sizes[g_lo:g_hi], lay.out_sizes[g_lo:g_hi]
+    kwargs = dict(bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
+    if isinstance(layer, SplitConv2d):
+        part = SplitConv2d(in_sizes, out_sizes, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                           **kwargs)
+    else:
+        part = SplitLinear(in_sizes, out_sizes, **kwargs)
+    with torch.no_grad():
+        part.weight.copy_(layer.weight[lay.w_offsets[g_lo] * taps:lay.w_offsets[g_hi] * taps])
+        if layer.bias is not None:
+            part.bias.copy_(layer.bias[lay.out_offsets[g_lo]:lay.out_offsets[g_hi]])
+    return part
+
+
+class _Gathered(nn.Module):
+    """``layer(x[:, index])``: the first split layer of a subtree, reading its features."""
+
+    def __init__(self, index: torch.Tensor, layer: nn.Module):
+        super().__init__()
+        self.gather = ChannelPermute(index)
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(self.gather(x))
+
+
+def _flops(module: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-adds x2 of the split layers, measured with forward hooks on one sample."""
+    total = 0
+
+    def hook(mod, args, out):
+        nonlocal total
+        spatial = out[0, 0].numel() if out.dim() == 4 else 1
+        total += 2 * mod.weight.numel() * spatial
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (SplitConv2d, SplitLinear, nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        module.eval()(example[:1])
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def subtrees(split_model, example: torch.Tensor | None = None) -> list[Subtree]:
+    """One :class:`Subtree` per lowest-level group of a model from :func:`splitkern.splitnet.split`.
+
+    ``example`` (an input batch) is used to count FLOPs per sample; without it the
+    FLOP counts are 0. The union of the subtrees' logits equals the model's logits.
+    """
+    plan = getattr(split_model, "split_structure", None)
+    if plan is None:
+        raise ValueError("subtrees() takes a model returned by splitkern.splitnet.split()")
+    lowest = plan.spec.groups[0]
+    start = plan.start[0] if plan.start else None
+
+    def resolve(name: str) -> str:  # split() wrapped the start module as Sequential(ChannelPermute, module)
+        return f"{start}.1{name[len(start):]}" if start and name.startswith(start + ".") else name
+
+    counts = _native_counts(split_model)
+    natives = _native_groups(plan)
+    result = []
+    for h in range(lowest):
+        part = copy.deepcopy(split_model)
+        classes = None
+        for name, role in plan.layers.items():
+            name = resolve(name)
+            layer = split_model.get_submodule(name)
+            ratio = plan.groups(role.level) // lowest
+            piece = _slice_layer(layer, h * ratio, (h + 1) * ratio)
+            if not layer._in_index_is_identity:
+                lo, hi = _ranges(layer.layout.in_sizes, h * ratio, (h + 1) * ratio)
+                piece = _Gathered(layer.in_index[lo:hi], piece)
+            if role.out_key == plan.output_key:
+                lo, hi = _ranges(layer.layout.out_sizes, h * ratio, (h + 1) * ratio)
+                classes = layer.out_index[lo:hi].cpu()
+            _set_module(part, name, piece)
+        for name, key in plan.channels.items():
+            lo, hi = _key_range(counts[key], natives[key], lowest, h)
+            _slice_batchnorm(part.get_submodule(resolve(name)), lo, hi)
+        if plan.start is not None:
+            name, key = plan.start
+            lo, hi = _key_range(counts[key], natives[key], lowest, h)
+            permute = part.get_submodule(name)[0]
+            permute.index = permute.index[lo:hi].clone()
+        flops = _flops(part, example) if example is not None else 0
+        result.append(Subtree(h, part, classes, flops))
+    return result
+
+
+def _slice_batchnorm(bn: nn.BatchNorm2d, lo: int, hi: int) -> None:
+    with torch.no_grad():
+        bn.weight = nn.Parameter(bn.weight[lo:hi].clone())
+        bn.bias = nn.Parameter(bn.bias[lo:hi].clone())
+        bn.running_mean = bn.running_mean[lo:hi].clone()
+        bn.running_var = bn.running_var[lo:hi].clone()
+    bn.num_features = hi - lo
