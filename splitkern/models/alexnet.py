@@ -61,11 +61,17 @@ class AlexNet(nn.Module):
                          gather_layer=levels[0])
         return nn.ModuleDict(assignments), plan
 
+    def pipeline(self):
+        """The forward as named steps; a split model's subtrees start at a step boundary."""
+        return [("features", lambda x: self.pool(self.features(x)).flatten(1)),
+                ("fc6", lambda x: self.fc6(self.drop6(x)).relu()),
+                ("fc7", lambda x: self.fc7(self.drop7(x)).relu()),
+                ("fc8", self.fc8)]
+
     def forward(self, x):
-        x = self.pool(self.features(x)).flatten(1)
-        x = self.fc6(self.drop6(x)).relu()
-        x = self.fc7(self.drop7(x)).relu()
-        return self.fc8(x)
+        for _, step in self.pipeline():
+            x = step(x)
+        return x
 
 
 def alexnet(num_classes: int = 1000, split=None, **kwargs) -> AlexNet:

@@ -122,12 +122,18 @@ class WideResNet(nn.Module):
                          output_key="classes", gather_layer="fc" if start is None else None)
         return nn.ModuleDict(assignments), plan
 
-    def features(self, x):
-        return F.relu(self.bn(self.stages(self.conv1(x))))
+    def pipeline(self):
+        """The forward as named steps; a split model's subtrees start at a step boundary."""
+        return [("conv1", self.conv1), ("stages.0", self.stages[0]), ("stages.1", self.stages[1]),
+                ("stages.2", self.stages[2]), ("head", self._head), ("fc", lambda x: self.fc(self.dropout(x)))]
+
+    def _head(self, x):
+        return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
 
     def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
-        return self.fc(self.dropout(x))
+        for _, step in self.pipeline():
+            x = step(x)
+        return x
 
 
 def wrn(depth: int = 16, widen: int = 8, num_classes: int = 100, split=None, **kwargs) -> WideResNet:

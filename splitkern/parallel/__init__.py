@@ -1,6 +1,13 @@
-"""Running the subtrees of a split model independently (processes and nodes; see README)."""
+"""Running the subtrees of a split model independently: devices, CUDA streams/graphs, processes.
+
+* :class:`DeviceParallel`: several devices in one process.
+* :class:`StreamParallel`: one GPU, one CUDA stream per subtree, optional CUDA graph.
+* :class:`DistributedSplit`: ranks of torch.distributed (gloo/NCCL), e.g. under torchrun.
+"""
 
 from splitkern.parallel.distributed import DistributedSplit, balanced_placement
-from splitkern.parallel.subtrees import Subtree, subtrees
+from splitkern.parallel.local import DeviceParallel, StreamParallel
+from splitkern.parallel.subtrees import Subtree, SubtreeSet, subtrees
 
-__all__ = ["DistributedSplit", "Subtree", "balanced_placement", "subtrees"]
+__all__ = ["DeviceParallel", "DistributedSplit", "StreamParallel", "Subtree", "SubtreeSet", "balanced_placement",
+           "subtrees"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitkern.parallel.subtrees import subtrees
+from splitkern.parallel.subtrees import SubtreeSet
 
 
 def balanced_placement(costs: list[float], workers: int) -> list[int]:
@@ -56,26 +56,19 @@ class DistributedSplit(nn.Module):
                                "(torch.distributed.init_process_group, e.g. under torchrun)")
         self.group = group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        parts = subtrees(split_model, example)
+        self.set = SubtreeSet(split_model, example)
         if placement is None:
-            placement = balanced_placement([p.flops_per_sample or len(p.classes) for p in parts], world)
-        placement = check_placement(placement, len(parts), world)
-        mine = [p for p, r in zip(parts, placement) if r == rank]
-        self.subtrees = nn.ModuleList([p.module for p in mine])
-        self.classes = [p.classes for p in mine]
-        self.num_classes = sum(len(p.classes) for p in parts)
-        self.placement = placement
+            placement = balanced_placement(self.set.costs, world)
+        self.placement = check_placement(placement, len(self.set.parts), world)
+        self.mine = [i for i, r in enumerate(self.placement) if r == rank]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        out = None
-        for module, classes in zip(self.subtrees, self.classes):
-            logits = module(x)
-            if out is None:
-                out = logits.new_zeros(x.shape[0], self.num_classes)
-            out[:, classes.to(out.device)] = logits
-        if out is None:  # an idle rank: zeros of the logits' dtype (floating, like x)
-            out = x.new_zeros(x.shape[0], self.num_classes)
+        out = x.new_zeros(x.shape[0], self.set.num_classes)
+        if self.mine:  # an idle rank (more ranks than subtrees) contributes zeros
+            features = self.set.trunk(x)
+            for i in self.mine:
+                out[:, self.set.classes[i].to(out.device)] = self.set.branch(i, features)
         dist.all_reduce(out, group=self.group)
         return out

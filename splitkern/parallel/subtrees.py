@@ -156,3 +156,37 @@ def _slice_batchnorm(bn: nn.BatchNorm2d, lo: int, hi: int) -> None:
         bn.running_mean = bn.running_mean[lo:hi].clone()
         bn.running_var = bn.running_var[lo:hi].clone()
     bn.num_features = hi - lo
+
+
+def start_step(split_model) -> int:
+    """Index in ``split_model.pipeline()`` of the first step that belongs to the subtrees."""
+    plan = split_model.split_structure
+    name = plan.start[0] if plan.start else plan.gather_layer
+    names = [n for n, _ in split_model.pipeline()]
+    if name not in names:
+        raise ValueError(f"the split starts at {name!r}, which is not a pipeline step ({names})")
+    return names.index(name)
+
+
+class SubtreeSet(nn.Module):
+    """The shared trunk once, then any subset of subtrees: ``branch(i, trunk(x))`` gives subtree i's logits."""
+
+    def __init__(self, split_model, example: torch.Tensor | None = None):
+        super().__init__()
+        parts = subtrees(split_model, example)
+        self.start = start_step(split_model)
+        self.trunk_model = split_model
+        self.parts = nn.ModuleList([p.module for p in parts])
+        self.classes = [p.classes for p in parts]
+        self.costs = [p.flops_per_sample for p in parts]
+        self.num_classes = sum(len(c) for c in self.classes)
+
+    def trunk(self, x):
+        for _, step in self.trunk_model.pipeline()[:self.start]:
+            x = step(x)
+        return x
+
+    def branch(self, i: int, features):
+        for _, step in self.parts[i].pipeline()[self.start:]:
+            features = step(features)
+        return features

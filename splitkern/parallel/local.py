@@ -1,0 +1,118 @@
+"""Subtrees on one process: several devices (DeviceParallel) or CUDA streams / graphs (StreamParallel)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from splitkern.parallel.distributed import balanced_placement, check_placement
+from splitkern.parallel.subtrees import SubtreeSet
+
+
+def _device(spec) -> torch.device:
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {spec!r}: {exc}") from None
+    if device.type == "cuda":
+        index = device.index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r} does not exist here ({torch.cuda.device_count()} CUDA devices)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {spec!r}: only 'cpu' and 'cuda[:i]' devices are supported")
+    return device
+
+
+class DeviceParallel(nn.Module):
+    """Trunk on ``devices[0]``, subtrees on the devices a placement gives them, logits gathered on ``devices[0]``.
+
+    Args:
+        split_model: a model from :func:`splitkern.splitnet.split`.
+        devices: e.g. ``["cuda:0", "cuda:1"]`` (CPU devices work too, for testing).
+        placement: device index of each subtree; default: balanced by FLOPs.
+        example: an input batch, to count FLOPs for the default placement.
+
+    Features are copied to each subtree's device without blocking; kernels on different
+    GPUs overlap because each device's work is queued before any result is read back.
+    ``split_model`` itself is moved to ``devices[0]`` (it runs the trunk).
+    """
+
+    def __init__(self, split_model, devices, placement=None, example: torch.Tensor | None = None):
+        super().__init__()
+        if not devices:
+            raise ValueError("devices must name at least one device")
+        self.devices = [_device(d) for d in devices]
+        self.set = SubtreeSet(split_model, example)
+        if placement is None:
+            placement = balanced_placement(self.set.costs, len(self.devices))
+        self.placement = check_placement(placement, len(self.set.parts), len(self.devices))
+        self.set.trunk_model.to(self.devices[0])
+        for part, where in zip(self.set.parts, self.placement):
+            part.to(self.devices[where])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        home = self.devices[0]
+        features = self.set.trunk(x.to(home))
+        outs = [self.set.branch(i, features.to(self.devices[where], non_blocking=True))
+                for i, where in enumerate(self.placement)]
+        out = features.new_zeros(x.shape[0], self.set.num_classes)
+        for classes, logits in zip(self.set.classes, outs):
+            out[:, classes.to(home)] = logits.to(home, non_blocking=True)
+        return out
+
+
+class StreamParallel(nn.Module):
+    """One GPU: the trunk on the current stream, each subtree on its own CUDA stream.
+
+    ``capture=True`` records the whole forward (side streams forked from and rejoined to
+    the capture stream) in a CUDA graph per input shape and replays it; the returned
+    logits are a fresh tensor each call. Raises ``RuntimeError`` without CUDA.
+    """
+
+    def __init__(self, split_model, capture: bool = False, example: torch.Tensor | None = None):
+        super().__init__()
+        if not torch.cuda.is_available():
+            raise RuntimeError("StreamParallel needs a CUDA device (use the split model itself on CPU)")
+        self.set = SubtreeSet(split_model, example)
+        device = next(split_model.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"move the split model to a CUDA device first (it is on {device})")
+        self.streams = [torch.cuda.Stream(device) for _ in self.set.parts]
+        self.capture = capture
+        self._graphs: dict = {}
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        main = torch.cuda.current_stream()
+        features = self.set.trunk(x)
+        outs = []
+        for i, stream in enumerate(self.streams):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                outs.append(self.set.branch(i, features))
+        out = features.new_zeros(x.shape[0], self.set.num_classes)
+        for stream, classes, logits in zip(self.streams, self.set.classes, outs):
+            main.wait_stream(stream)
+            features.record_stream(stream)
+            logits.record_stream(main)
+            out[:, classes.to(out.device)] = logits
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.capture:
+            return self._run(x)
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._graphs:
+            static_in = x.clone()
+            warm = torch.cuda.Stream()
+            warm.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(warm):  # warm-up outside the graph (allocations, autotuning)
+                self._run(static_in)
+            torch.cuda.current_stream().wait_stream(warm)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from splitkern.parallel import DeviceParallel, StreamParallel
+from tests.parallel.test_distributed import MODELS, example_batch, make_split_model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_device_parallel_matches_the_split_model(name):
+    model = make_split_model(name)
+    x = example_batch()
+    expected = model(x)
+    parallel = DeviceParallel(model, ["cpu", "cpu", "cpu"], example=x)
+    torch.testing.assert_close(parallel(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("devices, placement, words", [
+    (["tpu"], None, "unknown device|only 'cpu'"),
+    (["cuda:7"], None, "does not exist"),
+    ([], None, "at least one device"),
+    (["cpu", "cpu"], [0, 2], "worker ids"),
+])
+def test_device_parallel_bad_arguments(devices, placement, words):
+    with pytest.raises(ValueError, match=words):
+        DeviceParallel(make_split_model("wrn-2-4-8"), devices, placement=placement)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_stream_parallel_without_cuda_is_an_error():
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        StreamParallel(make_split_model("wrn-4"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("capture", [False, True])
+@pytest.mark.parametrize("name", MODELS)
+def test_stream_parallel_matches_sequential(name, capture):
+    model = make_split_model(name).cuda()
+    x = example_batch().cuda()
+    expected = model(x)
+    parallel = StreamParallel(model, capture=capture, example=x)
+    for _ in range(2):  # second call replays the graph
+        torch.testing.assert_close(parallel(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_device_parallel_on_gpus():
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    model = make_split_model("wrn-2-4-8")
+    x = example_batch()
+    expected = model(x)
+    torch.testing.assert_close(DeviceParallel(model, devices)(x).cpu(), expected, rtol=1e-5, atol=1e-5)
