@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="assignment heat maps and block-diagonal weights of a train folder")
     plot.add_argument("dir")
+
+    plan = sub.add_parser("plan", help="cost model of a split model: FLOPs per subtree, speedup on N workers")
+    plan.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
+    plan.add_argument("--workers", default="1,2,4,8")
+    plan.add_argument("--image-size", type=int, default=32)
+
+    infer = sub.add_parser("infer", help="test accuracy of a split model; under torchrun its subtrees run on "
+                                         "different ranks (DistributedSplit)")
+    infer.add_argument("--ckpt", required=True)
+    infer.add_argument("--data", default="synthetic")
+    infer.add_argument("--batch-size", type=int, default=256)
+    infer.add_argument("--device", default="cpu")
     return parser
 
 
@@ -77,6 +89,56 @@ def _summary(metrics: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+def _plan(args) -> None:
+    import torch
+
+    import splitkern
+    from splitkern.parallel.cost import cost_model, format_cost_model
+
+    model = splitkern.load(args.ckpt).eval()
+    example = torch.randn(1, 3, args.image_size, args.image_size)
+    workers = tuple(int(w) for w in args.workers.split(","))
+    print(format_cost_model(cost_model(model, example, workers)))
+
+
+def _infer(args) -> None:
+    import os
+    import time
+
+    import torch
+
+    import splitkern
+    from splitkern import data
+
+    device = torch.device(args.device)
+    model = splitkern.load(args.ckpt).eval().to(device)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        import torch.distributed as dist
+
+        from splitkern.parallel import DistributedSplit
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        model = DistributedSplit(model, example=torch.zeros(1, 3, 32, 32, device=device))
+    dataset = data.load(args.data)
+    correct, seconds = 0, 0.0
+    with torch.no_grad():
+        for images, labels in data.batches(dataset.x_test, dataset.y_test, args.batch_size, mean=dataset.mean,
+                                           std=dataset.std, train=False, device=device):
+            start = time.perf_counter()
+            logits = model(images)
+            seconds += time.perf_counter() - start
+            correct += (logits.argmax(1) == labels).sum().item()
+    if rank == 0:
+        mode = f"DistributedSplit over {os.environ['WORLD_SIZE']} ranks" if distributed else "one process"
+        print(f"test accuracy {100 * correct / len(dataset.y_test):.2f}% ({mode}), "
+              f"{len(dataset.y_test) / seconds:.0f} images/s")
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
 def main(argv=None) -> None:
     args, rest = _parser().parse_known_args(argv)
     if args.command == "kernels":
@@ -93,6 +155,10 @@ def main(argv=None) -> None:
     elif args.command == "train":
         from splitkern.splitnet.train import run
         print(_summary(run(_train_config(args)), args.out))
+    elif args.command == "plan":
+        _plan(args)
+    elif args.command == "infer":
+        _infer(args)
     elif args.command == "plot":
         from splitkern.splitnet.plot import plot
         for path in plot(args.dir):

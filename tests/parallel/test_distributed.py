@@ -90,3 +90,41 @@ def test_bad_placements(tmp_path):
 def test_needs_an_initialised_process_group():
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedSplit(make_split_model("wrn-4"))
+
+
+def test_cost_model_and_cli(tmp_path):
+    import subprocess
+    import sys
+
+    import splitkern
+    from splitkern.parallel.cost import cost_model
+
+    model = make_split_model("wrn-2-4-8")
+    report = cost_model(model, example_batch(), workers=(1, 2, 3))
+    assert report["plans"][0]["predicted_speedup"] == pytest.approx(1.0)
+    assert 1.0 < report["plans"][1]["predicted_speedup"] <= 2.0
+    assert report["total_flops"] == report["trunk_flops"] + sum(report["subtree_flops"])
+    path = splitkern.save(model, tmp_path / "split.pt")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "splitkern.cli", "plan", "--ckpt", str(path), "--workers", "1,2"],
+                         capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert out.returncode == 0 and "2 workers: predicted speedup" in out.stdout, out.stderr
+
+
+def test_infer_under_torchrun_matches_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    import splitkern
+
+    path = splitkern.save(make_split_model("wrn-2-4-8"), tmp_path / "split.pt")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    single = subprocess.run([sys.executable, "-m", "splitkern.cli", "infer", "--ckpt", str(path)],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "splitkern.cli", "infer", "--ckpt", str(path)],
+                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert single.returncode == 0 and multi.returncode == 0, single.stderr[-2000:] + multi.stderr[-2000:]
+    accuracy = single.stdout.split("test accuracy ")[1].split("%")[0]
+    assert f"test accuracy {accuracy}% (DistributedSplit over 2 ranks)" in multi.stdout
