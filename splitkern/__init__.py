@@ -1,8 +1,10 @@
 """splitkern: fast ragged block-diagonal layers for SplitNet.
 
 Public API: :mod:`splitkern.ops` (custom ops), :mod:`splitkern.nn` (layers),
+:mod:`splitkern.splitnet` (the method), :mod:`splitkern.models`,
+:mod:`splitkern.parallel` (subtrees across streams, devices, processes),
 :func:`use_backend` / ``SPLITKERN_BACKEND`` (backend choice, see
-:mod:`splitkern.backend`).
+:mod:`splitkern.backend`), :func:`save` / :func:`load` (split models).
 """
 
 from splitkern.backend import BackendUnavailableError, available_backends, use_backend

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import csv
+import functools
 import multiprocessing
 import re
 import subprocess
@@ -53,11 +54,12 @@ def cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
+@functools.lru_cache(maxsize=None)
 def _variants():
     from splitkern.triton import block_diag_mm, group_weight_reg, grouped_conv
 
     modules = (block_diag_mm, grouped_conv, group_weight_reg)
-    return [variant for module in modules for variant in module.static_variants()]
+    return tuple(variant for module in modules for variant in module.static_variants())
 
 
 def _source(kernel, args, kwargs):
