@@ -44,3 +44,14 @@ def to_original_order(dense, bias, in_index, out_index):
             moved_bias[out_index] = bias
             bias = moved_bias
     return dense, bias
+
+
+def assert_compiled_matches_eager(model, layer, x, **compile_kwargs):
+    """torch.compile(fullgraph=True) of ``model`` gives eager's output and eager's grad of ``layer.weight``."""
+    compiled = torch.compile(model, fullgraph=True, **compile_kwargs)
+    assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    grad_compiled = layer.weight.grad.clone()
+    layer.weight.grad = None
+    model(x).sum().backward()
+    assert_close(grad_compiled, layer.weight.grad)

@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from splitkern.layout import BlockLayout
+# dim 1 holds the features of a (M, K) matrix and the channels of an (N, C, H, W) image alike
 from splitkern.reference.block_diag_mm import _equal_groups
+from splitkern.reference.block_diag_mm import _gather_columns as _gather_channels
+from splitkern.reference.block_diag_mm import _scatter_columns as _scatter_channels
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -31,14 +34,6 @@ def output_shape(x_shape, out_channels: int, kernel_size, stride, padding, dilat
     ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
     return (n, out_channels, ho, wo)
-
-
-def _gather_channels(t, index):
-    return t if index is None else t.index_select(1, index)
-
-
-def _scatter_channels(t, index):
-    return t if index is None else torch.zeros_like(t).index_copy(1, index, t)
 
 
 def grouped_conv(x, weight, bias, layout: BlockLayout, kernel_size, stride, padding, dilation,

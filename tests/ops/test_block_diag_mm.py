@@ -9,7 +9,8 @@ from splitkern import backend
 from splitkern.layout import block_layout
 from splitkern.ops import block_diag_mm
 from splitkern.reference import block_diag_mm as ref
-from tests.helpers import DEVICE, assert_close, fast_backends, random_permutation, to_original_order
+from tests.helpers import (DEVICE, assert_close, assert_compiled_matches_eager, fast_backends, random_permutation,
+                           to_original_order)
 from tests.helpers import forward_and_grads as _forward_and_grads
 
 FAST = fast_backends("block_diag_mm")
@@ -177,13 +178,7 @@ def test_torch_compile_fullgraph(backend_name):
     model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(10, 3).to(DEVICE))
     x = torch.randn(5, 24, device=DEVICE)
     with splitkern.use_backend(backend_name):
-        compiled = torch.compile(model, fullgraph=True, dynamic=True)
-        assert_close(compiled(x), model(x))
-        compiled(x).sum().backward()
-        grad_compiled = layer.weight.grad.clone()
-        layer.weight.grad = None
-        model(x).sum().backward()
-    assert_close(grad_compiled, layer.weight.grad)
+        assert_compiled_matches_eager(model, layer, x, dynamic=True)
 
 
 class TestBadInput:

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 import splitkern
 from splitkern.layout import block_layout
 from splitkern.ops import grouped_conv
-from tests.helpers import (DEVICE, assert_close, fast_backends, forward_and_grads, random_permutation,
-                           to_original_order)
+from tests.helpers import (DEVICE, assert_close, assert_compiled_matches_eager, fast_backends, forward_and_grads,
+                           random_permutation, to_original_order)
 
 FAST = fast_backends("grouped_conv")
 
@@ -207,13 +207,7 @@ def test_torch_compile_fullgraph(backend_name):
     model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     x = torch.randn(2, 6, 5, 5, device=DEVICE)
     with splitkern.use_backend(backend_name):
-        compiled = torch.compile(model, fullgraph=True)
-        assert_close(compiled(x), model(x))
-        compiled(x).sum().backward()
-        grad_compiled = layer.weight.grad.clone()
-        layer.weight.grad = None
-        model(x).sum().backward()
-    assert_close(grad_compiled, layer.weight.grad)
+        assert_compiled_matches_eager(model, layer, x)
 
 
 class TestBadInput:
