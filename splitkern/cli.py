@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.1)
     train.add_argument("--assign-lr", type=float, default=10.0, help="learning rate of the assignment logits")
     train.add_argument("--assign-init", choices=("cluster", "random"), default="cluster")
+    train.add_argument("--assign-confidence", type=float, default=1.0,
+                       help="logit given to the clustered group at init (higher = harder to move)")
+    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="autocast dtype of the forward pass (regularisers stay fp32)")
     train.add_argument("--baselines", default="", help="comma-separated: dense,random,cluster")
     train.add_argument("--device", default="cpu")
     train.add_argument("--seed", type=int, default=0)
@@ -64,7 +68,8 @@ def _train_config(args):
     baselines = tuple(b for b in args.baselines.split(",") if b)
     return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
-                       assign_lr=args.assign_lr, assign_init=args.assign_init, baselines=baselines,
+                       assign_lr=args.assign_lr, assign_init=args.assign_init,
+                       assign_confidence=args.assign_confidence, precision=args.precision, baselines=baselines,
                        device=args.device, seed=args.seed, out=args.out, resume=args.resume,
                        tensorboard=not args.no_tensorboard)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from splitkern import backend
@@ -16,3 +17,21 @@ def kernels(op: str, t: Tensor):
 def cached_layout(in_sizes, out_sizes) -> BlockLayout:
     """The cached layout (device tables included) of these group sizes."""
     return block_layout(tuple(in_sizes), tuple(out_sizes))
+
+
+def autocast_operands(x: Tensor, weight: Tensor, bias):
+    """Under ``torch.autocast`` on x's device, cast the operands to its dtype, as ``F.linear`` does.
+
+    fp64 tensors are left alone (autocast never lowers them); gradients flow back to the
+    original fp32 parameters through the casts.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        eligible = isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t
+
+    return cast(x), cast(weight), cast(bias)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from splitkern.layout import BlockLayout, check_sizes
-from splitkern.ops._dispatch import cached_layout, kernels
+from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
 
 _OP = "block_diag_mm"
@@ -119,7 +119,9 @@ def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     Differentiable in x, weight and bias (once; the backward is not itself
     differentiable). Runs on the backend chosen by :mod:`splitkern.backend`;
     accumulates in fp32 on the Triton backend. Index contents are validated for
-    CPU tensors only (a CUDA check would synchronise).
+    CPU tensors only (a CUDA check would synchronise). Under ``torch.autocast`` the
+    operands are cast to the autocast dtype first (as ``F.linear`` is), so the
+    result has that dtype.
     """
     check_tensor(x, "x")
     check_tensor(weight, "weight")
@@ -129,6 +131,7 @@ def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     if x.dim() < 1 or x.shape[-1] != layout.in_features:
         raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
                          f"got {tuple(x.shape)}")
+    x, weight, bias = autocast_operands(x, weight, bias)
     check_block_operands(x, weight, bias, layout.weight_numel, layout.out_features)
     in_index, out_index = check_indices(in_index, out_index, layout, x.device)
     lead = x.shape[:-1]

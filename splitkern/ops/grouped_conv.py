@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from splitkern.layout import BlockLayout, check_sizes
-from splitkern.ops._dispatch import cached_layout, kernels
+from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
 from splitkern.reference.grouped_conv import grouped_conv_grad_bias, new_activation, output_shape
 
@@ -132,6 +132,8 @@ def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in
         channels_last out) and dtype.
 
     Differentiable in x, weight and bias (once). fp32 accumulation on Triton.
+    Under ``torch.autocast`` the operands are cast to the autocast dtype first
+    (as ``F.linear``/``F.conv2d`` are), so the result has that dtype.
     """
     check_tensor(x, "x")
     check_tensor(weight, "weight")
@@ -147,6 +149,7 @@ def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in
     if out_h < 1 or out_w < 1:
         raise ValueError(f"x's spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "
                          f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
+    x, weight, bias = autocast_operands(x, weight, bias)
     check_block_operands(x, weight, bias, layout.weight_numel * kernel_size[0] * kernel_size[1], layout.out_features)
     in_index, out_index = check_indices(in_index, out_index, layout, x.device)
     return _grouped_conv(x, weight, bias, list(in_sizes), list(out_sizes), list(kernel_size), list(stride),

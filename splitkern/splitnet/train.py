@@ -8,7 +8,7 @@
   assignments with ``CE + regularization``; then the hard split and ``stage2_epochs`` of
   fine-tuning. The assignment logits get their own learning rate (``assign_lr``): at the
   network's rate they barely move in a short run (DESIGN.md §1).
-* baselines on the same budget: ``dense`` (never split), ``random`` (random balanced groups
+* baselines on the same budget: ``dense`` (the warm-up continued unsplit), ``random`` (random balanced groups
   after the warm-up), ``cluster`` (clustering groups after the warm-up, no learning).
 
 Every epoch writes a checkpoint; ``resume=True`` continues a killed run where it stopped.
@@ -36,6 +36,7 @@ from splitkern import models
 from splitkern.splitnet import convert, grouping, io
 
 BASELINES = ("dense", "random", "cluster")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -52,6 +53,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     gammas: tuple[float, float, float] = convert.DEFAULT_GAMMAS
     assign_init: str = "cluster"
+    assign_confidence: float = 1.0
+    precision: str = "fp32"
     baselines: tuple[str, ...] = ()
     device: str = "cpu"
     seed: int = 0
@@ -65,6 +68,10 @@ class TrainConfig:
             raise ValueError("stage1_epochs must be >= 1 and stage2_epochs >= 0")
         if not 0 <= self.warmup_epochs < self.stage1_epochs:
             raise ValueError(f"warmup_epochs must be in [0, stage1_epochs), got {self.warmup_epochs}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.assign_confidence <= 0:
+            raise ValueError(f"assign_confidence must be > 0, got {self.assign_confidence}")
         if self.assign_init not in ("cluster", "random"):
             raise ValueError(f"assign_init must be 'cluster' or 'random', got {self.assign_init!r}")
         unknown = set(self.baselines) - set(BASELINES)
@@ -166,7 +173,8 @@ class Trainer:
         bar = tqdm(batches, total=steps, desc=f"{phase.run}/{phase.name} {epoch + 1}/{phase.epochs}",
                    leave=False, disable=not self.config.progress)
         for images, labels in bar:
-            loss = F.cross_entropy(model(images), labels)
+            with self.autocast():
+                loss = F.cross_entropy(model(images), labels)
             if phase.regularize:
                 loss = loss + convert.regularization(model, self.config.gammas)
             optimizer.zero_grad(set_to_none=True)
@@ -184,8 +192,14 @@ class Trainer:
         correct = 0
         for images, labels in sk_data.batches(d.x_test, d.y_test, 256, mean=d.mean, std=d.std, train=False,
                                               device=self.device):
-            correct += (model(images).argmax(1) == labels).sum().item()
+            with self.autocast():
+                correct += (model(images).argmax(1) == labels).sum().item()
         return correct / len(d.y_test)
+
+    def autocast(self):
+        """Mixed precision for the forward (``precision``); the regularisers stay in fp32."""
+        dtype = PRECISIONS[self.config.precision]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def nmi(self, model) -> float:
         plan = model.split_plan
@@ -231,7 +245,7 @@ class Trainer:
         c = self.config
         model = copy.deepcopy(warm)
         if c.warmup_epochs and c.assign_init == "cluster":
-            grouping.apply_groups(model, self.cluster_groups(model))
+            grouping.apply_groups(model, self.cluster_groups(model), c.assign_confidence)
         stage1 = Phase("splitnet", "stage1", c.stage1_epochs - c.warmup_epochs, c.lr, regularize=True,
                        learn_assignments=True)
         self.fit(model, stage1)
@@ -243,8 +257,10 @@ class Trainer:
     def run_baseline(self, name: str, warm):
         c = self.config
         epochs = c.stage1_epochs - c.warmup_epochs + c.stage2_epochs
-        if name == "dense":
-            model = self.fit(self.build(split=False), Phase("dense", "train", c.stage1_epochs + c.stage2_epochs, c.lr))
+        if name == "dense":  # continues the shared warm-up, so its schedule is the main run's
+            model = self.build(split=False)
+            model.load_state_dict(dense_state(warm))
+            model = self.fit(model, Phase("dense", "train", epochs, c.lr))
             return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model)}
         model = copy.deepcopy(warm)
         if name == "random":
@@ -274,6 +290,11 @@ class Trainer:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
         return 1e3 * sorted(times)[len(times) // 2]
+
+
+def dense_state(model) -> dict:
+    """``model``'s weights without its group assignments (loads into the ``split=None`` model)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("assignments.")}
 
 
 def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dict:

@@ -10,7 +10,7 @@ from splitkern.cli import _parser, _train_config
 from splitkern.models import wrn
 from splitkern.splitnet import grouping
 from splitkern.splitnet.plot import plot
-from splitkern.splitnet.train import Trainer, TrainConfig, run
+from splitkern.splitnet.train import Trainer, TrainConfig, dense_state, run
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,25 @@ def test_resume_after_a_kill_loses_nothing(tmp_path, tiny, monkeypatch):
 
 def test_bad_configs(tmp_path):
     for kw, words in ((dict(warmup_epochs=2), "warmup_epochs"), (dict(baselines=("oracle",)), "baselines"),
-                      (dict(model="resnet"), "wrn16-8"), (dict(assign_init="best"), "assign_init")):
+                      (dict(model="resnet"), "wrn16-8"), (dict(assign_init="best"), "assign_init"),
+                      (dict(precision="fp8"), "precision"), (dict(assign_confidence=0.0), "assign_confidence")):
         with pytest.raises(ValueError, match=words):
             Trainer(config(tmp_path, **kw), data.synthetic_hierarchy(train_per_class=1, test_per_class=1))
+
+
+def test_bf16_run_and_dense_baseline_continue_the_warm_up(tmp_path, tiny):
+    metrics = run(config(tmp_path, precision="bf16", baselines=("dense",)), tiny)
+    assert 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["baselines"]["dense"]["test_acc"] <= 1
+    rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    dense_epochs = [r for r in rows if r[0] == "dense"]
+    assert len(dense_epochs) == 2  # stage1 - warmup + stage2: the same budget after the shared warm-up
+
+
+def test_dense_state_loads_into_the_unsplit_model():
+    split_model = wrn(10, 1, 16, split="2-4")
+    dense = wrn(10, 1, 16)
+    dense.load_state_dict(dense_state(split_model))  # strict: nothing missing, nothing extra
+    assert torch.equal(dense.state_dict()["fc.weight"], split_model.state_dict()["fc.weight"])
 
 
 def test_cli_epoch_split():
@@ -77,6 +93,10 @@ def test_cli_epoch_split():
     cfg = _train_config(args)
     assert (cfg.stage1_epochs, cfg.stage2_epochs, cfg.warmup_epochs) == (10, 5, 3)
     assert cfg.baselines == ("dense", "cluster")
+    assert (cfg.precision, cfg.assign_confidence) == ("fp32", 1.0)
+    args = ["train", "--out", "x", "--precision", "bf16", "--assign-confidence", "4"]
+    cfg = _train_config(_parser().parse_args(args))
+    assert (cfg.precision, cfg.assign_confidence) == ("bf16", 4.0)
 
 
 def test_nmi_reference_values():
