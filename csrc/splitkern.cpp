@@ -1,26 +1,107 @@
 // splitkern._C: the compiled backend ("cuda" in splitkern.use_backend).
 //
-// Ops get their TORCH_LIBRARY schemas and CPU/CUDA impls here as the C++/CUDA
-// backend lands (csrc/<op>.cpp beside csrc/cuda/<op>.cu). `kernels()` lists the
-// "op:device" pairs this build implements; splitkern.backend only dispatches to
-// the extension for listed pairs, so an op without a kernel here is an explicit
-// BackendUnavailableError, never a silent fallback.
+// This file holds the one schema list (TORCH_LIBRARY) and the Python module. Each op's
+// CPU kernel lives in csrc/<op>.cpp and its CUDA kernel in csrc/cuda/<op>.cu (or, where
+// noted in kernel_info(), the same ATen composition registered for CUDA too).
+//
+// The ext_* ops are kernels only: the public, differentiable ops are the Python custom
+// ops in splitkern/ops (schemas identical to these), which validate arguments, own the
+// autograd formulas and fake impls, and call these through splitkern.backend when the
+// "cuda" backend is selected. `kernels()` lists the "op:device" pairs built here;
+// splitkern.backend dispatches to the extension for listed pairs only, so a missing
+// kernel is an explicit BackendUnavailableError, never a silent fallback.
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "ops.h"
 
 namespace splitkern {
 
 int cuda_runtime_version();  // csrc/cuda/build_info.cu
 
-std::vector<std::string> kernels() { return {}; }
+GroupOffsets group_offsets(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t taps) {
+  TORCH_CHECK(in_sizes.size() == out_sizes.size() && !in_sizes.empty(),
+              "in_sizes and out_sizes must list the same number (>= 1) of groups, got ", in_sizes.size(),
+              " and ", out_sizes.size());
+  GroupOffsets off{{0}, {0}, {0}};
+  for (size_t g = 0; g < in_sizes.size(); ++g) {
+    TORCH_CHECK(in_sizes[g] >= 0 && out_sizes[g] >= 0, "group sizes must be >= 0, got in_sizes[", g,
+                "]=", in_sizes[g], ", out_sizes[", g, "]=", out_sizes[g]);
+    off.in.push_back(off.in.back() + in_sizes[g]);
+    off.out.push_back(off.out.back() + out_sizes[g]);
+    off.weight.push_back(off.weight.back() + in_sizes[g] * out_sizes[g] * taps);
+  }
+  return off;
+}
+
+bool GroupOffsets::equal() const {
+  for (int64_t g = 1; g < groups(); ++g) {
+    if (in[g + 1] - in[g] != in[1] || out[g + 1] - out[g] != out[1]) return false;
+  }
+  return weight.back() > 0;
+}
+
+Tensor gather_dim1(const Tensor& t, const OptTensor& index) {
+  return index.has_value() ? t.index_select(1, *index) : t;
+}
+
+Tensor scatter_dim1(const Tensor& t, const OptTensor& index) {
+  return index.has_value() ? at::empty_like(t).index_copy_(1, *index, t) : t;
+}
+
+// op -> what runs it on each device ("op:device" keys, read by splitkern.info).
+std::vector<std::pair<std::string, std::string>> kernel_info() {
+  std::vector<std::pair<std::string, std::string>> info = {
+      {"block_diag_mm:cpu", "C++: one ATen GEMM per group (one bmm when groups are equal)"},
+      {"grouped_conv:cpu", "C++: one ATen conv per group"},
+      {"group_weight_reg:cpu", "C++: the two GEMMs on M = mean_taps(W^2) via ATen"},
+      {"block_diag_mm:cuda",
+       "CUDA: fp16/bf16 forward and grad_input in one tensor-core (wmma) grouped-GEMM launch with fused "
+       "gather/scatter; fp32/fp64 and grad_weight one cuBLAS GEMM per group"},
+      {"grouped_conv:cuda", "CUDA: one cuDNN conv per group (groups=G when equal)"},
+      {"group_weight_reg:cuda", "CUDA: the two GEMMs on M via cuBLAS"},
+  };
+  return info;
+}
+
+std::vector<std::string> kernels() {
+  std::vector<std::string> names;
+  for (const auto& entry : kernel_info()) names.push_back(entry.first);
+  return names;
+}
 
 }  // namespace splitkern
+
+TORCH_LIBRARY(splitkern, m) {
+  m.def("ext_block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("ext_block_diag_mm_grad_input(Tensor grad_out, Tensor weight, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("ext_block_diag_mm_grad_weight(Tensor grad_out, Tensor x, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("ext_block_diag_mm_grad_bias(Tensor grad_out, Tensor? out_index) -> Tensor");
+  m.def("ext_grouped_conv(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
+        "int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
+  m.def("ext_grouped_conv_grad_input(Tensor grad_out, Tensor weight, Tensor x, int[] in_sizes, "
+        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
+  m.def("ext_grouped_conv_grad_weight(Tensor grad_out, Tensor x, Tensor weight, int[] in_sizes, "
+        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
+  m.def("ext_group_weight_reg_gemms(Tensor weight, Tensor p, Tensor q) -> (Tensor, Tensor)");
+  m.def("ext_group_weight_reg_gemms_backward(Tensor weight, Tensor p, Tensor q, Tensor grad_a, "
+        "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "splitkern compiled extension";
   m.def("kernels", &splitkern::kernels, "\"op:device\" pairs implemented by this build");
+  m.def("kernel_info", &splitkern::kernel_info, "(\"op:device\", what runs it) pairs");
   m.def("cuda_runtime_version", &splitkern::cuda_runtime_version,
         "CUDART_VERSION the extension was compiled against");
   m.attr("cuda_archs") = SPLITKERN_CUDA_ARCHS;

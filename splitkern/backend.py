@@ -95,7 +95,8 @@ def _triton_module():
 @functools.lru_cache(maxsize=None)
 def _extension():
     try:
-        from splitkern import _C  # noqa: F401
+        from splitkern import _C
+        import splitkern.cuda  # noqa: F401  (fake impls of the extension's ops)
     except ImportError as exc:
         return None, f"the compiled extension splitkern._C is not built ({exc})"
     return _C, ""

@@ -22,9 +22,9 @@ def report() -> str:
     if ext is None:
         lines.append(f"extension splitkern._C: not built ({why})")
     else:
-        kernels = ", ".join(ext.kernels()) or "none yet"
         lines.append(f"extension splitkern._C: CUDA {ext.cuda_runtime_version()}, archs {ext.cuda_archs}, "
-                     f"kernels: {kernels}")
+                     f"{len(ext.kernels())} kernels:")
+        lines += [f"  {name}: {what}" for name, what in ext.kernel_info()]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for op in OPS:
         for device in devices:

@@ -43,3 +43,4 @@ def test_info_cli_lists_every_op():
     assert out.returncode == 0, out.stderr
     for op in ("block_diag_mm", "grouped_conv", "group_weight_reg"):
         assert f"{op} on cpu" in out.stdout
+        assert f"  {op}:cpu: C++" in out.stdout  # the extension's kernels, as built in CI

@@ -45,22 +45,22 @@ def _block_diag_mm_grad_bias(grad_out: Tensor, out_index: Optional[Tensor]) -> T
 
 
 @_block_diag_mm_grad_bias.register_fake
-def _(grad_out, out_index):
+def block_diag_mm_grad_bias_fake(grad_out, out_index):
     return grad_out.new_empty((grad_out.shape[1],))
 
 
 @_block_diag_mm.register_fake
-def _(x, weight, bias, in_sizes, out_sizes, in_index, out_index):
+def block_diag_mm_fake(x, weight, bias, in_sizes, out_sizes, in_index, out_index):
     return x.new_empty((x.shape[0], sum(out_sizes)))
 
 
 @_block_diag_mm_grad_input.register_fake
-def _(grad_out, weight, in_sizes, out_sizes, in_index, out_index):
+def block_diag_mm_grad_input_fake(grad_out, weight, in_sizes, out_sizes, in_index, out_index):
     return grad_out.new_empty((grad_out.shape[0], sum(in_sizes)))
 
 
 @_block_diag_mm_grad_weight.register_fake
-def _(grad_out, x, in_sizes, out_sizes, in_index, out_index):
+def block_diag_mm_grad_weight_fake(grad_out, x, in_sizes, out_sizes, in_index, out_index):
     return x.new_empty((sum(k * n for k, n in zip(in_sizes, out_sizes)),))
 
 

@@ -28,13 +28,13 @@ def _gemms_backward(weight: Tensor, p: Tensor, q: Tensor, grad_a: Tensor,
 
 
 @_gemms.register_fake
-def _(weight, p, q):
+def group_weight_reg_gemms_fake(weight, p, q):
     return torch.empty_like(p, memory_format=torch.contiguous_format), \
         torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 @_gemms_backward.register_fake
-def _(weight, p, q, grad_a, grad_b):
+def group_weight_reg_gemms_backward_fake(weight, p, q, grad_a, grad_b):
     return (torch.empty_like(weight, memory_format=torch.contiguous_format),
             torch.empty_like(p, memory_format=torch.contiguous_format),
             torch.empty_like(q, memory_format=torch.contiguous_format))

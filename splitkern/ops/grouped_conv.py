@@ -46,18 +46,19 @@ def _grouped_conv_grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, in_si
 
 
 @_grouped_conv.register_fake
-def _(x, weight, bias, in_sizes, out_sizes, kernel_size, stride, padding, dilation, in_index, out_index):
+def grouped_conv_fake(x, weight, bias, in_sizes, out_sizes, kernel_size, stride, padding, dilation, in_index,
+                      out_index):
     shape = output_shape(x.shape, sum(out_sizes), kernel_size, stride, padding, dilation)
     return new_activation(x, shape)
 
 
 @_grouped_conv_grad_input.register_fake
-def _(grad_out, weight, x, *args):
+def grouped_conv_grad_input_fake(grad_out, weight, x, *args):
     return new_activation(x, x.shape)
 
 
 @_grouped_conv_grad_weight.register_fake
-def _(grad_out, x, weight, *args):
+def grouped_conv_grad_weight_fake(grad_out, x, weight, *args):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 

@@ -1,0 +1,126 @@
+// block_diag_mm on CPU: one ATen GEMM per group on column slices (one bmm when all groups
+// are equal), gather/scatter by index_select/index_copy. Also the CUDA path for dtypes
+// without a custom kernel (csrc/cuda/block_diag_mm.cu).
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace splitkern {
+namespace {
+
+void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(1) == cols, name, " must have shape (M, ", cols, ") (", cols_name,
+              "), got ", t.sizes());
+}
+
+void check_weight(const Tensor& weight, const GroupOffsets& off) {
+  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
+              off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g]), got ", weight.sizes());
+}
+
+Tensor block(const Tensor& weight, const GroupOffsets& off, int64_t g) {
+  const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+  return weight.narrow(0, off.weight[g], n * k).view({n, k});
+}
+
+// (M, G*c) viewed as (G, M, c): the batched operand of equal groups.
+Tensor batched(const Tensor& t, int64_t groups) {
+  return t.view({t.size(0), groups, t.size(1) / groups}).transpose(0, 1);
+}
+
+Tensor unbatched(const Tensor& t) { return t.transpose(0, 1).reshape({t.size(1), -1}); }
+
+}  // namespace
+
+Tensor block_diag_mm_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
+                          IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
+  check_weight(weight, off);
+  const Tensor xg = gather_dim1(x, in_index);
+  const int64_t G = off.groups();
+  if (off.equal() && x.size(0) > 0) {
+    const int64_t k = off.in[1], n = off.out[1];
+    Tensor y = unbatched(at::bmm(batched(xg.contiguous(), G), weight.reshape({G, n, k}).transpose(1, 2)));
+    if (bias.has_value()) y.add_(*bias);
+    return scatter_dim1(y, out_index);
+  }
+  Tensor y = at::empty({x.size(0), off.out.back()}, x.options());
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    if (n == 0) continue;
+    Tensor yg = y.narrow(1, off.out[g], n);
+    if (k == 0 || x.size(0) == 0) {  // no inputs: the bias alone
+      if (bias.has_value()) yg.copy_(bias->narrow(0, off.out[g], n).expand_as(yg));
+      else yg.zero_();
+      continue;
+    }
+    const Tensor xk = xg.narrow(1, off.in[g], k), wt = block(weight, off, g).t();
+    if (bias.has_value()) yg.copy_(at::addmm(bias->narrow(0, off.out[g], n), xk, wt));
+    else yg.copy_(at::mm(xk, wt));
+  }
+  return scatter_dim1(y, out_index);
+}
+
+Tensor block_diag_mm_grad_input_aten(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes,
+                                     IntArrayRef out_sizes, const OptTensor& in_index,
+                                     const OptTensor& out_index) {
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
+  check_weight(weight, off);
+  const Tensor dyg = gather_dim1(grad_out, out_index);
+  const int64_t G = off.groups();
+  if (off.equal() && grad_out.size(0) > 0) {
+    const int64_t k = off.in[1], n = off.out[1];
+    return scatter_dim1(unbatched(at::bmm(batched(dyg.contiguous(), G), weight.reshape({G, n, k}))), in_index);
+  }
+  Tensor dx = at::empty({grad_out.size(0), off.in.back()}, grad_out.options());
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    if (k == 0) continue;
+    Tensor dxg = dx.narrow(1, off.in[g], k);
+    if (n == 0 || grad_out.size(0) == 0) dxg.zero_();
+    else dxg.copy_(at::mm(dyg.narrow(1, off.out[g], n), block(weight, off, g)));
+  }
+  return scatter_dim1(dx, in_index);
+}
+
+Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes,
+                                      IntArrayRef out_sizes, const OptTensor& in_index,
+                                      const OptTensor& out_index) {
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
+  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  const Tensor xg = gather_dim1(x, in_index), dyg = gather_dim1(grad_out, out_index);
+  Tensor dw = at::empty({off.weight.back()}, x.options());
+  for (int64_t g = 0; g < off.groups(); ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    if (n * k == 0) continue;
+    Tensor dwg = block(dw, off, g);
+    if (x.size(0) == 0) dwg.zero_();
+    else dwg.copy_(at::mm(dyg.narrow(1, off.out[g], n).t(), xg.narrow(1, off.in[g], k)));
+  }
+  return dw;
+}
+
+Tensor block_diag_mm_grad_bias_aten(const Tensor& grad_out, const OptTensor& out_index) {
+  TORCH_CHECK(grad_out.dim() == 2, "grad_out must be 2-D (M, N), got ", grad_out.sizes());
+  const Tensor sums = grad_out.sum(0);
+  return out_index.has_value() ? sums.index_select(0, *out_index) : sums;
+}
+
+TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
+  m.impl("ext_block_diag_mm", &block_diag_mm_aten);
+  m.impl("ext_block_diag_mm_grad_input", &block_diag_mm_grad_input_aten);
+  m.impl("ext_block_diag_mm_grad_weight", &block_diag_mm_grad_weight_aten);
+  m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten);
+}
+
+// Weight and bias gradients are per-group cuBLAS on CUDA too (see kernel_info()).
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
+  m.impl("ext_block_diag_mm_grad_weight", &block_diag_mm_grad_weight_aten);
+  m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten);
+}
+
+}  // namespace splitkern

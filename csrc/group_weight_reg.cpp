@@ -1,0 +1,65 @@
+// The two GEMMs of SplitNet's group weight regulariser on CPU and CUDA (ATen GEMMs):
+// a = (Q∘Q) M and b = (P∘P) M^T with M = W^2 (conv: the mean of W^2 over the kernel),
+// and their backward. Accumulates in fp32 (fp64 kept), like splitkern/reference.
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "ops.h"
+
+namespace splitkern {
+namespace {
+
+Tensor acc(const Tensor& t) { return t.scalar_type() == at::kDouble ? t : t.to(at::kFloat); }
+
+int64_t taps(const Tensor& weight) {
+  int64_t n = 1;
+  for (int64_t d = 2; d < weight.dim(); ++d) n *= weight.size(d);
+  return n;
+}
+
+Tensor energy(const Tensor& weight) {
+  const Tensor w2 = acc(weight).square();
+  return weight.dim() == 2 ? w2 : w2.flatten(2).mean(2);
+}
+
+void check(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  TORCH_CHECK(weight.dim() >= 2, "weight must be (D_out, D_in, ...), got ", weight.sizes());
+  TORCH_CHECK(p.dim() == 2 && p.size(1) == weight.size(1), "p must have shape (G, ", weight.size(1),
+              ") (D_in), got ", p.sizes());
+  TORCH_CHECK(q.dim() == 2 && q.size(1) == weight.size(0) && q.size(0) == p.size(0), "q must have shape (",
+              p.size(0), ", ", weight.size(0), ") (G, D_out), got ", q.sizes());
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> group_weight_reg_gemms_aten(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  check(weight, p, q);
+  const Tensor m = energy(weight);
+  return {at::mm(acc(q).square(), m), at::mm(acc(p).square(), m.t())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> group_weight_reg_gemms_backward_aten(const Tensor& weight, const Tensor& p,
+                                                                         const Tensor& q, const Tensor& grad_a,
+                                                                         const Tensor& grad_b) {
+  check(weight, p, q);
+  const Tensor m = energy(weight), pa = acc(p), qa = acc(q);
+  Tensor grad_m = at::mm(qa.square().t(), grad_a) + at::mm(grad_b.t(), pa.square());
+  std::vector<int64_t> shape = grad_m.sizes().vec();
+  shape.resize(weight.dim(), 1);
+  const Tensor grad_w = grad_m.view(shape) * acc(weight) * (2.0 / static_cast<double>(taps(weight)));
+  const Tensor grad_p = 2 * pa * at::mm(grad_b, m), grad_q = 2 * qa * at::mm(grad_a, m.t());
+  return {grad_w.to(weight.scalar_type()), grad_p.to(p.scalar_type()), grad_q.to(q.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
+  m.impl("ext_group_weight_reg_gemms", &group_weight_reg_gemms_aten);
+  m.impl("ext_group_weight_reg_gemms_backward", &group_weight_reg_gemms_backward_aten);
+}
+
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
+  m.impl("ext_group_weight_reg_gemms", &group_weight_reg_gemms_aten);
+  m.impl("ext_group_weight_reg_gemms_backward", &group_weight_reg_gemms_backward_aten);
+}
+
+}  // namespace splitkern

@@ -1,0 +1,144 @@
+// grouped_conv on CPU and CUDA: one ATen convolution per group on channel slices (on CUDA
+// one cuDNN call with groups=G when the groups are equal), gather/scatter of channels by
+// index_select/index_copy. The output keeps x's memory format.
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace splitkern {
+namespace {
+
+struct ConvGeometry {
+  std::vector<int64_t> kernel, stride, padding, dilation;
+};
+
+ConvGeometry geometry(IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+  for (auto arg : {std::make_pair("kernel_size", kernel_size), std::make_pair("stride", stride),
+                   std::make_pair("padding", padding), std::make_pair("dilation", dilation)}) {
+    TORCH_CHECK(arg.second.size() == 2, arg.first, " must have 2 entries, got ", arg.second.size());
+  }
+  return {kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec()};
+}
+
+int64_t taps(const ConvGeometry& geo) { return geo.kernel[0] * geo.kernel[1]; }
+
+int64_t out_size(int64_t size, const ConvGeometry& geo, int dim) {
+  return (size + 2 * geo.padding[dim] - geo.dilation[dim] * (geo.kernel[dim] - 1) - 1) / geo.stride[dim] + 1;
+}
+
+Tensor block(const Tensor& weight, const GroupOffsets& off, const ConvGeometry& geo, int64_t g) {
+  const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+  return weight.narrow(0, off.weight[g], n * k * taps(geo)).view({n, k, geo.kernel[0], geo.kernel[1]});
+}
+
+void check_operands(const Tensor& x, const Tensor& weight, const GroupOffsets& off, const ConvGeometry& geo) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == off.in.back(), "x must have shape (N, ", off.in.back(),
+              ", H, W) (sum of in_sizes), got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
+              off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * kh * kw), got ", weight.sizes());
+}
+
+// One cuDNN call with groups=G beats G calls on CUDA; on CPU oneDNN's grouped conv is
+// slower than the per-group loop at SplitNet's channel counts (benchmarks/results).
+bool use_grouped_call(const Tensor& x, const GroupOffsets& off) {
+  return x.is_cuda() && off.equal() && x.size(0) > 0;
+}
+
+// Per-group aten::convolution_backward for the parts in mask ({input, weight}).
+std::pair<Tensor, Tensor> conv_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                        const GroupOffsets& off, const ConvGeometry& geo, const OptTensor& in_index,
+                                        const OptTensor& out_index, bool want_input) {
+  const Tensor dyg = gather_dim1(grad_out, out_index), xg = gather_dim1(x, in_index);
+  const std::array<bool, 3> mask = {want_input, !want_input, false};
+  const std::vector<int64_t> no_output_padding = {0, 0};
+  if (use_grouped_call(x, off)) {
+    const int64_t G = off.groups();
+    const Tensor w = weight.view({G * off.out[1], off.in[1], geo.kernel[0], geo.kernel[1]});
+    auto grads = at::convolution_backward(dyg, xg, w, std::nullopt, geo.stride, geo.padding, geo.dilation, false,
+                                          no_output_padding, G, mask);
+    return {std::get<0>(grads), want_input ? Tensor() : std::get<1>(grads).reshape({-1})};
+  }
+  std::vector<Tensor> pieces;
+  for (int64_t g = 0; g < off.groups(); ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    const Tensor xk = xg.narrow(1, off.in[g], k), wg = block(weight, off, geo, g);
+    if (n == 0 || k == 0 || x.size(0) == 0) {  // an empty group or batch contributes nothing
+      pieces.push_back(want_input ? at::zeros_like(xk) : at::zeros({wg.numel()}, weight.options()));
+      continue;
+    }
+    auto grads = at::convolution_backward(dyg.narrow(1, off.out[g], n), xk, wg, std::nullopt, geo.stride,
+                                          geo.padding, geo.dilation, false, no_output_padding, 1, mask);
+    pieces.push_back(want_input ? std::get<0>(grads) : std::get<1>(grads).reshape({-1}));
+  }
+  return {want_input ? at::cat(pieces, 1) : Tensor(), want_input ? Tensor() : at::cat(pieces)};
+}
+
+}  // namespace
+
+Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
+                         IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
+                         IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
+  const auto geo = geometry(kernel_size, stride, padding, dilation);
+  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
+  check_operands(x, weight, off, geo);
+  const auto format = x.suggest_memory_format();
+  const Tensor xg = gather_dim1(x, in_index);
+  if (use_grouped_call(x, off)) {
+    const int64_t G = off.groups();
+    const Tensor w = weight.view({G * off.out[1], off.in[1], geo.kernel[0], geo.kernel[1]});
+    const Tensor y = at::conv2d(xg, w, bias, geo.stride, geo.padding, geo.dilation, G);
+    return scatter_dim1(y, out_index).contiguous(format);
+  }
+  const int64_t ho = out_size(x.size(2), geo, 0), wo = out_size(x.size(3), geo, 1);
+  TORCH_CHECK(ho > 0 && wo > 0, "x's spatial size ", x.sizes().slice(2), " is smaller than the dilated kernel");
+  Tensor y = at::empty({x.size(0), off.out.back(), ho, wo}, x.options().memory_format(format));
+  for (int64_t g = 0; g < off.groups(); ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    if (n == 0) continue;
+    Tensor yg = y.narrow(1, off.out[g], n);
+    const OptTensor bg = bias.has_value() ? OptTensor(bias->narrow(0, off.out[g], n)) : std::nullopt;
+    if (k == 0 || x.size(0) == 0) {  // no input channels: the bias alone (aten rejects empty channels)
+      if (bg.has_value()) yg.copy_(bg->view({1, n, 1, 1}).expand_as(yg));
+      else yg.zero_();
+      continue;
+    }
+    yg.copy_(at::conv2d(xg.narrow(1, off.in[g], k), block(weight, off, geo, g), bg, geo.stride, geo.padding,
+                        geo.dilation));
+  }
+  return scatter_dim1(y, out_index).contiguous(format);
+}
+
+Tensor grouped_conv_grad_input_aten(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
+                                    IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                    const OptTensor& in_index, const OptTensor& out_index) {
+  const auto geo = geometry(kernel_size, stride, padding, dilation);
+  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
+  check_operands(x, weight, off, geo);
+  const Tensor dx = conv_backward(grad_out, x, weight, off, geo, in_index, out_index, true).first;
+  return scatter_dim1(dx, in_index).contiguous(x.suggest_memory_format());
+}
+
+Tensor grouped_conv_grad_weight_aten(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                     IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                     const OptTensor& in_index, const OptTensor& out_index) {
+  const auto geo = geometry(kernel_size, stride, padding, dilation);
+  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
+  check_operands(x, weight, off, geo);
+  return conv_backward(grad_out, x, weight, off, geo, in_index, out_index, false).second;
+}
+
+TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
+  m.impl("ext_grouped_conv", &grouped_conv_aten);
+  m.impl("ext_grouped_conv_grad_input", &grouped_conv_grad_input_aten);
+  m.impl("ext_grouped_conv_grad_weight", &grouped_conv_grad_weight_aten);
+}
+
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
+  m.impl("ext_grouped_conv", &grouped_conv_aten);
+  m.impl("ext_grouped_conv_grad_input", &grouped_conv_grad_input_aten);
+  m.impl("ext_grouped_conv_grad_weight", &grouped_conv_grad_weight_aten);
+}
+
+}  // namespace splitkern

@@ -1,0 +1,73 @@
+"""The compiled extension (the ``cuda`` backend): built in CI, its ``ext_*`` ops checked directly.
+
+The op test files run every shape class through the ``cuda`` backend too (``fast_backends``);
+this file checks that they really do, and opchecks the C++ ops themselves.
+"""
+
+import pytest
+import torch
+
+from splitkern import backend
+from tests.helpers import DEVICE, random_permutation
+
+OPS = ("block_diag_mm", "grouped_conv", "group_weight_reg")
+
+
+def test_extension_is_built_with_a_cpu_and_a_cuda_kernel_per_op():
+    ext, why = backend._extension()
+    assert ext is not None, why  # CI builds it (setup.py finds nvcc); a failed build must not pass quietly
+    for op in OPS:
+        assert {f"{op}:cpu", f"{op}:cuda"} <= set(ext.kernels())
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            assert "cuda" in backend.available_backends(DEVICE, op, dtype)
+    assert dict(ext.kernel_info()).keys() == set(ext.kernels())
+
+
+def _mm_args(indices):
+    in_sizes, out_sizes = [5, 0, 11], [7, 4, 9]
+    x = torch.randn(6, 16, device=DEVICE)
+    w = torch.randn(5 * 7 + 11 * 9, device=DEVICE)
+    b = torch.randn(20, device=DEVICE)
+    ii, oi = (random_permutation(16), random_permutation(20)) if indices else (None, None)
+    dy = torch.randn(6, 20, device=DEVICE)
+    ops = torch.ops.splitkern
+    return [(ops.ext_block_diag_mm.default, (x, w, b, in_sizes, out_sizes, ii, oi)),
+            (ops.ext_block_diag_mm_grad_input.default, (dy, w, in_sizes, out_sizes, ii, oi)),
+            (ops.ext_block_diag_mm_grad_weight.default, (dy, x, in_sizes, out_sizes, ii, oi)),
+            (ops.ext_block_diag_mm_grad_bias.default, (dy, oi))]
+
+
+def _conv_args(indices):
+    in_sizes, out_sizes, geometry = [2, 4], [3, 1], ([3, 3], [1, 1], [1, 1], [1, 1])
+    x = torch.randn(2, 6, 5, 5, device=DEVICE)
+    w = torch.randn((2 * 3 + 4 * 1) * 9, device=DEVICE)
+    dy = torch.randn(2, 4, 5, 5, device=DEVICE)
+    ii, oi = (random_permutation(6), random_permutation(4)) if indices else (None, None)
+    ops = torch.ops.splitkern
+    return [(ops.ext_grouped_conv.default, (x, w, None, in_sizes, out_sizes, *geometry, ii, oi)),
+            (ops.ext_grouped_conv_grad_input.default, (dy, w, x, in_sizes, out_sizes, *geometry, ii, oi)),
+            (ops.ext_grouped_conv_grad_weight.default, (dy, x, w, in_sizes, out_sizes, *geometry, ii, oi))]
+
+
+def _reg_args(_):
+    w = torch.randn(8, 6, 3, 3, device=DEVICE)
+    p, q = torch.rand(2, 6, device=DEVICE), torch.rand(2, 8, device=DEVICE)
+    ops = torch.ops.splitkern
+    return [(ops.ext_group_weight_reg_gemms.default, (w, p, q)),
+            (ops.ext_group_weight_reg_gemms_backward.default, (w, p, q, torch.randn(2, 6), torch.randn(2, 8)))]
+
+
+@pytest.mark.parametrize("make_args", [_mm_args, _conv_args, _reg_args])
+@pytest.mark.parametrize("indices", [False, True])
+def test_opcheck_extension_ops(make_args, indices):
+    backend._extension()  # loads the library and the fake impls
+    for op, args in make_args(indices):
+        torch.library.opcheck(op, args)
+
+
+def test_extension_op_rejects_mismatched_sizes():
+    backend._extension()
+    with pytest.raises(RuntimeError, match="in_sizes and out_sizes"):
+        torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(6), None, [3], [2, 1], None, None)
+    with pytest.raises(RuntimeError, match="weight must have shape"):
+        torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(5), None, [3], [2], None, None)
