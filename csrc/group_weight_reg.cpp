@@ -1,4 +1,5 @@
-// The two GEMMs of SplitNet's group weight regulariser on CPU and CUDA (ATen GEMMs):
+// The two GEMMs of SplitNet's group weight regulariser on CPU (ATen GEMMs; the fused CUDA
+// kernel is csrc/cuda/group_weight_reg.cu, which calls these for fp64):
 // a = (Q∘Q) M and b = (P∘P) M^T with M = W^2 (conv: the mean of W^2 over the kernel),
 // and their backward. Accumulates in fp32 (fp64 kept), like splitkern/reference.
 #include <torch/library.h>
@@ -57,9 +58,5 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
   m.impl("ext_group_weight_reg_gemms_backward", &group_weight_reg_gemms_backward_aten);
 }
 
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_group_weight_reg_gemms", &group_weight_reg_gemms_aten);
-  m.impl("ext_group_weight_reg_gemms_backward", &group_weight_reg_gemms_backward_aten);
-}
 
 }  // namespace splitkern

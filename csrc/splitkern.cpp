@@ -62,8 +62,11 @@ std::vector<std::pair<std::string, std::string>> kernel_info() {
       {"block_diag_mm:cuda",
        "CUDA: fp16/bf16 forward and grad_input in one tensor-core (wmma) grouped-GEMM launch with fused "
        "gather/scatter; fp32/fp64 and grad_weight one cuBLAS GEMM per group"},
-      {"grouped_conv:cuda", "CUDA: one cuDNN conv per group (groups=G when equal)"},
-      {"group_weight_reg:cuda", "CUDA: the two GEMMs on M via cuBLAS"},
+      {"grouped_conv:cuda",
+       "CUDA: fp16/bf16 forward in one implicit-GEMM tensor-core (wmma) launch with fused channel "
+       "gather/scatter; fp32/fp64 and the backward passes one cuDNN call per group (groups=G when equal)"},
+      {"group_weight_reg:cuda",
+       "CUDA: fused, one pass over W for both GEMMs and one for the backward (fp32/fp16/bf16; fp64 via ATen)"},
   };
   return info;
 }

@@ -168,20 +168,41 @@ def _child_init():
     os.environ.pop("TRITON_INTERPRET", None)
 
 
+def _mma_functions(sass: str) -> set[tuple[str, str]]:
+    """(arch, function) pairs whose SASS has tensor-core instructions (HMMA: mma.sync/wmma, HGMMA: wgmma)."""
+    found, arch, function = set(), "unknown", None
+    for line in sass.splitlines():
+        if match := re.search(r"arch = sm_(\d+)", line):
+            arch = f"sm{match.group(1)}"
+        elif match := re.search(r"Function : (\S+)", line):
+            function = match.group(1)
+        elif function and re.search(r"\bH(G)?MMA\b", line):
+            found.add((arch, function))
+    return found
+
+
 def extension_reports() -> list[KernelReport]:
-    """Resource usage of every kernel in the compiled extension's cubins (empty if not built)."""
+    """Resource usage and tensor-core use of every kernel in the compiled extension (empty if not built).
+
+    Its 16-bit GEMM kernels (``grouped_gemm_kernel<__half|__nv_bfloat16, ...>``) need tensor
+    cores; wmma compiles to HMMA on sm_90 too (not Hopper's HGMMA).
+    """
     try:
         from splitkern import _C
     except ImportError:
         return []
-    text = subprocess.run([cuobjdump(), "-res-usage", _C.__file__], capture_output=True, text=True).stdout
+    res = subprocess.run([cuobjdump(), "-res-usage", _C.__file__], capture_output=True, text=True).stdout
+    sass = subprocess.run([cuobjdump(), "-sass", _C.__file__], capture_output=True, text=True).stdout
+    mma = _mma_functions(sass)
     reports = []
-    for chunk in text.split("Fatbin elf code:")[1:]:
+    for chunk in res.split("Fatbin elf code:")[1:]:
         arch = re.search(r"arch = sm_(\d+)", chunk)
         name = f"sm{arch.group(1)}" if arch else "unknown"
         for fn, usage in parse_res_usage(chunk).items():
+            sixteen_bit_gemm = "grouped_gemm_kernel" in fn and ("__half" in fn or "bfloat16" in fn)
             reports.append(KernelReport(name, fn, "extension", 0, 0, usage.get("REG", 0), usage.get("STACK", 0),
-                                        usage.get("LOCAL", 0), usage.get("SHARED", 0), False, False, 0))
+                                        usage.get("LOCAL", 0), usage.get("SHARED", 0), (name, fn) in mma,
+                                        sixteen_bit_gemm, 0))
     return reports
 
 

@@ -113,3 +113,12 @@ def test_cli_entry_point_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "splitkern.cli", "kernels", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--arch" in out.stdout
+
+
+def test_extension_kernels_have_no_spills_and_use_tensor_cores():
+    reports = kernels.extension_reports()
+    assert reports, "the extension is built in CI; its cubins must be readable"
+    for arch in kernels.ARCHS:
+        gemms = [r for r in reports if r.arch == arch and r.needs_tensor_cores]
+        assert len(gemms) >= 6, f"{arch}: expected fp16+bf16 matmul fwd/grad_input and conv kernels"
+    assert kernels.problems(reports) == []

@@ -71,3 +71,36 @@ def test_extension_op_rejects_mismatched_sizes():
         torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(6), None, [3], [2, 1], None, None)
     with pytest.raises(RuntimeError, match="weight must have shape"):
         torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(5), None, [3], [2], None, None)
+
+
+def _many_ragged_groups(groups=70, seed=0):
+    """More groups than one CUDA launch takes (64), ragged, some empty."""
+    gen = torch.Generator().manual_seed(seed)
+    in_sizes = torch.randint(0, 6, (groups,), generator=gen).tolist()
+    out_sizes = torch.randint(0, 6, (groups,), generator=gen).tolist()
+    return in_sizes, out_sizes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)])
+def test_many_ragged_groups_match_the_reference(dtype):
+    import splitkern
+    from splitkern.ops import block_diag_mm, grouped_conv
+
+    in_sizes, out_sizes = _many_ragged_groups()
+    k, n = sum(in_sizes), sum(out_sizes)
+    x = torch.randn(37, k, device=DEVICE, dtype=dtype)
+    w = torch.randn(sum(a * b for a, b in zip(in_sizes, out_sizes)), device=DEVICE, dtype=dtype)
+    w9 = torch.randn(w.numel() * 9, device=DEVICE, dtype=dtype)
+    bias = torch.randn(n, device=DEVICE, dtype=dtype)
+    ii, oi = random_permutation(k), random_permutation(n)
+    img = torch.randn(2, k, 5, 6, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+
+    def both(name):
+        with splitkern.use_backend(name):
+            return (block_diag_mm(x, w, bias, in_sizes=in_sizes, out_sizes=out_sizes, in_index=ii, out_index=oi),
+                    grouped_conv(img, w9, bias, in_sizes=in_sizes, out_sizes=out_sizes, kernel_size=3, padding=1,
+                                 in_index=ii, out_index=oi))
+
+    for got, want in zip(both("cuda"), both("reference")):
+        torch.testing.assert_close(got.float(), want.float(), **tol)

@@ -1,0 +1,179 @@
+// SplitNet's group weight regulariser on CUDA, fused: ONE pass over W computes both GEMMs
+// a = (Q∘Q) M and b = (P∘P) M^T (M = mean over the kernel of W^2) for all G groups, and ONE
+// pass computes dW and the reductions behind dP and dQ. Each CTA owns a kTile x kTile block
+// of (D_out, D_in): it forms M for the block in shared memory, reduces it against the G rows
+// of Q∘Q / P∘P (or of the incoming gradients) and adds its partial sums with atomics. fp32
+// accumulation; fp32/fp16/bf16 weights (fp64 runs the ATen composition, for gradcheck).
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../ops.h"
+
+namespace splitkern {
+namespace {
+
+constexpr int kTile = 32, kThreads = 256;
+
+template <typename T> struct CudaType { using type = T; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ T from_float(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+
+struct Shape {
+  int64_t d_out, d_in, taps, groups;
+};
+
+// M for this CTA's block into m_tile (zero outside W).
+template <typename T>
+__device__ void energy_tile(const T* w, const Shape s, int64_t o0, int64_t i0, float (*m_tile)[kTile + 1]) {
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+    const int r = e / kTile, c = e % kTile;
+    const int64_t o = o0 + r, i = i0 + c;
+    float sum = 0.0f;
+    if (o < s.d_out && i < s.d_in) {
+      const T* cell = w + (o * s.d_in + i) * s.taps;
+      for (int64_t t = 0; t < s.taps; ++t) {
+        const float v = to_float(cell[t]);
+        sum += v * v;
+      }
+    }
+    m_tile[r][c] = sum / static_cast<float>(s.taps);
+  }
+}
+
+// cols[g, i] += sum_o left[g, o] M[o, i] and rows[g, o] += sum_i right[g, i] M[o, i] over the block.
+__device__ void reduce_tile(const float (*m_tile)[kTile + 1], const Shape s, int64_t o0, int64_t i0,
+                            const float* left, const float* right, float* cols, float* rows) {
+  for (int64_t e = threadIdx.x; e < s.groups * kTile; e += kThreads) {
+    const int64_t g = e / kTile;
+    const int c = static_cast<int>(e % kTile);
+    if (i0 + c < s.d_in) {
+      float sum = 0.0f;
+      for (int r = 0; r < kTile && o0 + r < s.d_out; ++r) sum += left[g * s.d_out + o0 + r] * m_tile[r][c];
+      atomicAdd(&cols[g * s.d_in + i0 + c], sum);
+    }
+    if (o0 + c < s.d_out) {
+      float sum = 0.0f;
+      for (int k = 0; k < kTile && i0 + k < s.d_in; ++k) sum += right[g * s.d_in + i0 + k] * m_tile[c][k];
+      atomicAdd(&rows[g * s.d_out + o0 + c], sum);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reg_forward_kernel(const T* __restrict__ w, const float* __restrict__ p2,
+                                                                const float* __restrict__ q2, float* a, float* b,
+                                                                Shape s) {
+  __shared__ float m_tile[kTile][kTile + 1];
+  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  energy_tile(w, s, o0, i0, m_tile);
+  __syncthreads();
+  reduce_tile(m_tile, s, o0, i0, q2, p2, a, b);  // a = (Q∘Q) M, b = (P∘P) M^T
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reg_backward_kernel(
+    const T* __restrict__ w, const float* __restrict__ p2, const float* __restrict__ q2,
+    const float* __restrict__ grad_a, const float* __restrict__ grad_b, T* __restrict__ grad_w, float* sum_p,
+    float* sum_q, Shape s) {
+  __shared__ float m_tile[kTile][kTile + 1];
+  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  energy_tile(w, s, o0, i0, m_tile);
+  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {  // dW = 2/taps * W * dL/dM
+    const int64_t o = o0 + e / kTile, i = i0 + e % kTile;
+    if (o >= s.d_out || i >= s.d_in) continue;
+    float grad_m = 0.0f;
+    for (int64_t g = 0; g < s.groups; ++g)
+      grad_m += q2[g * s.d_out + o] * grad_a[g * s.d_in + i] + grad_b[g * s.d_out + o] * p2[g * s.d_in + i];
+    const float scale = 2.0f * grad_m / static_cast<float>(s.taps);
+    const int64_t base = (o * s.d_in + i) * s.taps;
+    for (int64_t t = 0; t < s.taps; ++t) grad_w[base + t] = from_float<T>(scale * to_float(w[base + t]));
+  }
+  __syncthreads();
+  reduce_tile(m_tile, s, o0, i0, grad_b, grad_a, sum_p, sum_q);  // (dL/db) M and (dL/da) M^T
+}
+
+Shape shape_of(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  TORCH_CHECK(weight.dim() >= 2, "weight must be (D_out, D_in, ...), got ", weight.sizes());
+  TORCH_CHECK(p.dim() == 2 && p.size(1) == weight.size(1), "p must have shape (G, ", weight.size(1), "), got ",
+              p.sizes());
+  TORCH_CHECK(q.dim() == 2 && q.size(1) == weight.size(0) && q.size(0) == p.size(0), "q must have shape (",
+              p.size(0), ", ", weight.size(0), "), got ", q.sizes());
+  return {weight.size(0), weight.size(1), weight.numel() / std::max<int64_t>(1, weight.size(0) * weight.size(1)),
+          p.size(0)};
+}
+
+dim3 grid_of(const Shape& s) {
+  return dim3(static_cast<unsigned>((s.d_in + kTile - 1) / kTile), static_cast<unsigned>((s.d_out + kTile - 1) / kTile));
+}
+
+// fp32/fp16/bf16 weights (fp64 takes the ATen path before dispatch).
+#define SPLITKERN_REG_CASES(...)                    \
+  AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)         \
+  AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)          \
+  AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)
+
+Tensor fp32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+std::tuple<Tensor, Tensor> gemms_cuda(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  if (weight.scalar_type() == at::kDouble) return group_weight_reg_gemms_aten(weight, p, q);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Shape s = shape_of(weight, p, q);
+  const Tensor w = weight.contiguous(), p2 = fp32(p).square(), q2 = fp32(q).square();
+  Tensor a = at::zeros({s.groups, s.d_in}, p2.options()), b = at::zeros({s.groups, s.d_out}, p2.options());
+  if (w.numel() == 0 || s.groups == 0) return {a, b};
+  AT_DISPATCH_SWITCH(w.scalar_type(), "splitkern_reg_cuda", SPLITKERN_REG_CASES([&] {
+    using T = typename CudaType<scalar_t>::type;
+    reg_forward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const T*>(w.data_ptr<scalar_t>()), p2.data_ptr<float>(), q2.data_ptr<float>(),
+        a.data_ptr<float>(), b.data_ptr<float>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }));
+  return {a, b};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gemms_backward_cuda(const Tensor& weight, const Tensor& p, const Tensor& q,
+                                                       const Tensor& grad_a, const Tensor& grad_b) {
+  if (weight.scalar_type() == at::kDouble) return group_weight_reg_gemms_backward_aten(weight, p, q, grad_a, grad_b);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const Shape s = shape_of(weight, p, q);
+  const Tensor w = weight.contiguous(), pa = fp32(p), qa = fp32(q), p2 = pa.square(), q2 = qa.square();
+  const Tensor da = fp32(grad_a), db = fp32(grad_b);
+  Tensor grad_w = at::empty_like(w), sum_p = at::zeros_like(pa), sum_q = at::zeros_like(qa);
+  if (w.numel() > 0 && s.groups > 0) {
+    AT_DISPATCH_SWITCH(w.scalar_type(), "splitkern_reg_backward_cuda", SPLITKERN_REG_CASES([&] {
+      using T = typename CudaType<scalar_t>::type;
+      reg_backward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          reinterpret_cast<const T*>(w.data_ptr<scalar_t>()), p2.data_ptr<float>(), q2.data_ptr<float>(),
+          da.data_ptr<float>(), db.data_ptr<float>(), reinterpret_cast<T*>(grad_w.data_ptr<scalar_t>()),
+          sum_p.data_ptr<float>(), sum_q.data_ptr<float>(), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }));
+  } else {
+    grad_w.zero_();
+  }
+  return {grad_w, (2 * pa * sum_p).to(p.scalar_type()), (2 * qa * sum_q).to(q.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
+  m.impl("ext_group_weight_reg_gemms", &gemms_cuda);
+  m.impl("ext_group_weight_reg_gemms_backward", &gemms_backward_cuda);
+}
+
+}  // namespace splitkern
