@@ -85,6 +85,9 @@ def _summary(metrics: dict, out: str) -> str:
     share = metrics["params_split"] / metrics["params_dense"]
     lines.append(f"  params: dense {metrics['params_dense']:,}  split {metrics['params_split']:,} ({100 * share:.1f}%)")
     lines.append(f"  test accuracy (split model): {100 * metrics['test_acc']:.2f}%")
+    if metrics.get("empty_groups"):
+        lines.append(f"  WARNING: empty groups {', '.join(metrics['empty_groups'])}: "
+                     "those subnetworks have no channels there")
     lines.append(f"  inference, batch 256: dense {metrics['inference_ms_dense_b256']:.1f} ms, "
                  f"split {metrics['inference_ms_split_b256']:.1f} ms")
     for name, result in metrics["baselines"].items():

@@ -41,6 +41,20 @@ def hard_groups(model, key: str, level: str) -> torch.Tensor:
     return assignment.hard() // (assignment.groups // _plan(model).groups(level))
 
 
+def group_sizes(model) -> dict[str, list[int]]:
+    """Features per hard group of every assignment of a split-aware model.
+
+    A zero is a group whose subnetwork has no channels at that layer: after the split,
+    what lies below it (down to its classes' logits) sees only biases.
+    """
+    return {key: torch.bincount(a.hard().cpu(), minlength=a.groups).tolist() for key, a in model.assignments.items()}
+
+
+def empty_groups(model) -> list[str]:
+    """``"key[g]"`` for every empty hard group (see :func:`group_sizes`)."""
+    return [f"{key}[{g}]" for key, sizes in group_sizes(model).items() for g, size in enumerate(sizes) if size == 0]
+
+
 def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
     """``gamma1 mean(R_D) + gamma2 sum_layers R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model."""
     plan = _plan(model)

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,7 +273,12 @@ class Trainer:
         return self.summary(model, split_model)
 
     def summary(self, model, split_model) -> dict:
-        result = {"test_acc": self.evaluate(split_model), "params": convert.count_parameters(split_model)}
+        result = {"test_acc": self.evaluate(split_model), "params": convert.count_parameters(split_model),
+                  "group_sizes": convert.group_sizes(model), "empty_groups": convert.empty_groups(model)}
+        if result["empty_groups"]:
+            warnings.warn(f"the split left empty groups {result['empty_groups']}: those subnetworks have no "
+                          "channels there (an empty stage or logits input leaves its classes only their biases; "
+                          "see group_sizes in metrics.json)", stacklevel=2)
         if self.data.has_coarse:
             result["nmi_coarse"] = self.nmi(model)
         return result
@@ -316,6 +322,8 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
         "test_acc": main["test_acc"],
         "params_dense": convert.count_parameters(models.build(config.model, trainer.data.num_classes)),
         "params_split": main["params"],
+        "group_sizes": main["group_sizes"],
+        "empty_groups": main["empty_groups"],
         "groups": [[names[i] for i in torch.nonzero(class_ids == g).flatten().tolist()]
                    for g in range(stage1.split_plan.groups(top))],
         "inference_ms_dense_b256": trainer.inference_ms(stage1.to(trainer.device)),

@@ -88,6 +88,23 @@ def test_dense_state_loads_into_the_unsplit_model():
     assert torch.equal(dense.state_dict()["fc.weight"], split_model.state_dict()["fc.weight"])
 
 
+def test_empty_groups_are_reported(tmp_path, tiny, monkeypatch):
+    from splitkern.splitnet import convert
+    model = wrn(10, 1, 16, split="2-4")
+    key, assignment = next(iter(model.assignments.items()))
+    assignment.set_hard(torch.zeros(assignment.features, dtype=torch.long))  # everything in group 0
+    sizes = convert.group_sizes(model)[key]
+    assert sizes[0] == assignment.features and sum(sizes) == assignment.features
+    assert convert.empty_groups(model)[:len(sizes) - 1] == [f"{key}[{g}]" for g in range(1, len(sizes))]
+
+    collapse = grouping.apply_groups
+    monkeypatch.setattr(grouping, "apply_groups", lambda m, groups, confidence=4.0: collapse(
+        m, {k: torch.zeros_like(v) for k, v in groups.items()}, 50.0))
+    with pytest.warns(UserWarning, match="empty groups"):
+        metrics = run(config(tmp_path, stage1_epochs=2, warmup_epochs=1), tiny)
+    assert metrics["empty_groups"] and json.loads((tmp_path / "metrics.json").read_text())["empty_groups"]
+
+
 def test_cli_epoch_split():
     args = _parser().parse_args(["train", "--out", "x", "--epochs", "15", "--baselines", "dense,cluster"])
     cfg = _train_config(args)
