@@ -46,8 +46,11 @@ def random_balanced(n: int, k: int, seed: int = 0) -> torch.Tensor:
 def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tensor]:
     """Native hard groups for every assignment of a split-aware model, from the class groups down.
 
-    A feature joins the group whose output features its weights reach with the most
-    energy (sum of mean squared weights), layer by layer from the logits.
+    Layer by layer from the logits, every input feature scores each group by the mean
+    energy (mean squared weight) it sends to that group's output features, and features
+    are dealt to groups in order of preference with group g taking its share of the
+    outputs (``d_in * n_g / n``, largest remainder). Without the quota a large group wins
+    every feature by sheer size and leaves the others empty.
     """
     from splitkern.splitnet.convert import _plan
 
@@ -56,6 +59,7 @@ def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tenso
     known = {plan.output_key: class_groups.cpu()}
     while len(known) < len(model.assignments):
         mass: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
         for name, role in plan.layers.items():
             native = model.assignments[role.in_key].groups
             if role.in_key in known or role.out_key not in known or native != plan.groups(role.level):
@@ -64,10 +68,32 @@ def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tenso
             energy = weight_energy(modules[name].weight.detach()).cpu()  # (out, in)
             onehot = torch.nn.functional.one_hot(out_ids, native).float()  # (out, G)
             mass[role.in_key] = mass.get(role.in_key, 0) + onehot.t() @ energy
+            outputs[role.in_key] = outputs.get(role.in_key, 0) + onehot.sum(0)
         if not mass:
             raise RuntimeError(f"cannot propagate groups to {sorted(set(model.assignments) - set(known))}")
-        known.update({key: m.argmax(0) for key, m in mass.items()})
+        known.update({key: deal_features(m / outputs[key].clamp_min(1)[:, None], outputs[key])
+                      for key, m in mass.items()})
     return known
+
+
+def deal_features(score: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """(G, d) affinities -> (d,) group ids, group g taking ``round(d * shares[g] / sum(shares))``.
+
+    Features go to groups in decreasing order of their normalised preference
+    ``score[g, i] / sum_g score[g, i]``, each to its most preferred group with room left.
+    """
+    groups, d = score.shape
+    quota = shares.double() / shares.sum().clamp_min(1) * d
+    capacity = quota.floor().long()
+    capacity[torch.argsort(quota - capacity, descending=True)[: d - int(capacity.sum())]] += 1
+    preference = score / score.sum(0, keepdim=True).clamp_min(1e-30)
+    ids = torch.full((d,), -1, dtype=torch.long)
+    for flat in torch.argsort(preference.flatten(), descending=True, stable=True).tolist():
+        g, i = divmod(flat, d)
+        if ids[i] < 0 and capacity[g] > 0:
+            ids[i] = g
+            capacity[g] -= 1
+    return ids
 
 
 def apply_groups(model, groups: dict[str, torch.Tensor], confidence: float = 4.0) -> None:

@@ -144,6 +144,25 @@ def test_propagate_groups_follows_block_structure():
     assert torch.equal(groups["logits_in"], expected) and torch.equal(groups["classes"], torch.tensor([1, 1, 0, 0]))
 
 
+def test_propagate_groups_gives_every_group_its_share():
+    """A 75/25 class split must not hand every feature to the big group (it did: sum, not mean)."""
+    torch.manual_seed(0)
+    model = wrn(10, 1, 16, split="2-2")
+    classes = torch.tensor([0] * 12 + [1] * 4)
+    groups = grouping.propagate_groups(model, classes)
+    for key, ids in groups.items():
+        sizes = torch.bincount(ids, minlength=2)
+        assert sizes.min() > 0, (key, sizes)
+    assert torch.bincount(groups["logits_in"], minlength=2).tolist() == [48, 16]  # 64 features, 3:1
+
+
+def test_deal_features_respects_quota_and_preference():
+    score = torch.tensor([[5.0, 4.0, 0.1, 3.0], [1.0, 1.0, 1.0, 2.9]])
+    assert grouping.deal_features(score, torch.tensor([1, 1])).tolist() == [0, 0, 1, 1]
+    assert grouping.deal_features(score, torch.tensor([3, 1])).tolist() == [0, 0, 1, 0]
+    assert grouping.deal_features(score, torch.tensor([0, 4])).tolist() == [1, 1, 1, 1]
+
+
 def test_alexnet_run(tmp_path, tiny):
     metrics = run(config(tmp_path, model="alexnet", split="2-2-4"), tiny)
     assert metrics["params_split"] < metrics["params_dense"] and len(metrics["groups"]) == 4
