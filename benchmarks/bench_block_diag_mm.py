@@ -166,7 +166,8 @@ def describe(case: Case, mode: str):
 
 
 def main() -> None:
-    common.run_and_report("block_diag_mm", CASES, LINES, MODES, make_runner, describe, DEVICE)
+    name, cases, lines = common.select("block_diag_mm", CASES, LINES)
+    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def test_group_weight_reg(benchmark, case, line, mode):
 
 
 def main() -> None:
-    common.run_and_report("group_weight_reg", CASES, LINES, MODES, make_runner, describe, DEVICE,
-                          baseline="literal")
+    name, cases, lines = common.select("group_weight_reg", CASES, LINES)
+    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE, baseline="literal")
 
 
 if __name__ == "__main__":

@@ -184,7 +184,8 @@ def test_grouped_conv(benchmark, case, line, mode):
 
 
 def main() -> None:
-    common.run_and_report("grouped_conv", CASES, LINES, MODES, make_runner, describe, DEVICE)
+    name, cases, lines = common.select("grouped_conv", CASES, LINES)
+    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE)
 
 
 if __name__ == "__main__":

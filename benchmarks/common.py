@@ -170,6 +170,24 @@ def print_rows(rows: list[Row]) -> None:
               f"{pct}  {speedup}")
 
 
+def select(op: str, cases, lines, argv=None):
+    """Command-line subset of a benchmark: ``--case SUBSTR`` (repeatable), ``--line NAME`` (repeatable),
+    ``--name NAME`` (results file prefix, default the op). Returns ``(name, cases, lines)``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"time {op} and write benchmarks/results/<name>-<device>-<date>.csv")
+    parser.add_argument("--case", action="append", default=[], help="keep cases whose name contains this")
+    parser.add_argument("--line", action="append", default=[], help=f"keep these lines: {', '.join(lines)}")
+    parser.add_argument("--name", default=op)
+    args = parser.parse_args(argv)
+    unknown = set(args.line) - set(lines)
+    if unknown:
+        parser.error(f"unknown --line {sorted(unknown)}; choose from {list(lines)}")
+    cases = [c for c in cases if not args.case or any(part in c.name for part in args.case)]
+    lines = {name: fn for name, fn in lines.items() if not args.line or name in args.line}
+    return args.name, cases, lines
+
+
 def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: torch.device,
                    baseline: str = "dense") -> list[Row]:
     """Time every (case, mode, line) that ``make_runner`` can build; print, write CSV and plot.
