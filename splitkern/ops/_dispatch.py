@@ -26,7 +26,7 @@ def autocast_operands(x: Tensor, weight: Tensor, bias):
     original fp32 parameters through the casts.
     """
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device)
 
