@@ -38,6 +38,16 @@ void check_operands(const Tensor& x, const Tensor& weight, const GroupOffsets& o
               off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * kh * kw), got ", weight.sizes());
 }
 
+// Geometry and group offsets of a call, after checking x and weight against them.
+std::pair<ConvGeometry, GroupOffsets> checked_problem(const Tensor& x, const Tensor& weight, IntArrayRef in_sizes,
+                                                      IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+  auto geo = geometry(kernel_size, stride, padding, dilation);
+  auto off = group_offsets(in_sizes, out_sizes, taps(geo));
+  check_operands(x, weight, off, geo);
+  return {std::move(geo), std::move(off)};
+}
+
 // One cuDNN call with groups=G beats G calls on CUDA; on CPU oneDNN's grouped conv is
 // slower than the per-group loop at SplitNet's channel counts (benchmarks/results).
 bool use_grouped_call(const Tensor& x, const GroupOffsets& off) {
@@ -78,9 +88,7 @@ std::pair<Tensor, Tensor> conv_backward(const Tensor& grad_out, const Tensor& x,
 Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                          IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                          IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
-  const auto geo = geometry(kernel_size, stride, padding, dilation);
-  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
-  check_operands(x, weight, off, geo);
+  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   const auto format = x.suggest_memory_format();
   const Tensor xg = gather_dim1(x, in_index);
   if (use_grouped_call(x, off)) {
@@ -112,9 +120,7 @@ Tensor grouped_conv_grad_input_aten(const Tensor& grad_out, const Tensor& weight
                                     IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     const OptTensor& in_index, const OptTensor& out_index) {
-  const auto geo = geometry(kernel_size, stride, padding, dilation);
-  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
-  check_operands(x, weight, off, geo);
+  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   const Tensor dx = conv_backward(grad_out, x, weight, off, geo, in_index, out_index, true).first;
   return scatter_dim1(dx, in_index).contiguous(x.suggest_memory_format());
 }
@@ -123,9 +129,7 @@ Tensor grouped_conv_grad_weight_aten(const Tensor& grad_out, const Tensor& x, co
                                      IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                      const OptTensor& in_index, const OptTensor& out_index) {
-  const auto geo = geometry(kernel_size, stride, padding, dilation);
-  const auto off = group_offsets(in_sizes, out_sizes, taps(geo));
-  check_operands(x, weight, off, geo);
+  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   return conv_backward(grad_out, x, weight, off, geo, in_index, out_index, false).second;
 }
 

@@ -14,24 +14,16 @@
 #include <tuple>
 
 #include "../ops.h"
+#include "dtype.cuh"
 
 namespace splitkern {
 namespace {
 
 constexpr int kTile = 32, kThreads = 256;
 
-template <typename T> struct CudaType { using type = T; };
-template <> struct CudaType<at::Half> { using type = __half; };
-template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ T from_float(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
+using gemm::CudaType;
+using gemm::from_float;
+using gemm::to_float;
 
 struct Shape {
   int64_t d_out, d_in, taps, groups;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../ops.h"
+#include "dtype.cuh"
 
 namespace splitkern {
 namespace gemm {
@@ -33,19 +34,6 @@ struct GroupTable {
   int64_t c_off[kMaxGroups + 1];  // first output column of each group
   int64_t w_off[kMaxGroups + 1];  // first element of each packed weight block
 };
-
-template <typename T> struct CudaType;
-template <> struct CudaType<at::Half> { using type = __half; };
-template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
-
-// Explicit conversions: torch builds with __CUDA_NO_HALF_CONVERSIONS__ (and the bf16 twin).
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ T from_float(float v);
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 template <typename T, typename Problem>
 __global__ void __launch_bounds__(kThreads, 4) grouped_gemm_kernel(Problem problem, const T* __restrict__ w,
