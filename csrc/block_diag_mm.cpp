@@ -8,16 +8,6 @@
 namespace splitkern {
 namespace {
 
-void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(1) == cols, name, " must have shape (M, ", cols, ") (", cols_name,
-              "), got ", t.sizes());
-}
-
-void check_weight(const Tensor& weight, const GroupOffsets& off) {
-  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
-              off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g]), got ", weight.sizes());
-}
-
 Tensor block(const Tensor& weight, const GroupOffsets& off, int64_t g) {
   const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
   return weight.narrow(0, off.weight[g], n * k).view({n, k});
@@ -117,10 +107,7 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
   m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten);
 }
 
-// Weight and bias gradients are per-group cuBLAS on CUDA too (see kernel_info()).
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_block_diag_mm_grad_weight", &block_diag_mm_grad_weight_aten);
-  m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten);
-}
+// The bias gradient is one ATen column sum on CUDA too (see kernel_info()).
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten); }
 
 }  // namespace splitkern

@@ -8,11 +8,7 @@
 namespace splitkern {
 namespace {
 
-struct ConvGeometry {
-  std::vector<int64_t> kernel, stride, padding, dilation;
-};
-
-ConvGeometry geometry(IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+ConvGeometry conv_geometry(IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
   for (auto arg : {std::make_pair("kernel_size", kernel_size), std::make_pair("stride", stride),
                    std::make_pair("padding", padding), std::make_pair("dilation", dilation)}) {
     TORCH_CHECK(arg.second.size() == 2, arg.first, " must have 2 entries, got ", arg.second.size());
@@ -20,32 +16,30 @@ ConvGeometry geometry(IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef p
   return {kernel_size.vec(), stride.vec(), padding.vec(), dilation.vec()};
 }
 
-int64_t taps(const ConvGeometry& geo) { return geo.kernel[0] * geo.kernel[1]; }
+}  // namespace
 
-int64_t out_size(int64_t size, const ConvGeometry& geo, int dim) {
-  return (size + 2 * geo.padding[dim] - geo.dilation[dim] * (geo.kernel[dim] - 1) - 1) / geo.stride[dim] + 1;
+int64_t ConvGeometry::out_size(int64_t size, int dim) const {
+  return (size + 2 * padding[dim] - dilation[dim] * (kernel[dim] - 1) - 1) / stride[dim] + 1;
 }
+
+std::pair<ConvGeometry, GroupOffsets> checked_conv(const Tensor& x, const Tensor& weight, IntArrayRef in_sizes,
+                                                   IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+  auto geo = conv_geometry(kernel_size, stride, padding, dilation);
+  auto off = group_offsets(in_sizes, out_sizes, geo.taps());
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == off.in.back(), "x must have shape (N, ", off.in.back(),
+              ", H, W) (sum of in_sizes), got ", x.sizes());
+  check_weight(weight, off);
+  TORCH_CHECK(geo.out_size(x.size(2), 0) > 0 && geo.out_size(x.size(3), 1) > 0, "x's spatial size ",
+              x.sizes().slice(2), " is smaller than the dilated kernel");
+  return {std::move(geo), std::move(off)};
+}
+
+namespace {
 
 Tensor block(const Tensor& weight, const GroupOffsets& off, const ConvGeometry& geo, int64_t g) {
   const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
-  return weight.narrow(0, off.weight[g], n * k * taps(geo)).view({n, k, geo.kernel[0], geo.kernel[1]});
-}
-
-void check_operands(const Tensor& x, const Tensor& weight, const GroupOffsets& off, const ConvGeometry& geo) {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == off.in.back(), "x must have shape (N, ", off.in.back(),
-              ", H, W) (sum of in_sizes), got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
-              off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * kh * kw), got ", weight.sizes());
-}
-
-// Geometry and group offsets of a call, after checking x and weight against them.
-std::pair<ConvGeometry, GroupOffsets> checked_problem(const Tensor& x, const Tensor& weight, IntArrayRef in_sizes,
-                                                      IntArrayRef out_sizes, IntArrayRef kernel_size,
-                                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
-  auto geo = geometry(kernel_size, stride, padding, dilation);
-  auto off = group_offsets(in_sizes, out_sizes, taps(geo));
-  check_operands(x, weight, off, geo);
-  return {std::move(geo), std::move(off)};
+  return weight.narrow(0, off.weight[g], n * k * geo.taps()).view({n, k, geo.kernel[0], geo.kernel[1]});
 }
 
 // One cuDNN call with groups=G beats G calls on CUDA; on CPU oneDNN's grouped conv is
@@ -88,7 +82,7 @@ std::pair<Tensor, Tensor> conv_backward(const Tensor& grad_out, const Tensor& x,
 Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                          IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                          IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
-  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   const auto format = x.suggest_memory_format();
   const Tensor xg = gather_dim1(x, in_index);
   if (use_grouped_call(x, off)) {
@@ -97,8 +91,7 @@ Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor&
     const Tensor y = at::conv2d(xg, w, bias, geo.stride, geo.padding, geo.dilation, G);
     return scatter_dim1(y, out_index).contiguous(format);
   }
-  const int64_t ho = out_size(x.size(2), geo, 0), wo = out_size(x.size(3), geo, 1);
-  TORCH_CHECK(ho > 0 && wo > 0, "x's spatial size ", x.sizes().slice(2), " is smaller than the dilated kernel");
+  const int64_t ho = geo.out_size(x.size(2), 0), wo = geo.out_size(x.size(3), 1);
   Tensor y = at::empty({x.size(0), off.out.back(), ho, wo}, x.options().memory_format(format));
   for (int64_t g = 0; g < off.groups(); ++g) {
     const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
@@ -120,7 +113,7 @@ Tensor grouped_conv_grad_input_aten(const Tensor& grad_out, const Tensor& weight
                                     IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     const OptTensor& in_index, const OptTensor& out_index) {
-  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   const Tensor dx = conv_backward(grad_out, x, weight, off, geo, in_index, out_index, true).first;
   return scatter_dim1(dx, in_index).contiguous(x.suggest_memory_format());
 }
@@ -129,7 +122,7 @@ Tensor grouped_conv_grad_weight_aten(const Tensor& grad_out, const Tensor& x, co
                                      IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                      const OptTensor& in_index, const OptTensor& out_index) {
-  const auto [geo, off] = checked_problem(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   return conv_backward(grad_out, x, weight, off, geo, in_index, out_index, false).second;
 }
 

@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace splitkern {
@@ -25,6 +26,23 @@ struct GroupOffsets {
 };
 GroupOffsets group_offsets(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t taps);
 
+// Argument checks shared by the C++ and CUDA kernels (TORCH_CHECK, naming the argument).
+void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name);  // (M, cols)
+void check_weight(const Tensor& weight, const GroupOffsets& off);                          // packed, 1-D
+void check_same_dtype(const Tensor& weight, const Tensor& t, const char* name);
+
+// A 2-D convolution's kernel, stride, padding and dilation (2 entries each).
+struct ConvGeometry {
+  std::vector<int64_t> kernel, stride, padding, dilation;
+  int64_t taps() const { return kernel[0] * kernel[1]; }
+  int64_t out_size(int64_t size, int dim) const;  // output height (dim 0) or width (dim 1)
+};
+// A grouped_conv call's geometry and group offsets, after checking x (N, C, H, W) and the
+// packed weight against them (and that the output is not empty).
+std::pair<ConvGeometry, GroupOffsets> checked_conv(const Tensor& x, const Tensor& weight, IntArrayRef in_sizes,
+                                                   IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation);
+
 // t[:, index] (dim 1) and its inverse out[:, index[j]] = t[:, j]; identity for nullopt.
 Tensor gather_dim1(const Tensor& t, const OptTensor& index);
 Tensor scatter_dim1(const Tensor& t, const OptTensor& index);
@@ -35,6 +53,8 @@ Tensor block_diag_mm_aten(const Tensor& x, const Tensor& weight, const OptTensor
                           IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index);
 Tensor block_diag_mm_grad_input_aten(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes,
                                      IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index);
+Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes,
+                                      IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index);
 Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                          IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                          IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index);

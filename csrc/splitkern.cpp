@@ -45,6 +45,21 @@ bool GroupOffsets::equal() const {
   return weight.back() > 0;
 }
 
+void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(1) == cols, name, " must have shape (M, ", cols, ") (", cols_name,
+              "), got ", t.sizes());
+}
+
+void check_weight(const Tensor& weight, const GroupOffsets& off) {
+  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
+              off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * taps), got ", weight.sizes());
+}
+
+void check_same_dtype(const Tensor& weight, const Tensor& t, const char* name) {
+  TORCH_CHECK(weight.scalar_type() == t.scalar_type(), "weight has dtype ", weight.scalar_type(), " but ", name,
+              " has ", t.scalar_type());
+}
+
 Tensor gather_dim1(const Tensor& t, const OptTensor& index) {
   return index.has_value() ? t.index_select(1, *index) : t;
 }
@@ -60,8 +75,9 @@ std::vector<std::pair<std::string, std::string>> kernel_info() {
       {"grouped_conv:cpu", "C++: one ATen conv per group"},
       {"group_weight_reg:cpu", "C++: the two GEMMs on M = mean_taps(W^2) via ATen"},
       {"block_diag_mm:cuda",
-       "CUDA: fp16/bf16 forward and grad_input in one tensor-core (wmma) grouped-GEMM launch with fused "
-       "gather/scatter; fp32/fp64 and grad_weight one cuBLAS GEMM per group"},
+       "CUDA: fp16/bf16 forward, grad_input and grad_weight each one tensor-core (wmma) grouped-GEMM launch "
+       "with fused gather/scatter (16-row tiles for M <= 16); fp32/fp64 one cuBLAS GEMM per group; grad_bias "
+       "one column sum"},
       {"grouped_conv:cuda",
        "CUDA: fp16/bf16 forward in one implicit-GEMM tensor-core (wmma) launch with fused channel "
        "gather/scatter; fp32/fp64 and the backward passes one cuDNN call per group (groups=G when equal)"},
@@ -99,6 +115,21 @@ TORCH_LIBRARY(splitkern, m) {
   m.def("ext_group_weight_reg_gemms(Tensor weight, Tensor p, Tensor q) -> (Tensor, Tensor)");
   m.def("ext_group_weight_reg_gemms_backward(Tensor weight, Tensor p, Tensor q, Tensor grad_a, "
         "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
+}
+
+// The fp16/bf16 tensor-core CUDA kernels run on the host, one simulated thread at a time (CPU
+// tensors only; grouped_gemm.cuh): so tests check the kernels' indexing, tiling and bounds on
+// machines without a GPU. Same schemas as the ext_* ops; slow, for tests only.
+TORCH_LIBRARY(splitkern_emulated, m) {
+  m.def("block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("block_diag_mm_grad_input(Tensor grad_out, Tensor weight, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("block_diag_mm_grad_weight(Tensor grad_out, Tensor x, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("grouped_conv(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
+        "int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

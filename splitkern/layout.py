@@ -113,7 +113,11 @@ class BlockLayout:
         return self._cached(("blocks", block_n, block_k, str(device)), build)
 
 
+def block_layout(in_sizes, out_sizes) -> BlockLayout:
+    """The shared :class:`BlockLayout` for these group sizes (sequences of ints; one per distinct layout)."""
+    return _shared_layout(tuple(in_sizes), tuple(out_sizes))
+
+
 @functools.lru_cache(maxsize=4096)
-def block_layout(in_sizes: tuple[int, ...], out_sizes: tuple[int, ...]) -> BlockLayout:
-    """The shared :class:`BlockLayout` for these group sizes (one per distinct layout)."""
-    return BlockLayout(tuple(in_sizes), tuple(out_sizes))
+def _shared_layout(in_sizes: tuple, out_sizes: tuple) -> BlockLayout:
+    return BlockLayout(in_sizes, out_sizes)

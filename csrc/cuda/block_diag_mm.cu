@@ -1,8 +1,13 @@
-// block_diag_mm on CUDA: fp16/bf16 forward and grad_input as ONE tensor-core grouped-GEMM
-// launch (per 64 groups; grouped_gemm.cuh) with the input gather fused into the A loads and
-// the bias + output scatter into the epilogue. fp32/fp64 run the per-group cuBLAS composition
-// of csrc/block_diag_mm.cpp (tf32 then follows torch.backends.cuda.matmul.allow_tf32).
-#include <c10/cuda/CUDAGuard.h>
+// block_diag_mm on CUDA: for fp16/bf16, the forward, grad_input and grad_weight are each ONE
+// tensor-core grouped-GEMM launch (per 64 groups; grouped_gemm.cuh), with the gathers fused
+// into the operand loads and bias + scatter into the epilogue:
+//   forward     Y[:, out_g]   = X[:, in_g] W_g^T + b_g     rows M,   cols n_g, inner k_g
+//   grad_input  dX[:, in_g]   = dY[:, out_g] W_g          rows M,   cols k_g, inner n_g
+//   grad_weight dW_g          = dY[:, out_g]^T X[:, in_g]  rows n_g, cols k_g, inner M
+// (in_g / out_g: group g's columns, through in_index / out_index when given). fp32/fp64 run the
+// per-group cuBLAS composition of csrc/block_diag_mm.cpp (tf32 then follows
+// torch.backends.cuda.matmul.allow_tf32).
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 #include "grouped_gemm.cuh"
@@ -11,46 +16,69 @@ namespace splitkern {
 namespace {
 
 using gemm::from_float;
+using gemm::Group;
 using gemm::to_float;
 
-// C[m, scatter(c0 + j)] = sum_kk A[m, gather(a0 + kk)] B_g[kk, j] (+ bias[c0 + j]), where the packed
-// block W_g is (n, k) row-major: B_g[kk, j] = W_g[j, kk] (forward) or W_g[kk, j] (grad_input).
-template <typename T, bool W_TRANSPOSED>
-struct MatmulProblem {
-  const T* x;
-  int64_t x_stride_m, x_stride_k;
-  const int64_t* x_index;
-  const T* bias;
-  T* y;
-  int64_t y_stride_m;
-  const int64_t* y_index;
-  int64_t M;
-  static constexpr int64_t taps = 1;
+// A strided (M, C) matrix whose column j is read at index[j] when an index is given.
+template <typename T>
+struct Columns {
+  T* data;
+  int64_t stride_m, stride_c;
+  const int64_t* index;
 
-  __device__ __forceinline__ T a(int64_t m, int64_t kk, int64_t a0) const {
-    const int64_t col = x_index ? x_index[a0 + kk] : a0 + kk;
-    return x[m * x_stride_m + col * x_stride_k];
-  }
-  __device__ __forceinline__ T b(const T* wg, int64_t kk, int64_t j, int64_t inner, int64_t width) const {
-    return W_TRANSPOSED ? wg[kk * width + j] : wg[j * inner + kk];
-  }
-  __device__ __forceinline__ void store(int64_t m, int64_t j, int64_t c0, float v) const {
-    if (bias) v += to_float(bias[c0 + j]);
-    const int64_t col = y_index ? y_index[c0 + j] : c0 + j;
-    y[m * y_stride_m + col] = from_float<T>(v);
+  SPLITKERN_HD T& at(int64_t m, int64_t col) const {
+    return data[m * stride_m + (index ? index[col] : col) * stride_c];
   }
 };
 
-void check_operands(const Tensor& a, const char* a_name, int64_t cols, const Tensor& weight, const GroupOffsets& off) {
-  TORCH_CHECK(a.dim() == 2 && a.size(1) == cols, a_name, " must have shape (M, ", cols, "), got ", a.sizes());
-  TORCH_CHECK(weight.dim() == 1 && weight.numel() == off.weight.back(), "weight must have shape (",
-              off.weight.back(), ",), got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == a.scalar_type(), "weight has dtype ", weight.scalar_type(), " but ", a_name,
-              " has ", a.scalar_type());
+template <typename T>
+Columns<T> columns(const Tensor& t, const OptTensor& index) {
+  return {reinterpret_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), gemm::index_ptr(index)};
 }
 
-// out = grouped(a) @ W_g (+ bias): a's columns grouped by a_off (gathered by a_index), out's by
-// c_off (scattered by c_index).
+// forward (W_TRANSPOSED = false) and grad_input (true): out[m, c_off + j] = sum_kk A[m, a_off + kk]
+// B[kk, j] (+ bias[c_off + j]) with the packed (n, k) block W_g at b_off: B = W_g^T, or W_g.
+template <typename T, bool W_TRANSPOSED>
+struct MatmulProblem {
+  Columns<const T> in;
+  const T* w;
+  const T* bias;
+  Columns<T> out;
+  static constexpr bool kAContiguousInK = true, kBContiguousInN = W_TRANSPOSED;
+
+  SPLITKERN_HD T a(const Group& g, int64_t m, int64_t kk) const { return in.at(m, g.a_off + kk); }
+  SPLITKERN_HD T b(const Group& g, int64_t kk, int64_t j) const {
+    return W_TRANSPOSED ? w[g.b_off + kk * g.cols + j] : w[g.b_off + j * g.inner + kk];
+  }
+  SPLITKERN_HD void store(const Group& g, int64_t m, int64_t j, float v) const {
+    if (bias) v += to_float(bias[g.c_off + j]);
+    out.at(m, g.c_off + j) = from_float<T>(v);
+  }
+};
+
+// grad_weight: dW_g[r, j] = sum_m dY[m, a_off + r] X[m, b_off + j], stored packed at c_off.
+template <typename T>
+struct GradWeightProblem {
+  Columns<const T> grad_out, x;
+  T* grad_w;
+  static constexpr bool kAContiguousInK = false, kBContiguousInN = true;
+
+  SPLITKERN_HD T a(const Group& g, int64_t r, int64_t m) const { return grad_out.at(m, g.a_off + r); }
+  SPLITKERN_HD T b(const Group& g, int64_t m, int64_t j) const { return x.at(m, g.b_off + j); }
+  SPLITKERN_HD void store(const Group& g, int64_t r, int64_t j, float v) const {
+    grad_w[g.c_off + r * g.cols + j] = from_float<T>(v);
+  }
+};
+
+// Group g of a (rows M) x (cols from c_off) product reading A's columns from a_off.
+std::vector<Group> row_groups(int64_t M, const std::vector<int64_t>& a_off, const std::vector<int64_t>& c_off,
+                              const std::vector<int64_t>& w_off) {
+  std::vector<Group> groups;
+  for (size_t g = 0; g + 1 < a_off.size(); ++g)
+    groups.push_back({M, c_off[g + 1] - c_off[g], a_off[g + 1] - a_off[g], a_off[g], w_off[g], c_off[g]});
+  return groups;
+}
+
 template <bool W_TRANSPOSED>
 Tensor grouped_matmul(const Tensor& a, const Tensor& weight, const OptTensor& bias, const GroupOffsets& off,
                       const std::vector<int64_t>& a_off, const std::vector<int64_t>& c_off, const OptTensor& a_index,
@@ -61,40 +89,70 @@ Tensor grouped_matmul(const Tensor& a, const Tensor& weight, const OptTensor& bi
   AT_DISPATCH_REDUCED_FLOATING_TYPES(a.scalar_type(), "splitkern_block_diag_mm_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
     const MatmulProblem<T, W_TRANSPOSED> problem{
-        reinterpret_cast<const T*>(a.data_ptr<scalar_t>()), a.stride(0), a.stride(1), gemm::index_ptr(a_index),
-        b.has_value() ? reinterpret_cast<const T*>(b->data_ptr<scalar_t>()) : nullptr,
-        reinterpret_cast<T*>(out.data_ptr<scalar_t>()), out.stride(0), gemm::index_ptr(c_index), a.size(0)};
-    gemm::launch<T>(problem, reinterpret_cast<const T*>(w.data_ptr<scalar_t>()), a_off, c_off, off.weight);
+        columns<const T>(a, a_index), reinterpret_cast<const T*>(w.data_ptr()),
+        b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr, columns<T>(out, c_index)};
+    gemm::launch<T>(problem, row_groups(a.size(0), a_off, c_off, off.weight), !a.is_cuda());
   });
   return out;
 }
 
-Tensor block_diag_mm_cuda(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
-                          IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
-  if (!gemm::has_tensor_core_kernel(x))
-    return block_diag_mm_aten(x, weight, bias, in_sizes, out_sizes, in_index, out_index);
-  const c10::cuda::CUDAGuard guard(x.device());
+// The tensor-core entry points (fp16/bf16; CPU tensors run the host emulation).
+
+Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
+               IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
   const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_operands(x, "x", off.in.back(), weight, off);
+  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
+  check_weight(weight, off);
+  check_same_dtype(weight, x, "x");
   return grouped_matmul<false>(x, weight, bias, off, off.in, off.out, in_index, out_index);
 }
 
-Tensor block_diag_mm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes,
-                                     IntArrayRef out_sizes, const OptTensor& in_index,
-                                     const OptTensor& out_index) {
-  if (!gemm::has_tensor_core_kernel(grad_out))
-    return block_diag_mm_grad_input_aten(grad_out, weight, in_sizes, out_sizes, in_index, out_index);
-  const c10::cuda::CUDAGuard guard(grad_out.device());
+Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes, IntArrayRef out_sizes,
+                  const OptTensor& in_index, const OptTensor& out_index) {
+  const at::OptionalDeviceGuard guard(at::device_of(grad_out));
   const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_operands(grad_out, "grad_out", off.out.back(), weight, off);
+  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
+  check_weight(weight, off);
+  check_same_dtype(weight, grad_out, "grad_out");
   return grouped_matmul<true>(grad_out, weight, std::nullopt, off, off.out, off.in, out_index, in_index);
+}
+
+Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes, IntArrayRef out_sizes,
+                   const OptTensor& in_index, const OptTensor& out_index) {
+  const at::OptionalDeviceGuard guard(at::device_of(x));
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
+  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out has dtype ", grad_out.scalar_type(),
+              " but x has ", x.scalar_type());
+  Tensor grad_w = at::empty({off.weight.back()}, x.options());
+  std::vector<Group> groups;
+  for (int64_t g = 0; g < off.groups(); ++g)
+    groups.push_back({off.out[g + 1] - off.out[g], off.in[g + 1] - off.in[g], x.size(0), off.out[g], off.in[g],
+                      off.weight[g]});
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {
+    using T = typename gemm::CudaType<scalar_t>::type;
+    const GradWeightProblem<T> problem{columns<const T>(grad_out, out_index), columns<const T>(x, in_index),
+                                       reinterpret_cast<T*>(grad_w.data_ptr())};
+    gemm::launch<T>(problem, groups, !x.is_cuda());
+  });
+  return grad_w;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_block_diag_mm", &block_diag_mm_cuda);
-  m.impl("ext_block_diag_mm_grad_input", &block_diag_mm_grad_input_cuda);
+  m.impl("ext_block_diag_mm", &gemm::ByDtype<&forward, &block_diag_mm_aten>::run);
+  m.impl("ext_block_diag_mm_grad_input", &gemm::ByDtype<&grad_input, &block_diag_mm_grad_input_aten>::run);
+  m.impl("ext_block_diag_mm_grad_weight", &gemm::ByDtype<&grad_weight, &block_diag_mm_grad_weight_aten>::run);
+}
+
+TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) {
+  m.impl("block_diag_mm", &gemm::Emulated<&forward>::run);
+  m.impl("block_diag_mm_grad_input", &gemm::Emulated<&grad_input>::run);
+  m.impl("block_diag_mm_grad_weight", &gemm::Emulated<&grad_weight>::run);
 }
 
 }  // namespace splitkern

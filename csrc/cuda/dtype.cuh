@@ -7,6 +7,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+// Device code that the host emulation of the kernels (grouped_gemm.cuh) also runs.
+#define SPLITKERN_HD __host__ __device__ __forceinline__
+
 namespace splitkern {
 namespace gemm {
 
@@ -14,14 +17,15 @@ template <typename T> struct CudaType { using type = T; };
 template <> struct CudaType<at::Half> { using type = __half; };
 template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
+SPLITKERN_HD float to_float(float v) { return v; }
+SPLITKERN_HD float to_float(__half v) { return __half2float(v); }
+SPLITKERN_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+SPLITKERN_HD T from_float(float v) { return v; }
+template <>
+SPLITKERN_HD __half from_float<__half>(float v) { return __float2half(v); }
+template <>
+SPLITKERN_HD __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
 }  // namespace gemm
 }  // namespace splitkern
