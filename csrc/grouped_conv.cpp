@@ -132,10 +132,6 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
   m.impl("ext_grouped_conv_grad_weight", &grouped_conv_grad_weight_aten);
 }
 
-// The forward's CUDA kernel is csrc/cuda/grouped_conv.cu (it calls grouped_conv_aten for fp32/fp64).
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_grouped_conv_grad_input", &grouped_conv_grad_input_aten);
-  m.impl("ext_grouped_conv_grad_weight", &grouped_conv_grad_weight_aten);
-}
+// The CUDA impls are in csrc/cuda/grouped_conv.cu (calling these for fp32/fp64).
 
 }  // namespace splitkern

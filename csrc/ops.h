@@ -58,6 +58,14 @@ Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, I
 Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                          IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                          IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index);
+Tensor grouped_conv_grad_input_aten(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
+                                    IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                    const OptTensor& in_index, const OptTensor& out_index);
+Tensor grouped_conv_grad_weight_aten(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                     IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                     const OptTensor& in_index, const OptTensor& out_index);
 std::tuple<Tensor, Tensor> group_weight_reg_gemms_aten(const Tensor& weight, const Tensor& p, const Tensor& q);
 std::tuple<Tensor, Tensor, Tensor> group_weight_reg_gemms_backward_aten(const Tensor& weight, const Tensor& p,
                                                                          const Tensor& q, const Tensor& grad_a,

@@ -79,8 +79,8 @@ std::vector<std::pair<std::string, std::string>> kernel_info() {
        "with fused gather/scatter (16-row tiles for M <= 16); fp32/fp64 one cuBLAS GEMM per group; grad_bias "
        "one column sum"},
       {"grouped_conv:cuda",
-       "CUDA: fp16/bf16 forward in one implicit-GEMM tensor-core (wmma) launch with fused channel "
-       "gather/scatter; fp32/fp64 and the backward passes one cuDNN call per group (groups=G when equal)"},
+       "CUDA: fp16/bf16 forward, grad_input and grad_weight each one implicit-GEMM tensor-core (wmma) launch "
+       "with fused channel gather/scatter; fp32/fp64 one cuDNN call per group (groups=G when equal)"},
       {"group_weight_reg:cuda",
        "CUDA: fused, one pass over W for both GEMMs and one for the backward (fp32/fp16/bf16; fp64 via ATen)"},
   };
@@ -129,6 +129,12 @@ TORCH_LIBRARY(splitkern_emulated, m) {
         "Tensor? in_index, Tensor? out_index) -> Tensor");
   m.def("grouped_conv(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
         "int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
+  m.def("grouped_conv_grad_input(Tensor grad_out, Tensor weight, Tensor x, int[] in_sizes, "
+        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
+        "Tensor? out_index) -> Tensor");
+  m.def("grouped_conv_grad_weight(Tensor grad_out, Tensor x, Tensor weight, int[] in_sizes, "
+        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
         "Tensor? out_index) -> Tensor");
 }
 

@@ -108,28 +108,42 @@ def conv_case(in_sizes, out_sizes, geometry, dtype, channels_last, indices):
     ii = random_permutation(layout.in_features, "cpu") if indices else None
     oi = random_permutation(layout.out_features, "cpu") if indices else None
     conv = dict(kernel_size=ks, stride=stride, padding=padding, dilation=dilation)
-    return layout, x, w, b, ii, oi, conv
+    y_shape = masked_dense_conv(x.float(), w.float(), b.float(), layout, ii, oi, conv).shape
+    dy = torch.randn(y_shape).to(dtype)
+    return layout, x, w, b, dy, ii, oi, conv
 
 
-def pair(v):
-    return list(v) if isinstance(v, tuple) else [v, v]
+def conv_expected(layout, x, w, b, dy, ii, oi, conv):
+    """Forward and the x / W gradients of the masked dense conv, in fp32."""
+    x32, w32 = x.float().requires_grad_(), w.float().requires_grad_()
+    y = masked_dense_conv(x32, w32, b.float(), layout, ii, oi, conv)
+    dx, dw = torch.autograd.grad(y, (x32, w32), dy.float(), allow_unused=True, materialize_grads=True)
+    return y.detach(), dx, dw
+
+
+def conv_emulated(layout, x, w, b, dy, ii, oi, conv):
+    def pair(v):
+        return list(v) if isinstance(v, tuple) else [v, v]
+    args = (list(layout.in_sizes), list(layout.out_sizes),
+            *(pair(conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")), ii, oi)
+    ops = emulated()
+    return (ops.grouped_conv(x, w, b, *args), ops.grouped_conv_grad_input(dy, w, x, *args),
+            ops.grouped_conv_grad_weight(dy, x, w, *args))
 
 
 @pytest.mark.parametrize("indices", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("name", CONV_LAYOUTS)
-def test_grouped_conv_kernel_matches_masked_dense(name, geometry, channels_last, indices):
+def test_grouped_conv_kernels_match_masked_dense(name, geometry, channels_last, indices):
     for dtype in DTYPES:
-        layout, x, w, b, ii, oi, conv = conv_case(*CONV_LAYOUTS[name], GEOMETRIES[geometry], dtype, channels_last,
-                                                  indices)
-        got = emulated().grouped_conv(x, w, b, list(layout.in_sizes), list(layout.out_sizes),
-                                      *(pair(conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")),
-                                      ii, oi)
-        want = masked_dense_conv(x.float(), w.float(), b.float(), layout, ii, oi, conv)
-        assert_rounded_once(got, want, dtype)
+        case = conv_case(*CONV_LAYOUTS[name], GEOMETRIES[geometry], dtype, channels_last, indices)
+        got = conv_emulated(*case)
+        for g, want in zip(got, conv_expected(*case)):
+            assert_rounded_once(g, want, dtype)
         expected_format = torch.channels_last if channels_last else torch.contiguous_format
-        assert got.is_contiguous(memory_format=expected_format)
+        y, dx, _ = got
+        assert y.is_contiguous(memory_format=expected_format) and dx.is_contiguous(memory_format=expected_format)
 
 
 def test_emulation_rejects_dtypes_without_a_tensor_core_kernel():
