@@ -117,9 +117,10 @@ TORCH_LIBRARY(splitkern, m) {
         "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
 }
 
-// The fp16/bf16 tensor-core CUDA kernels run on the host, one simulated thread at a time (CPU
-// tensors only; grouped_gemm.cuh): so tests check the kernels' indexing, tiling and bounds on
-// machines without a GPU. Same schemas as the ext_* ops; slow, for tests only.
+// The CUDA kernels (tensor-core GEMMs, fused regulariser) run on the host, one simulated
+// thread at a time (CPU tensors only; grouped_gemm.cuh, group_weight_reg.cu): so tests check
+// the kernels' indexing, tiling and bounds on machines without a GPU. Same schemas as the
+// ext_* ops; slow, for tests only.
 TORCH_LIBRARY(splitkern_emulated, m) {
   m.def("block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
         "Tensor? in_index, Tensor? out_index) -> Tensor");
@@ -136,6 +137,9 @@ TORCH_LIBRARY(splitkern_emulated, m) {
   m.def("grouped_conv_grad_weight(Tensor grad_out, Tensor x, Tensor weight, int[] in_sizes, "
         "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
         "Tensor? out_index) -> Tensor");
+  m.def("group_weight_reg_gemms(Tensor weight, Tensor p, Tensor q) -> (Tensor, Tensor)");
+  m.def("group_weight_reg_gemms_backward(Tensor weight, Tensor p, Tensor q, Tensor grad_a, "
+        "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

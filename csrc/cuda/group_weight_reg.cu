@@ -5,7 +5,7 @@
 // of Q∘Q / P∘P (or of the incoming gradients) and adds its partial sums with atomics. fp32
 // accumulation; fp32/fp16/bf16 weights (fp64 runs the ATen composition, for gradcheck).
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/DeviceGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,10 +29,21 @@ struct Shape {
   int64_t d_out, d_in, taps, groups;
 };
 
+// The kernels' per-thread phases (between barriers), shared with the host emulation below.
+
+SPLITKERN_HD void accumulate(float* target, float v) {
+#ifdef __CUDA_ARCH__
+  atomicAdd(target, v);
+#else
+  *target += v;
+#endif
+}
+
 // M for this CTA's block into m_tile (zero outside W).
 template <typename T>
-__device__ void energy_tile(const T* w, const Shape s, int64_t o0, int64_t i0, float (*m_tile)[kTile + 1]) {
-  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+SPLITKERN_HD void energy_tile(int tid, const T* w, const Shape s, int64_t o0, int64_t i0,
+                              float (*m_tile)[kTile + 1]) {
+  for (int e = tid; e < kTile * kTile; e += kThreads) {
     const int r = e / kTile, c = e % kTile;
     const int64_t o = o0 + r, i = i0 + c;
     float sum = 0.0f;
@@ -48,44 +59,29 @@ __device__ void energy_tile(const T* w, const Shape s, int64_t o0, int64_t i0, f
 }
 
 // cols[g, i] += sum_o left[g, o] M[o, i] and rows[g, o] += sum_i right[g, i] M[o, i] over the block.
-__device__ void reduce_tile(const float (*m_tile)[kTile + 1], const Shape s, int64_t o0, int64_t i0,
-                            const float* left, const float* right, float* cols, float* rows) {
-  for (int64_t e = threadIdx.x; e < s.groups * kTile; e += kThreads) {
+SPLITKERN_HD void reduce_tile(int tid, const float (*m_tile)[kTile + 1], const Shape s, int64_t o0, int64_t i0,
+                              const float* left, const float* right, float* cols, float* rows) {
+  for (int64_t e = tid; e < s.groups * kTile; e += kThreads) {
     const int64_t g = e / kTile;
     const int c = static_cast<int>(e % kTile);
     if (i0 + c < s.d_in) {
       float sum = 0.0f;
       for (int r = 0; r < kTile && o0 + r < s.d_out; ++r) sum += left[g * s.d_out + o0 + r] * m_tile[r][c];
-      atomicAdd(&cols[g * s.d_in + i0 + c], sum);
+      accumulate(&cols[g * s.d_in + i0 + c], sum);
     }
     if (o0 + c < s.d_out) {
       float sum = 0.0f;
       for (int k = 0; k < kTile && i0 + k < s.d_in; ++k) sum += right[g * s.d_in + i0 + k] * m_tile[c][k];
-      atomicAdd(&rows[g * s.d_out + o0 + c], sum);
+      accumulate(&rows[g * s.d_out + o0 + c], sum);
     }
   }
 }
 
+// dW = 2/taps * W * dL/dM over the block, dL/dM = (Q∘Q)^T dL/da + (dL/db)^T (P∘P).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) reg_forward_kernel(const T* __restrict__ w, const float* __restrict__ p2,
-                                                                const float* __restrict__ q2, float* a, float* b,
-                                                                Shape s) {
-  __shared__ float m_tile[kTile][kTile + 1];
-  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  energy_tile(w, s, o0, i0, m_tile);
-  __syncthreads();
-  reduce_tile(m_tile, s, o0, i0, q2, p2, a, b);  // a = (Q∘Q) M, b = (P∘P) M^T
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads) reg_backward_kernel(
-    const T* __restrict__ w, const float* __restrict__ p2, const float* __restrict__ q2,
-    const float* __restrict__ grad_a, const float* __restrict__ grad_b, T* __restrict__ grad_w, float* sum_p,
-    float* sum_q, Shape s) {
-  __shared__ float m_tile[kTile][kTile + 1];
-  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  energy_tile(w, s, o0, i0, m_tile);
-  for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {  // dW = 2/taps * W * dL/dM
+SPLITKERN_HD void weight_grad_tile(int tid, const T* w, const float* p2, const float* q2, const float* grad_a,
+                                   const float* grad_b, T* grad_w, const Shape s, int64_t o0, int64_t i0) {
+  for (int e = tid; e < kTile * kTile; e += kThreads) {
     const int64_t o = o0 + e / kTile, i = i0 + e % kTile;
     if (o >= s.d_out || i >= s.d_in) continue;
     float grad_m = 0.0f;
@@ -95,8 +91,74 @@ __global__ void __launch_bounds__(kThreads) reg_backward_kernel(
     const int64_t base = (o * s.d_in + i) * s.taps;
     for (int64_t t = 0; t < s.taps; ++t) grad_w[base + t] = from_float<T>(scale * to_float(w[base + t]));
   }
+}
+
+template <typename T>
+struct ForwardArgs {
+  const T* w;
+  const float *p2, *q2;
+  float *a, *b;
+  Shape s;
+};
+
+template <typename T>
+struct BackwardArgs {
+  const T* w;
+  const float *p2, *q2, *grad_a, *grad_b;
+  T* grad_w;
+  float *sum_p, *sum_q;
+  Shape s;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reg_forward_kernel(const ForwardArgs<T> args) {
+  __shared__ float m_tile[kTile][kTile + 1];
+  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  energy_tile(threadIdx.x, args.w, args.s, o0, i0, m_tile);
   __syncthreads();
-  reduce_tile(m_tile, s, o0, i0, grad_b, grad_a, sum_p, sum_q);  // (dL/db) M and (dL/da) M^T
+  reduce_tile(threadIdx.x, m_tile, args.s, o0, i0, args.q2, args.p2, args.a, args.b);  // a = (Q∘Q) M, b = (P∘P) M^T
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reg_backward_kernel(const BackwardArgs<T> args) {
+  __shared__ float m_tile[kTile][kTile + 1];
+  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTile, i0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  energy_tile(threadIdx.x, args.w, args.s, o0, i0, m_tile);
+  weight_grad_tile(threadIdx.x, args.w, args.p2, args.q2, args.grad_a, args.grad_b, args.grad_w, args.s, o0, i0);
+  __syncthreads();
+  // (dL/db) M and (dL/da) M^T
+  reduce_tile(threadIdx.x, m_tile, args.s, o0, i0, args.grad_b, args.grad_a, args.sum_p, args.sum_q);
+}
+
+// The kernels run on the host, CTA after CTA and thread after thread between barriers
+// (torch.ops.splitkern_emulated, for tests without a GPU).
+template <typename T>
+void emulate_forward(const ForwardArgs<T>& args, dim3 grid) {
+  float m_tile[kTile][kTile + 1];
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      const int64_t o0 = static_cast<int64_t>(by) * kTile, i0 = static_cast<int64_t>(bx) * kTile;
+      for (int tid = 0; tid < kThreads; ++tid) energy_tile(tid, args.w, args.s, o0, i0, m_tile);
+      for (int tid = 0; tid < kThreads; ++tid)
+        reduce_tile(tid, m_tile, args.s, o0, i0, args.q2, args.p2, args.a, args.b);
+    }
+  }
+}
+
+template <typename T>
+void emulate_backward(const BackwardArgs<T>& args, dim3 grid) {
+  float m_tile[kTile][kTile + 1];
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      const int64_t o0 = static_cast<int64_t>(by) * kTile, i0 = static_cast<int64_t>(bx) * kTile;
+      for (int tid = 0; tid < kThreads; ++tid) {
+        energy_tile(tid, args.w, args.s, o0, i0, m_tile);
+        weight_grad_tile(tid, args.w, args.p2, args.q2, args.grad_a, args.grad_b, args.grad_w, args.s, o0, i0);
+      }
+      for (int tid = 0; tid < kThreads; ++tid)
+        reduce_tile(tid, m_tile, args.s, o0, i0, args.grad_b, args.grad_a, args.sum_p, args.sum_q);
+    }
+  }
 }
 
 Shape shape_of(const Tensor& weight, const Tensor& p, const Tensor& q) {
@@ -121,44 +183,69 @@ dim3 grid_of(const Shape& s) {
 
 Tensor fp32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-std::tuple<Tensor, Tensor> gemms_cuda(const Tensor& weight, const Tensor& p, const Tensor& q) {
-  if (weight.scalar_type() == at::kDouble) return group_weight_reg_gemms_aten(weight, p, q);
-  const c10::cuda::CUDAGuard guard(weight.device());
+// The kernel entry points (fp32/fp16/bf16 weights; CPU tensors run the host emulation).
+
+std::tuple<Tensor, Tensor> gemms(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  const at::OptionalDeviceGuard guard(at::device_of(weight));
   const Shape s = shape_of(weight, p, q);
   const Tensor w = weight.contiguous(), p2 = fp32(p).square(), q2 = fp32(q).square();
   Tensor a = at::zeros({s.groups, s.d_in}, p2.options()), b = at::zeros({s.groups, s.d_out}, p2.options());
   if (w.numel() == 0 || s.groups == 0) return {a, b};
   AT_DISPATCH_SWITCH(w.scalar_type(), "splitkern_reg_cuda", SPLITKERN_REG_CASES([&] {
     using T = typename CudaType<scalar_t>::type;
-    reg_forward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const T*>(w.data_ptr<scalar_t>()), p2.data_ptr<float>(), q2.data_ptr<float>(),
-        a.data_ptr<float>(), b.data_ptr<float>(), s);
+    const ForwardArgs<T> args{reinterpret_cast<const T*>(w.data_ptr()), p2.data_ptr<float>(), q2.data_ptr<float>(),
+                              a.data_ptr<float>(), b.data_ptr<float>(), s};
+    if (!w.is_cuda()) return emulate_forward(args, grid_of(s));
+    reg_forward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }));
   return {a, b};
 }
 
-std::tuple<Tensor, Tensor, Tensor> gemms_backward_cuda(const Tensor& weight, const Tensor& p, const Tensor& q,
-                                                       const Tensor& grad_a, const Tensor& grad_b) {
-  if (weight.scalar_type() == at::kDouble) return group_weight_reg_gemms_backward_aten(weight, p, q, grad_a, grad_b);
-  const c10::cuda::CUDAGuard guard(weight.device());
+std::tuple<Tensor, Tensor, Tensor> gemms_backward(const Tensor& weight, const Tensor& p, const Tensor& q,
+                                                  const Tensor& grad_a, const Tensor& grad_b) {
+  const at::OptionalDeviceGuard guard(at::device_of(weight));
   const Shape s = shape_of(weight, p, q);
   const Tensor w = weight.contiguous(), pa = fp32(p), qa = fp32(q), p2 = pa.square(), q2 = qa.square();
   const Tensor da = fp32(grad_a), db = fp32(grad_b);
-  Tensor grad_w = at::empty_like(w), sum_p = at::zeros_like(pa), sum_q = at::zeros_like(qa);
+  Tensor grad_w = at::zeros_like(w), sum_p = at::zeros_like(pa), sum_q = at::zeros_like(qa);
   if (w.numel() > 0 && s.groups > 0) {
     AT_DISPATCH_SWITCH(w.scalar_type(), "splitkern_reg_backward_cuda", SPLITKERN_REG_CASES([&] {
       using T = typename CudaType<scalar_t>::type;
-      reg_backward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          reinterpret_cast<const T*>(w.data_ptr<scalar_t>()), p2.data_ptr<float>(), q2.data_ptr<float>(),
-          da.data_ptr<float>(), db.data_ptr<float>(), reinterpret_cast<T*>(grad_w.data_ptr<scalar_t>()),
-          sum_p.data_ptr<float>(), sum_q.data_ptr<float>(), s);
+      const BackwardArgs<T> args{reinterpret_cast<const T*>(w.data_ptr()), p2.data_ptr<float>(),
+                                 q2.data_ptr<float>(), da.data_ptr<float>(), db.data_ptr<float>(),
+                                 reinterpret_cast<T*>(grad_w.data_ptr()), sum_p.data_ptr<float>(),
+                                 sum_q.data_ptr<float>(), s};
+      if (!w.is_cuda()) return emulate_backward(args, grid_of(s));
+      reg_backward_kernel<T><<<grid_of(s), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }));
-  } else {
-    grad_w.zero_();
   }
   return {grad_w, (2 * pa * sum_p).to(p.scalar_type()), (2 * qa * sum_q).to(q.scalar_type())};
+}
+
+// fp64 (gradcheck) takes the ATen composition on CUDA; the emulation has no fp64 kernel to run.
+bool is_double(const Tensor& weight) { return weight.scalar_type() == at::kDouble; }
+
+std::tuple<Tensor, Tensor> gemms_cuda(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  return is_double(weight) ? group_weight_reg_gemms_aten(weight, p, q) : gemms(weight, p, q);
+}
+
+std::tuple<Tensor, Tensor, Tensor> gemms_backward_cuda(const Tensor& weight, const Tensor& p, const Tensor& q,
+                                                       const Tensor& grad_a, const Tensor& grad_b) {
+  return is_double(weight) ? group_weight_reg_gemms_backward_aten(weight, p, q, grad_a, grad_b)
+                           : gemms_backward(weight, p, q, grad_a, grad_b);
+}
+
+std::tuple<Tensor, Tensor> gemms_emulated(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  TORCH_CHECK(!is_double(weight), "splitkern_emulated runs the fp32/fp16/bf16 regulariser kernels only");
+  return gemms(weight, p, q);
+}
+
+std::tuple<Tensor, Tensor, Tensor> gemms_backward_emulated(const Tensor& weight, const Tensor& p, const Tensor& q,
+                                                           const Tensor& grad_a, const Tensor& grad_b) {
+  TORCH_CHECK(!is_double(weight), "splitkern_emulated runs the fp32/fp16/bf16 regulariser kernels only");
+  return gemms_backward(weight, p, q, grad_a, grad_b);
 }
 
 }  // namespace
@@ -166,6 +253,11 @@ std::tuple<Tensor, Tensor, Tensor> gemms_backward_cuda(const Tensor& weight, con
 TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
   m.impl("ext_group_weight_reg_gemms", &gemms_cuda);
   m.impl("ext_group_weight_reg_gemms_backward", &gemms_backward_cuda);
+}
+
+TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) {
+  m.impl("group_weight_reg_gemms", &gemms_emulated);
+  m.impl("group_weight_reg_gemms_backward", &gemms_backward_emulated);
 }
 
 }  // namespace splitkern

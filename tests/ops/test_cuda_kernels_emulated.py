@@ -1,11 +1,13 @@
-"""The fp16/bf16 tensor-core CUDA kernels, run by their host emulation (``torch.ops.splitkern_emulated``).
+"""The CUDA kernels, run by their host emulation (``torch.ops.splitkern_emulated``).
 
 CI has no GPU, so the CUDA kernels of ``csrc/cuda`` would otherwise only be compiled. The
-emulation runs the same kernel code on the host (group tables, tile-shape choice, launches of
-64 groups, the operand loaders with their fused gathers, bounds, epilogue with bias and
-scatter), CTA by CTA and thread by thread, with a scalar fp32 product standing in for the wmma
-fragments. What it cannot check: the wmma fragment calls themselves, races, and anything
-about speed (the GPU-marked tests and compute-sanitizer cover those on a GPU).
+emulation runs the same kernel code on the host, CTA by CTA and thread by thread between
+barriers: for the tensor-core GEMMs (group tables, tile-shape choice, launches of 64 groups,
+the operand loaders with their fused gathers and implicit im2col, bounds, the epilogue with
+bias and scatter) with a scalar fp32 product standing in for the wmma fragments, and for the
+fused regulariser (atomics become plain adds). What it cannot check: the wmma fragment calls
+themselves, races, and anything about speed (the GPU-marked tests and compute-sanitizer
+cover those on a GPU).
 
 Expectations come from the independent masked-dense formulations of the op tests, computed in
 fp32 on the same 16-bit inputs: the kernels accumulate in fp32 and round once, so one 16-bit
@@ -146,6 +148,37 @@ def test_grouped_conv_kernels_match_masked_dense(name, geometry, channels_last, 
         assert y.is_contiguous(memory_format=expected_format) and dx.is_contiguous(memory_format=expected_format)
 
 
-def test_emulation_rejects_dtypes_without_a_tensor_core_kernel():
+def test_emulation_rejects_dtypes_without_a_cuda_kernel():
     with pytest.raises(RuntimeError, match="fp16/bf16"):
         emulated().block_diag_mm(torch.randn(2, 3), torch.randn(6), None, [3], [2], None, None)
+    with pytest.raises(RuntimeError, match="fp32/fp16/bf16"):
+        w = torch.randn(3, 2, dtype=torch.float64)
+        emulated().group_weight_reg_gemms(w, torch.rand(1, 2), torch.rand(1, 3))
+
+
+REG_SHAPES = {  # weight shape, groups
+    "conv_3x3": ((8, 6, 3, 3), 2),
+    "linear_multi_tile": ((70, 33), 3),  # 3 x 2 CTAs of 32 x 32
+    "one_weight": ((1, 1), 1),
+    "1x1_odd": ((37, 40, 1, 1), 5),
+    "no_groups": ((5, 4), 0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *DTYPES])
+@pytest.mark.parametrize("name", REG_SHAPES)
+def test_group_weight_reg_kernels_match_reference(name, dtype):
+    from splitkern.reference import group_weight_reg as ref
+
+    shape, groups = REG_SHAPES[name]
+    torch.manual_seed(0)
+    w = torch.randn(shape).to(dtype)
+    p, q = torch.rand(groups, shape[1]), torch.rand(groups, shape[0])
+    grad_a, grad_b = torch.randn(groups, shape[1]), torch.randn(groups, shape[0])
+    ops = emulated()
+    got = (*ops.group_weight_reg_gemms(w, p, q), *ops.group_weight_reg_gemms_backward(w, p, q, grad_a, grad_b))
+    want = (*ref.group_weight_reg_gemms(w, p, q), *ref.group_weight_reg_gemms_backward(w, p, q, grad_a, grad_b))
+    for g, e in zip(got, want):  # fp32 sums in another order; dW rounded once to the weight dtype
+        assert g.dtype == e.dtype and g.shape == e.shape
+        rtol = max(torch.finfo(g.dtype).eps, 1e-5)
+        torch.testing.assert_close(g.float(), e.float(), rtol=rtol, atol=1e-4)
