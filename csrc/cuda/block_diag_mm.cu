@@ -70,28 +70,21 @@ struct GradWeightProblem {
   }
 };
 
-// Group g of a (rows M) x (cols from c_off) product reading A's columns from a_off.
-std::vector<Group> row_groups(int64_t M, const std::vector<int64_t>& a_off, const std::vector<int64_t>& c_off,
-                              const std::vector<int64_t>& w_off) {
-  std::vector<Group> groups;
-  for (size_t g = 0; g + 1 < a_off.size(); ++g)
-    groups.push_back({M, c_off[g + 1] - c_off[g], a_off[g + 1] - a_off[g], a_off[g], w_off[g], c_off[g]});
-  return groups;
-}
-
+// forward (W_TRANSPOSED = false) or grad_input (true): a's columns gathered by a_index, the
+// output's scattered by c_index.
 template <bool W_TRANSPOSED>
 Tensor grouped_matmul(const Tensor& a, const Tensor& weight, const OptTensor& bias, const GroupOffsets& off,
-                      const std::vector<int64_t>& a_off, const std::vector<int64_t>& c_off, const OptTensor& a_index,
-                      const OptTensor& c_index) {
+                      const OptTensor& a_index, const OptTensor& c_index) {
+  constexpr gemm::Pass pass = W_TRANSPOSED ? gemm::Pass::kGradInput : gemm::Pass::kForward;
   const Tensor w = weight.contiguous();
   const OptTensor b = bias.has_value() ? OptTensor(bias->contiguous()) : std::nullopt;
-  Tensor out = at::empty({a.size(0), c_off.back()}, a.options());
+  Tensor out = at::empty({a.size(0), W_TRANSPOSED ? off.in.back() : off.out.back()}, a.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(a.scalar_type(), "splitkern_block_diag_mm_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
     const MatmulProblem<T, W_TRANSPOSED> problem{
         columns<const T>(a, a_index), reinterpret_cast<const T*>(w.data_ptr()),
         b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr, columns<T>(out, c_index)};
-    gemm::launch<T>(problem, row_groups(a.size(0), a_off, c_off, off.weight), !a.is_cuda());
+    gemm::launch<T>(problem, gemm::pass_groups(pass, off, a.size(0), 1), !a.is_cuda());
   });
   return out;
 }
@@ -105,7 +98,7 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_weight(weight, off);
   check_same_dtype(weight, x, "x");
-  return grouped_matmul<false>(x, weight, bias, off, off.in, off.out, in_index, out_index);
+  return grouped_matmul<false>(x, weight, bias, off, in_index, out_index);
 }
 
 Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes, IntArrayRef out_sizes,
@@ -115,7 +108,7 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_s
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   check_weight(weight, off);
   check_same_dtype(weight, grad_out, "grad_out");
-  return grouped_matmul<true>(grad_out, weight, std::nullopt, off, off.out, off.in, out_index, in_index);
+  return grouped_matmul<true>(grad_out, weight, std::nullopt, off, out_index, in_index);
 }
 
 Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes, IntArrayRef out_sizes,
@@ -128,15 +121,11 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out has dtype ", grad_out.scalar_type(),
               " but x has ", x.scalar_type());
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
-  std::vector<Group> groups;
-  for (int64_t g = 0; g < off.groups(); ++g)
-    groups.push_back({off.out[g + 1] - off.out[g], off.in[g + 1] - off.in[g], x.size(0), off.out[g], off.in[g],
-                      off.weight[g]});
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
     const GradWeightProblem<T> problem{columns<const T>(grad_out, out_index), columns<const T>(x, in_index),
                                        reinterpret_cast<T*>(grad_w.data_ptr())};
-    gemm::launch<T>(problem, groups, !x.is_cuda());
+    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradWeight, off, x.size(0), 1), !x.is_cuda());
   });
   return grad_w;
 }

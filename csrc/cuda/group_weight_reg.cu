@@ -131,34 +131,33 @@ __global__ void __launch_bounds__(kThreads) reg_backward_kernel(const BackwardAr
 }
 
 // The kernels run on the host, CTA after CTA and thread after thread between barriers
-// (torch.ops.splitkern_emulated, for tests without a GPU).
+// (torch.ops.splitkern_emulated, for tests without a GPU): body(o0, i0) per CTA.
+template <typename Body>
+void for_each_cta(dim3 grid, Body body) {
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) body(static_cast<int64_t>(by) * kTile, static_cast<int64_t>(bx) * kTile);
+}
+
 template <typename T>
 void emulate_forward(const ForwardArgs<T>& args, dim3 grid) {
   float m_tile[kTile][kTile + 1];
-  for (unsigned by = 0; by < grid.y; ++by) {
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      const int64_t o0 = static_cast<int64_t>(by) * kTile, i0 = static_cast<int64_t>(bx) * kTile;
-      for (int tid = 0; tid < kThreads; ++tid) energy_tile(tid, args.w, args.s, o0, i0, m_tile);
-      for (int tid = 0; tid < kThreads; ++tid)
-        reduce_tile(tid, m_tile, args.s, o0, i0, args.q2, args.p2, args.a, args.b);
-    }
-  }
+  for_each_cta(grid, [&](int64_t o0, int64_t i0) {
+    for (int tid = 0; tid < kThreads; ++tid) energy_tile(tid, args.w, args.s, o0, i0, m_tile);
+    for (int tid = 0; tid < kThreads; ++tid) reduce_tile(tid, m_tile, args.s, o0, i0, args.q2, args.p2, args.a, args.b);
+  });
 }
 
 template <typename T>
 void emulate_backward(const BackwardArgs<T>& args, dim3 grid) {
   float m_tile[kTile][kTile + 1];
-  for (unsigned by = 0; by < grid.y; ++by) {
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      const int64_t o0 = static_cast<int64_t>(by) * kTile, i0 = static_cast<int64_t>(bx) * kTile;
-      for (int tid = 0; tid < kThreads; ++tid) {
-        energy_tile(tid, args.w, args.s, o0, i0, m_tile);
-        weight_grad_tile(tid, args.w, args.p2, args.q2, args.grad_a, args.grad_b, args.grad_w, args.s, o0, i0);
-      }
-      for (int tid = 0; tid < kThreads; ++tid)
-        reduce_tile(tid, m_tile, args.s, o0, i0, args.grad_b, args.grad_a, args.sum_p, args.sum_q);
+  for_each_cta(grid, [&](int64_t o0, int64_t i0) {
+    for (int tid = 0; tid < kThreads; ++tid) {
+      energy_tile(tid, args.w, args.s, o0, i0, m_tile);
+      weight_grad_tile(tid, args.w, args.p2, args.q2, args.grad_a, args.grad_b, args.grad_w, args.s, o0, i0);
     }
-  }
+    for (int tid = 0; tid < kThreads; ++tid)
+      reduce_tile(tid, m_tile, args.s, o0, i0, args.grad_b, args.grad_a, args.sum_p, args.sum_q);
+  });
 }
 
 Shape shape_of(const Tensor& weight, const Tensor& p, const Tensor& q) {
@@ -172,7 +171,8 @@ Shape shape_of(const Tensor& weight, const Tensor& p, const Tensor& q) {
 }
 
 dim3 grid_of(const Shape& s) {
-  return dim3(static_cast<unsigned>((s.d_in + kTile - 1) / kTile), static_cast<unsigned>((s.d_out + kTile - 1) / kTile));
+  const auto tiles = [](int64_t size) { return static_cast<unsigned>((size + kTile - 1) / kTile); };
+  return dim3(tiles(s.d_in), tiles(s.d_out));
 }
 
 // fp32/fp16/bf16 weights (fp64 takes the ATen path before dispatch).

@@ -161,10 +161,6 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   check_same_dtype(weight, x, "x");
   const int64_t ho = geo.out_size(x.size(2), 0), wo = geo.out_size(x.size(3), 1), pixels = x.size(0) * ho * wo;
-  std::vector<Group> groups;
-  for (int64_t g = 0; g < off.groups(); ++g)
-    groups.push_back({pixels, off.out[g + 1] - off.out[g], (off.in[g + 1] - off.in[g]) * geo.taps(), off.in[g],
-                      off.weight[g], off.out[g]});
   const Tensor w = weight.contiguous();
   const OptTensor b = bias.has_value() ? OptTensor(bias->contiguous()) : std::nullopt;
   Tensor y = at::empty({x.size(0), off.out.back(), ho, wo}, x.options().memory_format(x.suggest_memory_format()));
@@ -173,7 +169,7 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
     const ForwardProblem<T> problem{image<const T>(x, in_index), reinterpret_cast<const T*>(w.data_ptr()),
                                     b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr,
                                     image<T>(y, out_index), window(geo)};
-    gemm::launch<T>(problem, groups, !x.is_cuda());
+    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kForward, off, pixels, geo.taps()), !x.is_cuda());
   });
   return y;
 }
@@ -186,17 +182,14 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
   check_grad_out(grad_out, x, geo, off);
   check_same_dtype(weight, grad_out, "grad_out");
   const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
-  std::vector<Group> groups;
-  for (int64_t g = 0; g < off.groups(); ++g)
-    groups.push_back({pixels, off.in[g + 1] - off.in[g], (off.out[g + 1] - off.out[g]) * geo.taps(), off.out[g],
-                      off.weight[g], off.in[g]});
   const Tensor w = weight.contiguous();
   Tensor dx = at::empty(x.sizes(), grad_out.options().memory_format(x.suggest_memory_format()));
   AT_DISPATCH_REDUCED_FLOATING_TYPES(grad_out.scalar_type(), "splitkern_grouped_conv_grad_input_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
     const GradInputProblem<T> problem{image<const T>(grad_out, out_index), reinterpret_cast<const T*>(w.data_ptr()),
                                       image<T>(dx, in_index), window(geo)};
-    gemm::launch<T>(problem, groups, !grad_out.is_cuda());
+    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradInput, off, pixels, geo.taps()),
+                    !grad_out.is_cuda());
   });
   return dx;
 }
@@ -208,16 +201,13 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   check_grad_out(grad_out, x, geo, off);
   const int64_t pixels = grad_out.size(0) * grad_out.size(2) * grad_out.size(3);
-  std::vector<Group> groups;
-  for (int64_t g = 0; g < off.groups(); ++g)
-    groups.push_back({off.out[g + 1] - off.out[g], (off.in[g + 1] - off.in[g]) * geo.taps(), pixels, off.out[g],
-                      off.in[g], off.weight[g]});
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_grouped_conv_grad_weight_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
     const GradWeightProblem<T> problem{image<const T>(grad_out, out_index), image<const T>(x, in_index),
                                        reinterpret_cast<T*>(grad_w.data_ptr()), window(geo)};
-    gemm::launch<T>(problem, groups, !x.is_cuda());
+    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradWeight, off, pixels, geo.taps()),
+                    !x.is_cuda());
   });
   return grad_w;
 }

@@ -44,6 +44,26 @@ struct Group {
   int64_t a_off, b_off, c_off;
 };
 
+// The three GEMMs of a grouped layer, per group g (k_g inputs, n_g outputs, `taps` kernel taps,
+// `pixels` rows: the batch for a matmul, N * H * W positions for a conv):
+//   forward      rows pixels, cols n_g,        inner k_g * taps;  a_off in, b_off weight, c_off out
+//   grad_input   rows pixels, cols k_g,        inner n_g * taps;  a_off out, b_off weight, c_off in
+//   grad_weight  rows n_g,    cols k_g * taps, inner pixels;      a_off out, b_off in, c_off weight
+enum class Pass { kForward, kGradInput, kGradWeight };
+
+inline std::vector<Group> pass_groups(Pass pass, const GroupOffsets& off, int64_t pixels, int64_t taps) {
+  std::vector<Group> groups;
+  for (int64_t g = 0; g < off.groups(); ++g) {
+    const int64_t k = off.in[g + 1] - off.in[g], n = off.out[g + 1] - off.out[g];
+    switch (pass) {
+      case Pass::kForward: groups.push_back({pixels, n, k * taps, off.in[g], off.weight[g], off.out[g]}); break;
+      case Pass::kGradInput: groups.push_back({pixels, k, n * taps, off.out[g], off.weight[g], off.in[g]}); break;
+      case Pass::kGradWeight: groups.push_back({n, k * taps, pixels, off.out[g], off.in[g], off.weight[g]}); break;
+    }
+  }
+  return groups;
+}
+
 struct GroupTable {
   Group group[kMaxGroups];
 };

@@ -49,6 +49,7 @@ class DeviceParallel(nn.Module):
         self.set.trunk_model.to(self.devices[0])
         for part, where in zip(self.set.parts, self.placement):
             part.to(self.devices[where])
+        self.class_index = [c.to(self.devices[0]) for c in self.set.classes]  # once, not a copy per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         home = self.devices[0]
@@ -56,8 +57,8 @@ class DeviceParallel(nn.Module):
         outs = [self.set.branch(i, features.to(self.devices[where], non_blocking=True))
                 for i, where in enumerate(self.placement)]
         out = features.new_zeros(x.shape[0], self.set.num_classes)
-        for classes, logits in zip(self.set.classes, outs):
-            out[:, classes.to(home)] = logits.to(home, non_blocking=True)
+        for classes, logits in zip(self.class_index, outs):
+            out[:, classes] = logits.to(home, non_blocking=True)
         return out
 
 
@@ -78,6 +79,8 @@ class StreamParallel(nn.Module):
         if device.type != "cuda":
             raise ValueError(f"move the split model to a CUDA device first (it is on {device})")
         self.streams = [torch.cuda.Stream(device) for _ in self.set.parts]
+        # on the GPU up front: a host-to-device copy inside _run would sync, which graph capture forbids
+        self.class_index = [c.to(device) for c in self.set.classes]
         self.capture = capture
         self._graphs: dict = {}
 
@@ -90,11 +93,11 @@ class StreamParallel(nn.Module):
             with torch.cuda.stream(stream):
                 outs.append(self.set.branch(i, features))
         out = features.new_zeros(x.shape[0], self.set.num_classes)
-        for stream, classes, logits in zip(self.streams, self.set.classes, outs):
+        for stream, classes, logits in zip(self.streams, self.class_index, outs):
             main.wait_stream(stream)
             features.record_stream(stream)
             logits.record_stream(main)
-            out[:, classes.to(out.device)] = logits
+            out[:, classes] = logits
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
