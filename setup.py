@@ -2,6 +2,9 @@
 
 Environment:
   CUDA_HOME                  CUDA toolkit (default /usr/local/cuda when it exists)
+  SPLITKERN_CUBLAS_DIR       folder with include/cublas_api.h and lib/libcublas.so* (default: CUDA_HOME's,
+                             else the nvidia-cublas wheel torch depends on); without one the grouped
+                             cuBLAS line (ext_block_diag_mm_cublas) is not built
   TORCH_CUDA_ARCH_LIST       archs to build (default "8.0;9.0a")
   SPLITKERN_SKIP_CUDA_BUILD  =1 builds the pure-Python package only
 """
@@ -23,6 +26,48 @@ def _cuda_home():
     return None
 
 
+def _cublas_dir(cuda_home):
+    """A folder with cuBLAS's headers (include/) and shared library (lib/ or lib64/), or None."""
+    candidates = [os.environ.get("SPLITKERN_CUBLAS_DIR"), cuda_home]
+    try:
+        import nvidia  # the nvidia-* wheels torch's CUDA build depends on (namespace package)
+
+        candidates += [os.path.join(p, sub) for p in nvidia.__path__ for sub in ("cu13", "cublas")]
+    except ImportError:
+        pass
+    for folder in filter(None, candidates):
+        if os.path.exists(os.path.join(folder, "include", "cublas_api.h")) and _cublas_library(folder):
+            return folder
+    return None
+
+
+def _cublas_library(folder):
+    libs = sorted(glob.glob(os.path.join(folder, "lib*", "libcublas.so*")))
+    return libs[0] if libs else None
+
+
+def _cublas_build_args(cuda_home):
+    """Compile/link arguments for csrc/cuda/*cublas*: cuBLAS's headers in a folder of their own (the
+    wheel's include/ also holds CUDA runtime headers that must not shadow the toolkit's), and the
+    library by file name (the wheel ships only libcublas.so.N)."""
+    folder = _cublas_dir(cuda_home)
+    if folder is None:
+        print("splitkern: no cuBLAS headers + library found, not building the grouped cuBLAS line")
+        return {}
+    headers = os.path.join("build", "cublas_include")
+    os.makedirs(headers, exist_ok=True)
+    for name in ("cublas_api.h", "cublas_v2.h", "cublas.h", "cublasLt.h", "cusparse.h", "cusolverDn.h",
+                 "cusolver_common.h"):
+        src, dst = os.path.join(folder, "include", name), os.path.join(headers, name)
+        if os.path.lexists(dst):
+            os.remove(dst)
+        if os.path.exists(src):
+            os.symlink(os.path.abspath(src), dst)
+    lib = _cublas_library(folder)
+    return {"include_dirs": [os.path.abspath(headers)], "define_macros": [("SPLITKERN_WITH_CUBLAS", "1")],
+            "extra_link_args": [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}"]}
+
+
 def _extensions():
     if os.environ.get("SPLITKERN_SKIP_CUDA_BUILD") == "1":
         print("splitkern: SPLITKERN_SKIP_CUDA_BUILD=1, not building splitkern._C")
@@ -35,11 +80,13 @@ def _extensions():
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    define = [("SPLITKERN_CUDA_ARCHS", '"%s"' % archs)]
+    cublas = _cublas_build_args(home)
     ext = CUDAExtension(
         "splitkern._C",
         sources=sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
-        define_macros=define,
+        define_macros=[("SPLITKERN_CUDA_ARCHS", '"%s"' % archs)] + cublas.get("define_macros", []),
+        include_dirs=cublas.get("include_dirs", []),
+        extra_link_args=cublas.get("extra_link_args", []),
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -3,7 +3,9 @@
 Lines: ``dense`` (cuBLAS/MKL ``F.linear`` on the full weight), ``loop`` (one
 ``F.linear`` per group + cat), ``bmm`` (equal groups only), ``grouped_mm_padded``
 (``torch._grouped_mm`` on blocks zero-padded to (k_max, n_max); bf16 on sm90),
-and ``splitkern-<backend>`` for every backend usable on the device.
+``splitkern-<backend>`` for every backend usable on the device, and ``splitkern-cuda-cublas``
+(forward only: the extension's ``cublasGemmGroupedBatchedEx`` path, to compare with its wmma
+kernel, ``splitkern-cuda``).
 
 ``pytest benchmarks --benchmark-only`` times them with pytest-benchmark;
 ``python benchmarks/bench_block_diag_mm.py`` writes ``results/block_diag_mm-*.csv``
@@ -127,9 +129,19 @@ def _splitkern(name):
     return build
 
 
+def _cublas_grouped(case, x, w, b):
+    """The extension's forward as one cublasGemmGroupedBatchedEx call (vs its wmma kernel)."""
+    ext = backend._extension()[0]
+    if DEVICE.type != "cuda" or ext is None or "block_diag_mm_cublas:cuda" not in ext.kernels():
+        return None
+    from splitkern.cuda.block_diag_mm import block_diag_mm_cublas
+    return lambda: block_diag_mm_cublas(x, w, b, case.layout)
+
+
 LINES = {"dense": _dense, "loop": _loop, "bmm": _bmm, "grouped_mm_padded": _grouped_mm_padded}
 LINES.update({f"splitkern-{name}": _splitkern(name) for name in backend.BACKENDS})
-FWD_ONLY = {"bmm", "grouped_mm_padded"}
+LINES["splitkern-cuda-cublas"] = _cublas_grouped
+FWD_ONLY = {"bmm", "grouped_mm_padded", "splitkern-cuda-cublas"}
 
 
 def make_runner(case: Case, line: str, mode: str):

@@ -29,7 +29,10 @@ GroupOffsets group_offsets(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t 
 // Argument checks shared by the C++ and CUDA kernels (TORCH_CHECK, naming the argument).
 void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name);  // (M, cols)
 void check_weight(const Tensor& weight, const GroupOffsets& off);                          // packed, 1-D
-void check_same_dtype(const Tensor& weight, const Tensor& t, const char* name);
+void check_like_weight(const Tensor& weight, const Tensor& t, const char* name);  // dtype, device
+// Shapes, dtypes and devices of the optional operands (not the index values: that would sync).
+void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, const OptTensor& out_index,
+                            int64_t in_features, int64_t out_features, const Tensor& weight);
 
 // A 2-D convolution's kernel, stride, padding and dilation (2 entries each).
 struct ConvGeometry {

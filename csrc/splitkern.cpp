@@ -55,9 +55,27 @@ void check_weight(const Tensor& weight, const GroupOffsets& off) {
               off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * taps), got ", weight.sizes());
 }
 
-void check_same_dtype(const Tensor& weight, const Tensor& t, const char* name) {
+void check_like_weight(const Tensor& weight, const Tensor& t, const char* name) {
   TORCH_CHECK(weight.scalar_type() == t.scalar_type(), "weight has dtype ", weight.scalar_type(), " but ", name,
               " has ", t.scalar_type());
+  TORCH_CHECK(weight.device() == t.device(), "weight is on ", weight.device(), " but ", name, " is on ", t.device());
+}
+
+void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, const OptTensor& out_index,
+                            int64_t in_features, int64_t out_features, const Tensor& weight) {
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must have shape (", out_features,
+                ",), got ", bias->sizes());
+    check_like_weight(weight, *bias, "bias");
+  }
+  for (auto [index, size, name] : {std::make_tuple(&in_index, in_features, "in_index"),
+                                   std::make_tuple(&out_index, out_features, "out_index")}) {
+    if (!index->has_value()) continue;
+    const Tensor& t = **index;
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == size && t.scalar_type() == at::kLong, name,
+                " must be an int64 tensor of shape (", size, ",), got ", t.scalar_type(), " ", t.sizes());
+    TORCH_CHECK(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ", weight.device());
+  }
 }
 
 Tensor gather_dim1(const Tensor& t, const OptTensor& index) {
@@ -84,6 +102,10 @@ std::vector<std::pair<std::string, std::string>> kernel_info() {
       {"group_weight_reg:cuda",
        "CUDA: fused, one pass over W for both GEMMs and one for the backward (fp32/fp16/bf16; fp64 via ATen)"},
   };
+#ifdef SPLITKERN_WITH_CUBLAS
+  info.emplace_back("block_diag_mm_cublas:cuda",
+                    "CUDA: forward as one cublasGemmGroupedBatchedEx call (benchmark line splitkern-cuda-cublas)");
+#endif
   return info;
 }
 
@@ -97,6 +119,8 @@ std::vector<std::string> kernels() {
 
 TORCH_LIBRARY(splitkern, m) {
   m.def("ext_block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
+        "Tensor? in_index, Tensor? out_index) -> Tensor");
+  m.def("ext_block_diag_mm_cublas(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
         "Tensor? in_index, Tensor? out_index) -> Tensor");
   m.def("ext_block_diag_mm_grad_input(Tensor grad_out, Tensor weight, int[] in_sizes, int[] out_sizes, "
         "Tensor? in_index, Tensor? out_index) -> Tensor");

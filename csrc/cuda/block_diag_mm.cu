@@ -97,7 +97,8 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
   const auto off = group_offsets(in_sizes, out_sizes, 1);
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_weight(weight, off);
-  check_same_dtype(weight, x, "x");
+  check_like_weight(weight, x, "x");
+  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
   return grouped_matmul<false>(x, weight, bias, off, in_index, out_index);
 }
 
@@ -107,7 +108,8 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_s
   const auto off = group_offsets(in_sizes, out_sizes, 1);
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   check_weight(weight, off);
-  check_same_dtype(weight, grad_out, "grad_out");
+  check_like_weight(weight, grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
   return grouped_matmul<true>(grad_out, weight, std::nullopt, off, out_index, in_index);
 }
 
@@ -118,8 +120,10 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out has dtype ", grad_out.scalar_type(),
-              " but x has ", x.scalar_type());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), "grad_out (",
+              grad_out.scalar_type(), ", ", grad_out.device(), ") must match x (", x.scalar_type(), ", ", x.device(),
+              ")");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;

@@ -148,8 +148,9 @@ void check_grad_out(const Tensor& grad_out, const Tensor& x, const ConvGeometry&
                                      geo.out_size(x.size(3), 1)};
   TORCH_CHECK(grad_out.sizes() == IntArrayRef(want), "grad_out must have shape ", IntArrayRef(want), ", got ",
               grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out has dtype ", grad_out.scalar_type(),
-              " but x has ", x.scalar_type());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), "grad_out (",
+              grad_out.scalar_type(), ", ", grad_out.device(), ") must match x (", x.scalar_type(), ", ", x.device(),
+              ")");
 }
 
 // The tensor-core entry points (fp16/bf16; CPU tensors run the host emulation).
@@ -159,7 +160,8 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
                IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(x));
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
-  check_same_dtype(weight, x, "x");
+  check_like_weight(weight, x, "x");
+  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
   const int64_t ho = geo.out_size(x.size(2), 0), wo = geo.out_size(x.size(3), 1), pixels = x.size(0) * ho * wo;
   const Tensor w = weight.contiguous();
   const OptTensor b = bias.has_value() ? OptTensor(bias->contiguous()) : std::nullopt;
@@ -180,7 +182,8 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   check_grad_out(grad_out, x, geo, off);
-  check_same_dtype(weight, grad_out, "grad_out");
+  check_like_weight(weight, grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
   const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
   const Tensor w = weight.contiguous();
   Tensor dx = at::empty(x.sizes(), grad_out.options().memory_format(x.suggest_memory_format()));
@@ -200,6 +203,7 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
   check_grad_out(grad_out, x, geo, off);
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
   const int64_t pixels = grad_out.size(0) * grad_out.size(2) * grad_out.size(3);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_grouped_conv_grad_weight_cuda", [&] {

@@ -18,6 +18,7 @@ _mm, _conv, _reg = (importlib.import_module(f"splitkern.ops.{op}")
 
 _FAKES = {
     "ext_block_diag_mm": _mm.block_diag_mm_fake,
+    "ext_block_diag_mm_cublas": _mm.block_diag_mm_fake,
     "ext_block_diag_mm_grad_input": _mm.block_diag_mm_grad_input_fake,
     "ext_block_diag_mm_grad_weight": _mm.block_diag_mm_grad_weight_fake,
     "ext_block_diag_mm_grad_bias": _mm.block_diag_mm_grad_bias_fake,

@@ -182,3 +182,17 @@ def test_group_weight_reg_kernels_match_reference(name, dtype):
         assert g.dtype == e.dtype and g.shape == e.shape
         rtol = max(torch.finfo(g.dtype).eps, 1e-5)
         torch.testing.assert_close(g.float(), e.float(), rtol=rtol, atol=1e-4)
+
+
+def test_kernels_reject_mismatched_operands_before_launching():
+    ops = emulated()
+    x, w = torch.randn(2, 3, dtype=torch.half), torch.randn(6, dtype=torch.half)
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        ops.block_diag_mm(x, w, torch.randn(3, dtype=torch.half), [3], [2], None, None)
+    with pytest.raises(RuntimeError, match="weight has dtype"):
+        ops.block_diag_mm(x, w, torch.randn(2), [3], [2], None, None)  # fp32 bias read as fp16 = garbage
+    with pytest.raises(RuntimeError, match="in_index must be an int64 tensor of shape"):
+        ops.block_diag_mm(x, w, None, [3], [2], torch.arange(2), None)  # one index short: out of bounds
+    with pytest.raises(RuntimeError, match="out_index must be an int64"):
+        ops.block_diag_mm_grad_input(torch.randn(2, 2, dtype=torch.half), w, [3], [2], None,
+                                     torch.arange(2, dtype=torch.int32))

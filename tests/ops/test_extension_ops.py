@@ -21,6 +21,27 @@ def test_extension_is_built_with_a_cpu_and_a_cuda_kernel_per_op():
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             assert "cuda" in backend.available_backends(DEVICE, op, dtype)
     assert dict(ext.kernel_info()).keys() == set(ext.kernels())
+    assert "block_diag_mm_cublas:cuda" in ext.kernels()  # setup.py finds cuBLAS in torch's nvidia wheel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("indices", [False, True])
+def test_cublas_grouped_forward_matches_the_reference(dtype, indices):
+    from splitkern.cuda.block_diag_mm import block_diag_mm_cublas
+    from splitkern.layout import block_layout
+    from splitkern.reference.block_diag_mm import block_diag_mm as reference
+
+    layout = block_layout((5, 0, 33, 12, 7), (20, 4, 3, 41, 0))
+    x = torch.randn(19, layout.in_features, device=DEVICE, dtype=dtype)
+    w = torch.randn(layout.weight_numel, device=DEVICE, dtype=dtype)
+    b = torch.randn(layout.out_features, device=DEVICE, dtype=dtype)
+    ii, oi = (random_permutation(layout.in_features), random_permutation(layout.out_features)) if indices else (
+        None, None)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)  # tf32 allowed
+    got = block_diag_mm_cublas(x, w, b, layout, ii, oi)
+    want = reference(x.float(), w.float(), b.float(), layout, ii, oi)
+    torch.testing.assert_close(got.float(), want, **tol)
 
 
 def _mm_args(indices):
@@ -31,7 +52,8 @@ def _mm_args(indices):
     ii, oi = (random_permutation(16), random_permutation(20)) if indices else (None, None)
     dy = torch.randn(6, 20, device=DEVICE)
     ops = torch.ops.splitkern
-    return [(ops.ext_block_diag_mm.default, (x, w, b, in_sizes, out_sizes, ii, oi)),
+    cublas = [(ops.ext_block_diag_mm_cublas.default, (x, w, b, in_sizes, out_sizes, ii, oi))] if x.is_cuda else []
+    return cublas + [(ops.ext_block_diag_mm.default, (x, w, b, in_sizes, out_sizes, ii, oi)),
             (ops.ext_block_diag_mm_grad_input.default, (dy, w, in_sizes, out_sizes, ii, oi)),
             (ops.ext_block_diag_mm_grad_weight.default, (dy, x, in_sizes, out_sizes, ii, oi)),
             (ops.ext_block_diag_mm_grad_bias.default, (dy, oi))]
