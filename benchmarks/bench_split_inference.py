@@ -4,7 +4,8 @@ Single-process lines: ``dense`` (the unsplit WRN), ``split`` (sequential split m
 ``streams`` and ``graph`` (:class:`~splitkern.parallel.StreamParallel`, GPU only).
 ``python benchmarks/bench_split_inference.py`` also times :class:`DistributedSplit` over
 gloo with 1 and 2 CPU processes. GPU: WRN-16-8 ``2-2-2`` in bf16 at batch 1, 32, 256;
-CPU: WRN-16-2 ``2-2-2`` fp32 at batch 1 and 64. Writes ``results/split_inference-*.csv``.
+CPU: WRN-16-2 ``2-2-2`` fp32 at batch 1 and 64 and WRN-16-8 at batch 1 and 32 (256 takes
+minutes per call on a 2-core machine). Writes ``results/split_inference-*.csv``.
 Nothing asserts a speed.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import sys
 import tempfile
@@ -42,7 +44,9 @@ class Case:
 
 
 CASES = ([Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.bfloat16) for b in (1, 32, 256)] if DEVICE.type == "cuda"
-         else [Case(f"wrn16-2-2-2-2-b{b}", 2, b, torch.float32) for b in (1, 64)])
+         else [Case(f"wrn16-2-2-2-2-b{b}", 2, b, torch.float32) for b in (1, 64)]
+         + [Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.float32) for b in (1, 32)])
+GLOO_CASES = ((2, 64), (8, 32))  # (widen, batch) on CPU
 MODES = ("inference",)
 _MODELS: dict = {}
 
@@ -105,14 +109,14 @@ def test_split_inference(benchmark, case, line):
     benchmark(common.synchronized(fn, DEVICE))
 
 
-def _gloo_worker(rank, world, batch, iters, store, result):
+def _gloo_worker(rank, world, widen, batch, iters, store, result):
     import torch.distributed as dist
 
     from splitkern.parallel import DistributedSplit
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    _, split_model = models(2)
+    _, split_model = models(widen)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     model = DistributedSplit(split_model, example=x[:1])
     with torch.no_grad():
@@ -124,27 +128,29 @@ def _gloo_worker(rank, world, batch, iters, store, result):
         elapsed = time.perf_counter() - start
     if rank == 0:
         Path(result).write_text(str(batch * iters / elapsed))
+    dist.barrier()  # no rank tears gloo down while a peer still uses it
     dist.destroy_process_group()
 
 
-def gloo_throughput(world: int, batch: int = 64, iters: int = 5) -> float:
-    """Images/s of DistributedSplit(WRN-16-2 2-2-2) over ``world`` gloo processes on this machine."""
+def gloo_throughput(world: int, widen: int, batch: int, iters: int = 5) -> float:
+    """Images/s of DistributedSplit(WRN-16-<widen> 2-2-2) over ``world`` gloo processes on this machine."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result")
-        mp.spawn(_gloo_worker, args=(world, batch, iters, os.path.join(tmp, "store"), result), nprocs=world)
+        mp.spawn(_gloo_worker, args=(world, widen, batch, iters, os.path.join(tmp, "store"), result), nprocs=world)
         return float(Path(result).read_text())
 
 
 def main() -> None:
     rows = common.run_and_report("split_inference", CASES, LINES, MODES, make_runner, describe, DEVICE)
     if DEVICE.type == "cpu":
-        for world in (1, 2):
-            ips = gloo_throughput(world)
-            print(f"DistributedSplit over gloo, {world} process(es), WRN-16-2 2-2-2, batch 64: {ips:.1f} images/s")
-            rows.append(common.Row("split_inference", "wrn16-2-2-2-2-b64", f"gloo-{world}proc", "float32", 64, 0, 0, 2,
-                                   "inference", round(64e3 / ips, 3), 0.0, None))
+        for (widen, batch), world in itertools.product(GLOO_CASES, (1, 2)):
+            ips = gloo_throughput(world, widen, batch)
+            print(f"DistributedSplit over gloo, {world} process(es), WRN-16-{widen} 2-2-2, batch {batch}: "
+                  f"{ips:.1f} images/s")
+            rows.append(common.Row("split_inference", f"wrn16-{widen}-2-2-2-b{batch}", f"gloo-{world}proc", "float32",
+                                   batch, 0, 0, 2, "inference", round(batch * 1e3 / ips, 3), 0.0, None))
         common.add_speedups(rows, "dense")
         common.write_csv(rows, "split_inference", DEVICE)
 

@@ -143,7 +143,8 @@ def _infer(args) -> None:
         mode = f"DistributedSplit over {os.environ['WORLD_SIZE']} ranks" if distributed else "one process"
         print(f"test accuracy {100 * correct / len(dataset.y_test):.2f}% ({mode}), "
               f"{len(dataset.y_test) / seconds:.0f} images/s")
-    if distributed:
+    if distributed:  # every rank done before any tears down (a rank leaving early aborts gloo's peers)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

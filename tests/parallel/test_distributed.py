@@ -62,6 +62,7 @@ def _worker(rank, world, name, store, results, placement):
         model = DistributedSplit(make_split_model(name), placement=placement, example=example_batch())
         with torch.no_grad():
             torch.save(model(example_batch()), os.path.join(results, f"{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while a peer still uses it (that aborts the peer)
     finally:
         dist.destroy_process_group()
 
