@@ -118,11 +118,15 @@ def test_many_ragged_groups_match_the_reference(dtype):
     img = torch.randn(2, k, 5, 6, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
 
-    def both(name):
+    def both(name):  # outputs and the gradients of every input (the kernels' backward passes too)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, w9, bias, img)]
+        lx, lw, lw9, lb, limg = leaves
         with splitkern.use_backend(name):
-            return (block_diag_mm(x, w, bias, in_sizes=in_sizes, out_sizes=out_sizes, in_index=ii, out_index=oi),
-                    grouped_conv(img, w9, bias, in_sizes=in_sizes, out_sizes=out_sizes, kernel_size=3, padding=1,
+            outs = (block_diag_mm(lx, lw, lb, in_sizes=in_sizes, out_sizes=out_sizes, in_index=ii, out_index=oi),
+                    grouped_conv(limg, lw9, lb, in_sizes=in_sizes, out_sizes=out_sizes, kernel_size=3, padding=1,
                                  in_index=ii, out_index=oi))
+            grads = torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs])
+        return (*outs, *grads)
 
     for got, want in zip(both("cuda"), both("reference")):
         torch.testing.assert_close(got.float(), want.float(), **tol)
