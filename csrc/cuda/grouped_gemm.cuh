@@ -16,6 +16,11 @@
 // inference): the usual "swap A and B" trick exists for MMA instructions whose M is fixed
 // large (wgmma: 64); wmma's 16 x 16 fragments are symmetric, so a 16-row tile wastes exactly
 // what a swapped 16-column tile would, without a second set of loaders.
+//
+// Known limits (to measure on a GPU first): element-wise operand loads through the Problem (no
+// 16-byte vectors, no cp.async / multi-stage pipeline), and no split-K, so a grad_weight with
+// few output tiles and a long inner dimension (a conv's N * H * W) runs on few CTAs.
+// The same phases run on the host in emulate_chunk (torch.ops.splitkern_emulated), for tests.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
