@@ -88,6 +88,13 @@ struct SharedTiles {
   T a[TileT::BM][TileT::BK + kPad];
   T b[TileT::BK][TileT::BN + kPad];
   float c[TileT::BM][TileT::BN + kPadC];
+
+  // wmma needs 32-byte aligned fragment pointers and ldm a multiple of 8 (16-bit) / 4 (fp32)
+  // elements; fragments start every 16 rows and columns, so these suffice:
+  static_assert((TileT::BK + kPad) % 8 == 0 && (TileT::BN + kPad) % 8 == 0 && (TileT::BN + kPadC) % 4 == 0);
+  static_assert(16 * (TileT::BK + kPad) * sizeof(T) % 32 == 0 && 16 * (TileT::BN + kPad) * sizeof(T) % 32 == 0 &&
+                16 * (TileT::BN + kPadC) * sizeof(float) % 32 == 0 && 16 * sizeof(T) % 32 == 0);
+  static_assert(sizeof(a) % 32 == 0 && sizeof(b) % 32 == 0, "b and c start 32-byte aligned");
 };
 
 // The kernel's per-thread phases (between barriers), shared with the host emulation below.
