@@ -143,14 +143,23 @@ Window window(const ConvGeometry& geo) {
           geo.dilation[0], geo.dilation[1]};
 }
 
-void check_grad_out(const Tensor& grad_out, const Tensor& x, const ConvGeometry& geo, const GroupOffsets& off) {
+// A backward call's geometry and offsets, after checking x, weight, grad_out (shape, dtype,
+// device) and the indices against them.
+std::pair<ConvGeometry, GroupOffsets> checked_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                                       IntArrayRef in_sizes, IntArrayRef out_sizes,
+                                                       IntArrayRef kernel_size, IntArrayRef stride,
+                                                       IntArrayRef padding, IntArrayRef dilation,
+                                                       const OptTensor& in_index, const OptTensor& out_index) {
+  auto checked = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto& [geo, off] = checked;
   const std::vector<int64_t> want = {x.size(0), off.out.back(), geo.out_size(x.size(2), 0),
                                      geo.out_size(x.size(3), 1)};
   TORCH_CHECK(grad_out.sizes() == IntArrayRef(want), "grad_out must have shape ", IntArrayRef(want), ", got ",
               grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), "grad_out (",
-              grad_out.scalar_type(), ", ", grad_out.device(), ") must match x (", x.scalar_type(), ", ", x.device(),
-              ")");
+  check_like_weight(weight, grad_out, "grad_out");
+  check_like_weight(weight, x, "x");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
+  return checked;
 }
 
 // The tensor-core entry points (fp16/bf16; CPU tensors run the host emulation).
@@ -180,10 +189,8 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
                   IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                   IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
-  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
-  check_grad_out(grad_out, x, geo, off);
-  check_like_weight(weight, grad_out, "grad_out");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto [geo, off] = checked_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
+                                           dilation, in_index, out_index);
   const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
   const Tensor w = weight.contiguous();
   Tensor dx = at::empty(x.sizes(), grad_out.options().memory_format(x.suggest_memory_format()));
@@ -201,9 +208,8 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
                    IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                    IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
-  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
-  check_grad_out(grad_out, x, geo, off);
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
+  const auto [geo, off] = checked_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
+                                           dilation, in_index, out_index);
   const int64_t pixels = grad_out.size(0) * grad_out.size(2) * grad_out.size(3);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_grouped_conv_grad_weight_cuda", [&] {
