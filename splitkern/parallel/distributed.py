@@ -61,12 +61,6 @@ class DistributedSplit(nn.Module):
             placement = balanced_placement(self.set.costs, world)
         self.placement = check_placement(placement, len(self.set.parts), world)
         self.mine = [i for i, r in enumerate(self.placement) if r == rank]
-        self._class_index: dict = {}  # device -> this rank's class index tensors, copied there once
-
-    def _classes_on(self, device: torch.device) -> list[torch.Tensor]:
-        if device not in self._class_index:
-            self._class_index[device] = [self.set.classes[i].to(device) for i in self.mine]
-        return self._class_index[device]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -74,7 +68,8 @@ class DistributedSplit(nn.Module):
         out = x.new_zeros(x.shape[0], self.set.num_classes)
         if self.mine:  # an idle rank (more ranks than subtrees) contributes zeros
             features = self.set.trunk(x)
-            for i, classes in zip(self.mine, self._classes_on(out.device)):
-                out[:, classes] = self.set.branch(i, features)
+            classes = self.set.classes_on(out.device)
+            for i in self.mine:
+                out[:, classes[i]] = self.set.branch(i, features)
         dist.all_reduce(out, group=self.group)
         return out

@@ -49,7 +49,6 @@ class DeviceParallel(nn.Module):
         self.set.trunk_model.to(self.devices[0])
         for part, where in zip(self.set.parts, self.placement):
             part.to(self.devices[where])
-        self.class_index = [c.to(self.devices[0]) for c in self.set.classes]  # once, not a copy per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         home = self.devices[0]
@@ -57,7 +56,7 @@ class DeviceParallel(nn.Module):
         outs = [self.set.branch(i, features.to(self.devices[where], non_blocking=True))
                 for i, where in enumerate(self.placement)]
         out = features.new_zeros(x.shape[0], self.set.num_classes)
-        for classes, logits in zip(self.class_index, outs):
+        for classes, logits in zip(self.set.classes_on(home), outs):
             out[:, classes] = logits.to(home, non_blocking=True)
         return out
 
@@ -79,8 +78,7 @@ class StreamParallel(nn.Module):
         if device.type != "cuda":
             raise ValueError(f"move the split model to a CUDA device first (it is on {device})")
         self.streams = [torch.cuda.Stream(device) for _ in self.set.parts]
-        # on the GPU up front: a host-to-device copy inside _run would sync, which graph capture forbids
-        self.class_index = [c.to(device) for c in self.set.classes]
+        self.set.classes_on(device)  # copied before any graph capture
         self.capture = capture
         self._graphs: dict = {}
 
@@ -93,7 +91,7 @@ class StreamParallel(nn.Module):
             with torch.cuda.stream(stream):
                 outs.append(self.set.branch(i, features))
         out = features.new_zeros(x.shape[0], self.set.num_classes)
-        for stream, classes, logits in zip(self.streams, self.class_index, outs):
+        for stream, classes, logits in zip(self.streams, self.set.classes_on(out.device), outs):
             main.wait_stream(stream)
             features.record_stream(stream)
             logits.record_stream(main)

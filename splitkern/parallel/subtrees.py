@@ -180,6 +180,15 @@ class SubtreeSet(nn.Module):
         self.classes = [p.classes for p in parts]
         self.costs = [p.flops_per_sample for p in parts]
         self.num_classes = sum(len(c) for c in self.classes)
+        self._classes_by_device: dict = {}
+
+    def classes_on(self, device) -> list[torch.Tensor]:
+        """``classes`` copied to ``device`` once: a host-to-device copy per forward would block (and is
+        forbidden inside CUDA graph capture)."""
+        device = torch.device(device)
+        if device not in self._classes_by_device:
+            self._classes_by_device[device] = [c.to(device) for c in self.classes]
+        return self._classes_by_device[device]
 
     def trunk(self, x):
         for _, step in self.trunk_model.pipeline()[:self.start]:
