@@ -34,8 +34,8 @@ def check_placement(placement, subtrees_count: int, workers: int) -> list[int]:
 class DistributedSplit(nn.Module):
     """A split model whose subtrees run on different ranks; every rank returns the full logits.
 
-    Every rank holds the shared trunk (duplicated, as in the paper) and the subtrees the
-    placement gives it (default: balanced by FLOPs); it computes its classes' logits and an
+    Every rank holds the shared trunk (duplicated, as in the paper) and only the subtrees
+    the placement gives it (default: balanced by FLOPs); it computes its classes' logits and an
     ``all_reduce`` (sum; the other ranks contribute exact zeros) assembles all of them in
     class order, identical to the single-process model. With more ranks than subtrees the
     extra ranks hold no subtree and contribute zeros.
@@ -61,6 +61,7 @@ class DistributedSplit(nn.Module):
             placement = balanced_placement(self.set.costs, world)
         self.placement = check_placement(placement, len(self.set.parts), world)
         self.mine = [i for i, r in enumerate(self.placement) if r == rank]
+        self.set.keep_only(self.mine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -168,19 +168,74 @@ def start_step(split_model) -> int:
     return names.index(name)
 
 
+class _HeldElsewhere(nn.Module):
+    """Stands in for a module this copy never runs (the trunk's, or another subtree's): no weights."""
+
+    def __init__(self, name: str, holder: str):
+        super().__init__()
+        self.name, self.holder = name, holder
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"module {self.name!r} is not held by this copy; {self.holder} runs it")
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r}, held by {self.holder}"
+
+
+def _owns_state(module: nn.Module) -> bool:
+    return next(module.parameters(False), None) is not None or next(module.buffers(False), None) is not None
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _drop_modules(model: nn.Module, keep, holder: str) -> None:
+    """Replace each module that owns weights or buffers and that ``keep(name)`` rejects by a
+    :class:`_HeldElsewhere` (children before parents, so every name still resolves)."""
+    for name, module in reversed(list(model.named_modules())):
+        if name and _owns_state(module) and not keep(name):
+            _set_module(model, name, _HeldElsewhere(name, holder))
+
+
+def _subtree_prefixes(split_model, start: int) -> list[str]:
+    """Module names that belong to the subtrees: the steps from ``start`` on and every split or sliced layer."""
+    plan = split_model.split_structure
+    steps = [name for name, _ in split_model.pipeline()[start:]]
+    return steps + list(plan.layers) + list(plan.channels)
+
+
 class SubtreeSet(nn.Module):
-    """The shared trunk once, then any subset of subtrees: ``branch(i, trunk(x))`` gives subtree i's logits."""
+    """The shared trunk once, then any subset of subtrees: ``branch(i, trunk(x))`` gives subtree i's logits.
+
+    Every weight is held once: ``trunk_model`` is a copy of the split model without the
+    subtrees' modules, each of ``parts`` a subtree without the trunk's (what they do not
+    run is a weightless :class:`_HeldElsewhere` that raises if called). ``split_model``
+    itself is not kept or modified. :meth:`keep_only` drops the subtrees a process does
+    not run.
+    """
 
     def __init__(self, split_model, example: torch.Tensor | None = None):
         super().__init__()
         parts = subtrees(split_model, example)
         self.start = start_step(split_model)
-        self.trunk_model = split_model
+        prefixes = _subtree_prefixes(split_model, self.start)
+        self.trunk_model = copy.deepcopy(split_model)
+        _drop_modules(self.trunk_model, lambda name: not _under(name, prefixes), "a subtree (SubtreeSet.branch)")
+        for part in parts:
+            _drop_modules(part.module, lambda name: _under(name, prefixes), "the trunk (SubtreeSet.trunk)")
         self.parts = nn.ModuleList([p.module for p in parts])
         self.classes = [p.classes for p in parts]
         self.costs = [p.flops_per_sample for p in parts]
         self.num_classes = sum(len(c) for c in self.classes)
         self._classes_by_device: dict = {}
+
+    def keep_only(self, indices) -> None:
+        """Release the weights of every subtree not in ``indices`` (``branch`` on one of them raises)."""
+        keep = set(indices)
+        for i in range(len(self.parts)):
+            if i not in keep:
+                self.parts[i] = _HeldElsewhere(f"subtree {i}", "another process or device")
 
     def classes_on(self, device) -> list[torch.Tensor]:
         """``classes`` copied to ``device`` once: a host-to-device copy per forward would block (and is
@@ -196,6 +251,9 @@ class SubtreeSet(nn.Module):
         return x
 
     def branch(self, i: int, features):
-        for _, step in self.parts[i].pipeline()[self.start:]:
+        part = self.parts[i]
+        if isinstance(part, _HeldElsewhere):
+            part()
+        for _, step in part.pipeline()[self.start:]:
             features = step(features)
         return features
