@@ -23,6 +23,12 @@ def _device(spec) -> torch.device:
     return device
 
 
+def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, asynchronously unless the copy lands on the CPU (a non-blocking copy
+    to host memory returns before the data has arrived)."""
+    return tensor.to(device, non_blocking=device.type != "cpu")
+
+
 class DeviceParallel(nn.Module):
     """Trunk on ``devices[0]``, subtrees on the devices a placement gives them, logits gathered on ``devices[0]``.
 
@@ -34,7 +40,8 @@ class DeviceParallel(nn.Module):
 
     Features are copied to each subtree's device without blocking; kernels on different
     GPUs overlap because each device's work is queued before any result is read back.
-    ``split_model`` itself is moved to ``devices[0]`` (it runs the trunk).
+    Each device holds only what it runs (the trunk copy on ``devices[0]``, the subtrees
+    placed on it); ``split_model`` itself is neither kept nor moved.
     """
 
     def __init__(self, split_model, devices, placement=None, example: torch.Tensor | None = None):
@@ -46,27 +53,29 @@ class DeviceParallel(nn.Module):
         if placement is None:
             placement = balanced_placement(self.set.costs, len(self.devices))
         self.placement = check_placement(placement, len(self.set.parts), len(self.devices))
-        self.set.trunk_model.to(self.devices[0])
+        self.set.trunk_model.to(self.devices[0])  # the set's own copy, without the subtrees
         for part, where in zip(self.set.parts, self.placement):
             part.to(self.devices[where])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         home = self.devices[0]
         features = self.set.trunk(x.to(home))
-        outs = [self.set.branch(i, features.to(self.devices[where], non_blocking=True))
-                for i, where in enumerate(self.placement)]
+        outs = [self.set.branch(i, _copy(features, self.devices[where])) for i, where in enumerate(self.placement)]
         out = features.new_zeros(x.shape[0], self.set.num_classes)
         for classes, logits in zip(self.set.classes_on(home), outs):
-            out[:, classes] = logits.to(home, non_blocking=True)
+            out[:, classes] = _copy(logits, home)
         return out
 
 
 class StreamParallel(nn.Module):
     """One GPU: the trunk on the current stream, each subtree on its own CUDA stream.
 
+    Inference only: the forward runs under ``torch.no_grad()``. Input ``(B, C, H, W)`` on
+    the model's GPU; output ``(B, num_classes)`` logits in class order.
+
     ``capture=True`` records the whole forward (side streams forked from and rejoined to
-    the capture stream) in a CUDA graph per input shape and replays it; the returned
-    logits are a fresh tensor each call. Raises ``RuntimeError`` without CUDA.
+    the capture stream) in a CUDA graph per input shape, dtype and layout, and replays it;
+    the returned logits are a fresh tensor each call. Raises ``RuntimeError`` without CUDA.
     """
 
     def __init__(self, split_model, capture: bool = False, example: torch.Tensor | None = None):
@@ -77,6 +86,7 @@ class StreamParallel(nn.Module):
         device = next(split_model.parameters()).device
         if device.type != "cuda":
             raise ValueError(f"move the split model to a CUDA device first (it is on {device})")
+        self.device = device
         self.streams = [torch.cuda.Stream(device) for _ in self.set.parts]
         self.set.classes_on(device)  # copied before any graph capture
         self.capture = capture
@@ -98,10 +108,15 @@ class StreamParallel(nn.Module):
             out[:, classes] = logits
         return out
 
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device}; the model is on {self.device}")
         if not self.capture:
             return self._run(x)
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), x.stride(), x.dtype)
         if key not in self._graphs:
             static_in = x.clone()
             warm = torch.cuda.Stream()

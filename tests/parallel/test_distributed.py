@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from splitkern.models import alexnet, wrn
-from splitkern.parallel import DistributedSplit, balanced_placement, subtrees
+from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.parallel import DistributedSplit, SubtreeSet, balanced_placement, subtrees
 from splitkern.splitnet import split
 
 MODELS = {
@@ -48,6 +49,33 @@ def test_subtrees_rebuild_the_logits(name):
     assert all(p.flops_per_sample > 0 for p in parts)
 
 
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_subtree_set_holds_every_weight_once(name):
+    model = make_split_model(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = example_batch()
+    subtree_set = SubtreeSet(model, x)
+    assert _count(subtree_set) == _count(model)  # trunk copy + subtrees partition the weights
+    assert not any(isinstance(m, (SplitConv2d, SplitLinear)) for m in subtree_set.trunk_model.modules())
+    out = torch.zeros(x.shape[0], subtree_set.num_classes)
+    features = subtree_set.trunk(x)
+    for i, classes in enumerate(subtree_set.classes):
+        out[:, classes] = subtree_set.branch(i, features)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is not modified
+    with pytest.raises(RuntimeError, match="not held by this copy"):
+        subtree_set.parts[0](x)  # a subtree no longer runs the trunk itself
+    subtree_set.keep_only([1])
+    assert _count(subtree_set.parts[0]) == 0
+    with pytest.raises(RuntimeError, match="subtree 0.*not held"):
+        subtree_set.branch(0, features)
+    torch.testing.assert_close(subtree_set.branch(1, features), out[:, subtree_set.classes[1]], rtol=0, atol=0)
+
+
 def test_balanced_placement():
     assert balanced_placement([5, 1, 4, 2], 2) == [0, 0, 1, 1]  # loads 5+1 and 4+2
     assert balanced_placement([1, 1], 3) == [0, 1]
@@ -60,8 +88,9 @@ def _worker(rank, world, name, store, results, placement):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model = DistributedSplit(make_split_model(name), placement=placement, example=example_batch())
+        held = [i for i, part in enumerate(model.set.parts) if _count(part)]
         with torch.no_grad():
-            torch.save(model(example_batch()), os.path.join(results, f"{rank}.pt"))
+            torch.save((model(example_batch()), held, model.placement), os.path.join(results, f"{rank}.pt"))
         dist.barrier()  # no rank tears gloo down while a peer still uses it (that aborts the peer)
     finally:
         dist.destroy_process_group()
@@ -73,7 +102,9 @@ def test_gloo_processes_match_single_process(tmp_path, name, world):
     expected = make_split_model(name)(example_batch())
     mp.spawn(_worker, args=(world, name, str(tmp_path / "store"), str(tmp_path), None), nprocs=world, join=True)
     for rank in range(world):
-        torch.testing.assert_close(torch.load(tmp_path / f"{rank}.pt"), expected, rtol=0, atol=1e-6)
+        logits, held, placement = torch.load(tmp_path / f"{rank}.pt")
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+        assert held == [i for i, r in enumerate(placement) if r == rank]  # only its own subtrees' weights
 
 
 def test_bad_placements(tmp_path):
@@ -129,3 +160,15 @@ def test_infer_under_torchrun_matches_one_process(tmp_path):
     assert single.returncode == 0 and multi.returncode == 0, single.stderr[-2000:] + multi.stderr[-2000:]
     accuracy = single.stdout.split("test accuracy ")[1].split("%")[0]
     assert f"test accuracy {accuracy}% (DistributedSplit over 2 ranks)" in multi.stdout
+
+
+@pytest.mark.parametrize("spec, env, expected", [
+    ("cuda", {"WORLD_SIZE": "4", "LOCAL_RANK": "3"}, "cuda:3"),  # NCCL: one GPU per rank
+    ("cuda", {}, "cuda"),
+    ("cuda:1", {"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "cuda:1"),  # an explicit index is kept
+    ("cpu", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu"),
+])
+def test_infer_device_per_rank(spec, env, expected):
+    from splitkern.cli import _rank_device
+
+    assert _rank_device(spec, env) == torch.device(expected)

@@ -44,6 +44,41 @@ def test_stream_parallel_matches_sequential(name, capture):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("capture", [False, True])
+def test_stream_parallel_waits_for_every_stream(monkeypatch, capture):
+    """A GPU sleep before the trunk and before each subtree: a missing fork (side stream not
+    waiting for the trunk) or join (logits read before a side stream is done) reads stale
+    memory, which holds the previous input's values, so the logits come out wrong."""
+    model = make_split_model("wrn-2-4-8").cuda()
+    parallel = StreamParallel(model, capture=capture)
+    trunk, branch = parallel.set.trunk, parallel.set.branch
+    cycles = 20_000_000  # about 10 ms per sleep
+
+    def slow_trunk(x):
+        torch.cuda._sleep(cycles)
+        return trunk(x)
+
+    def slow_branch(i, features):
+        torch.cuda._sleep(cycles)
+        return branch(i, features)
+
+    monkeypatch.setattr(parallel.set, "trunk", slow_trunk)
+    monkeypatch.setattr(parallel.set, "branch", slow_branch)
+    for seed in range(3):
+        x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(seed)).cuda()
+        torch.testing.assert_close(parallel(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_stream_parallel_checks_its_input():
+    parallel = StreamParallel(make_split_model("wrn-4").cuda())
+    with pytest.raises(ValueError, match="x is on cpu"):
+        parallel(example_batch())
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        parallel([1.0])
+
+
+@pytest.mark.gpu
 def test_device_parallel_on_gpus():
     devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     model = make_split_model("wrn-2-4-8")
