@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--ckpt", required=True)
     infer.add_argument("--data", default="synthetic")
     infer.add_argument("--batch-size", type=int, default=256)
-    infer.add_argument("--device", default="cpu")
+    infer.add_argument("--device", default="cpu", help="'cuda' under torchrun: each rank takes cuda:LOCAL_RANK")
     return parser
 
 
@@ -109,6 +109,17 @@ def _plan(args) -> None:
     print(format_cost_model(cost_model(model, example, workers)))
 
 
+def _rank_device(spec: str, env):
+    """The device of this process: ``cuda`` without an index means ``cuda:LOCAL_RANK`` under torchrun
+    (NCCL needs one GPU per rank); anything else as given."""
+    import torch
+
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is None and int(env.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
+    return device
+
+
 def _infer(args) -> None:
     import os
     import time
@@ -118,7 +129,9 @@ def _infer(args) -> None:
     import splitkern
     from splitkern import data
 
-    device = torch.device(args.device)
+    device = _rank_device(args.device, os.environ)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     model = splitkern.load(args.ckpt).eval().to(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
