@@ -14,14 +14,15 @@ export SPLITKERN_SKIP_CUDA_BUILD=${SPLITKERN_SKIP_CUDA_BUILD:-0}
 } > "$OUT/env.txt" 2>&1
 
 # 1. correctness on the GPU (gpu-marked tests included), with a memcheck of the op tests when available
-python3 -m pytest -q tests -x -p no:cacheprovider > "$OUT/tests.txt" 2>&1
+# (no -x: one session should report every GPU failure, not the first)
+python3 -m pytest -q tests -p no:cacheprovider -rfEs > "$OUT/tests.txt" 2>&1
 if command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck python3 -m pytest -q tests/ops -x -k "not fuzz and not compile" \
     > "$OUT/memcheck.txt" 2>&1
 fi
 
 # 2. benchmarks: CSV + plot per op into benchmarks/results, copied to $OUT
-for op in block_diag_mm grouped_conv group_weight_reg; do
+for op in block_diag_mm grouped_conv group_weight_reg split_inference; do
   python3 benchmarks/bench_${op}.py > "$OUT/bench_${op}.txt" 2>&1
 done
 cp benchmarks/results/*gpu* "$OUT/" 2>/dev/null
