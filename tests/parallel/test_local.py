@@ -85,3 +85,11 @@ def test_device_parallel_on_gpus():
     x = example_batch()
     expected = model(x)
     torch.testing.assert_close(DeviceParallel(model, devices)(x).cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_device_parallel_compiles():
+    model = make_split_model("wrn-2-4-8")
+    x = example_batch()
+    compiled = torch.compile(DeviceParallel(model, ["cpu", "cpu"], example=x))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
