@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
     plan.add_argument("--workers", default="1,2,4,8")
     plan.add_argument("--image-size", type=int, default=32)
+    plan.add_argument("--batch-size", type=int, default=256, help="batch for the communication volumes")
 
     infer = sub.add_parser("infer", help="test accuracy of a split model; under torchrun its subtrees run on "
                                          "different ranks (DistributedSplit)")
@@ -106,7 +107,7 @@ def _plan(args) -> None:
     model = splitkern.load(args.ckpt).eval()
     example = torch.randn(1, 3, args.image_size, args.image_size)
     workers = tuple(int(w) for w in args.workers.split(","))
-    print(format_cost_model(cost_model(model, example, workers)))
+    print(format_cost_model(cost_model(model, example, workers, batch=args.batch_size)))
 
 
 def _rank_device(spec: str, env):

@@ -17,34 +17,64 @@ class _Trunk(torch.nn.Module):
         return self.set.trunk(x)
 
 
-def cost_model(split_model, example: torch.Tensor, workers=(1, 2, 4, 8)) -> dict:
-    """Per-sample FLOPs of the trunk and each subtree, and for each worker count the balanced
-    placement, the predicted speedup over one worker, and the all-reduce bytes per sample.
+def _state_bytes(module: torch.nn.Module) -> int:
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def cost_model(split_model, example: torch.Tensor, workers=(1, 2, 4, 8), batch: int = 256) -> dict:
+    """What running the subtrees of ``split_model`` on 1..N workers costs and buys.
+
+    Per sample: FLOPs of the trunk and of each subtree, and the bytes of the features at the
+    cut (the trunk's output). Per copy: weight (+ buffer) bytes of the trunk and of each
+    subtree. For each worker count: the balanced placement, the predicted speedup over one
+    worker, and the communication per batch of ``batch`` samples, for
+    :class:`~splitkern.parallel.DistributedSplit` (a ring all-reduce of the logits: each rank
+    sends 2 (n-1)/n of them) and :class:`~splitkern.parallel.DeviceParallel` (features to every
+    other device that holds a subtree, its logits back).
 
     The prediction assumes time proportional to FLOPs and every worker running the trunk
     (duplicated, as in :class:`~splitkern.parallel.DistributedSplit`).
     """
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     subtree_set = SubtreeSet(split_model, example)
     trunk = _flops(_Trunk(subtree_set), example)
+    with torch.no_grad():
+        features = subtree_set.trunk(example[:1])
+    cut_bytes = features.numel() * features.element_size()
+    logit_bytes = features.element_size()
     own = [max(cost - trunk, 0) for cost in subtree_set.costs]
     total = trunk + sum(own)
+    classes = [len(c) for c in subtree_set.classes]
     plans = []
     for n in workers:
         placement = balanced_placement(own, n)
         load = [trunk + sum(c for c, w in zip(own, placement) if w == k) for k in range(n)]
-        busiest = max(load)
-        plans.append({"workers": n, "placement": placement, "predicted_speedup": total / busiest,
-                      # ring all-reduce of the fp32 logits: 2 (n-1)/n of B x C x 4 bytes per rank
-                      "allreduce_bytes_per_sample": 2 * (n - 1) / n * subtree_set.num_classes * 4})
-    return {"trunk_flops": trunk, "subtree_flops": own,
-            "subtree_classes": [len(c) for c in subtree_set.classes], "total_flops": total, "plans": plans}
+        remote = [i for i, w in enumerate(placement) if w != 0]
+        plans.append({
+            "workers": n, "placement": placement, "predicted_speedup": total / max(load),
+            "allreduce_bytes_per_batch": 2 * (n - 1) / n * sum(classes) * logit_bytes * batch,
+            "device_copy_bytes_per_batch": (len({placement[i] for i in remote}) * cut_bytes
+                                            + sum(classes[i] for i in remote) * logit_bytes) * batch,
+        })
+    return {"trunk_flops": trunk, "subtree_flops": own, "subtree_classes": classes, "total_flops": total,
+            "cut_bytes_per_sample": cut_bytes, "trunk_bytes": _state_bytes(subtree_set.trunk_model),
+            "subtree_bytes": [_state_bytes(part) for part in subtree_set.parts], "batch": batch, "plans": plans}
 
 
 def format_cost_model(report: dict) -> str:
+    mb = 1e6
     lines = [f"per sample: trunk {report['trunk_flops'] / 1e6:.1f} MFLOP, subtrees "
              + ", ".join(f"{f / 1e6:.1f}" for f in report["subtree_flops"]) + " MFLOP "
-             + f"(classes {report['subtree_classes']}), total {report['total_flops'] / 1e6:.1f} MFLOP"]
+             + f"(classes {report['subtree_classes']}), total {report['total_flops'] / 1e6:.1f} MFLOP; "
+             + f"features at the cut {report['cut_bytes_per_sample']} B",
+             f"weights: trunk {report['trunk_bytes'] / mb:.2f} MB, subtrees "
+             + ", ".join(f"{b / mb:.2f}" for b in report["subtree_bytes"]) + " MB",
+             f"communication per batch of {report['batch']}:"]
     for plan in report["plans"]:
         lines.append(f"  {plan['workers']} workers: predicted speedup {plan['predicted_speedup']:.2f}x, "
-                     f"placement {plan['placement']}, all-reduce {plan['allreduce_bytes_per_sample']:.0f} B/sample")
+                     f"placement {plan['placement']}, DistributedSplit all-reduce "
+                     f"{plan['allreduce_bytes_per_batch'] / mb:.3f} MB, DeviceParallel copies "
+                     f"{plan['device_copy_bytes_per_batch'] / mb:.3f} MB")
     return "\n".join(lines)

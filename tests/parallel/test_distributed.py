@@ -132,15 +132,31 @@ def test_cost_model_and_cli(tmp_path):
     from splitkern.parallel.cost import cost_model
 
     model = make_split_model("wrn-2-4-8")
-    report = cost_model(model, example_batch(), workers=(1, 2, 3))
+    x = example_batch()
+    report = cost_model(model, x, workers=(1, 2, 3), batch=5)
     assert report["plans"][0]["predicted_speedup"] == pytest.approx(1.0)
     assert 1.0 < report["plans"][1]["predicted_speedup"] <= 2.0
     assert report["total_flops"] == report["trunk_flops"] + sum(report["subtree_flops"])
+    # bytes, from the model itself: the cut is the output of conv1 + stage 0 (the split starts at stage 1);
+    # the weights are held once, so trunk + subtrees = the split model's parameters (4 bytes each) + the buffers
+    cut = model.stages[0](model.conv1(x[:1]))
+    assert report["cut_bytes_per_sample"] == cut.numel() * 4
+    buffers = sum(b.numel() * b.element_size() for b in SubtreeSet(model).buffers())  # int64 indices among them
+    assert report["trunk_bytes"] + sum(report["subtree_bytes"]) == 4 * _count(model) + buffers
+    one, two = report["plans"][0], report["plans"][1]
+    assert one["allreduce_bytes_per_batch"] == one["device_copy_bytes_per_batch"] == 0
+    assert two["allreduce_bytes_per_batch"] == 5 * 10 * 4  # ring all-reduce: 2 (n-1)/n = 1 of the logits
+    remote = [i for i, w in enumerate(two["placement"]) if w == 1]
+    assert two["device_copy_bytes_per_batch"] == 5 * (cut.numel() * 4 + 4 * sum(report["subtree_classes"][i]
+                                                                                 for i in remote))
+    with pytest.raises(ValueError, match="batch"):
+        cost_model(model, x, batch=0)
     path = splitkern.save(model, tmp_path / "split.pt")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "splitkern.cli", "plan", "--ckpt", str(path), "--workers", "1,2"],
-                         capture_output=True, text=True, timeout=300, env=env, check=False)
+    out = subprocess.run([sys.executable, "-m", "splitkern.cli", "plan", "--ckpt", str(path), "--workers", "1,2",
+                          "--batch-size", "64"], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert out.returncode == 0 and "2 workers: predicted speedup" in out.stdout, out.stderr
+    assert "communication per batch of 64" in out.stdout and "features at the cut" in out.stdout
 
 
 def test_infer_under_torchrun_matches_one_process(tmp_path):
