@@ -14,6 +14,7 @@ over the batch for every weight tile.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,19 @@ import triton
 import triton.language as tl
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+
+def on_input_device(fn):
+    """Run ``fn`` with its first argument's CUDA device current. Triton launches on the current
+    device (and its current stream), not on the device of the tensors it is given: a layer on
+    cuda:1 called while cuda:0 is current would otherwise run on the wrong GPU."""
+    @functools.wraps(fn)
+    def run(first, *args, **kwargs):
+        if first.device.type != "cuda":
+            return fn(first, *args, **kwargs)
+        with torch.cuda.device(first.device):
+            return fn(first, *args, **kwargs)
+    return run
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,7 @@ def bias_grad_launch(grad_out, db, out_index, cfg: MMConfig = BIAS_GRAD_CONFIG):
     return (triton.cdiv(n, cfg.block_n),), args, kwargs
 
 
+@on_input_device
 def block_diag_mm_grad_bias(grad_out, out_index=None):
     """Bias gradient in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``, one launch."""
     db = grad_out.new_empty((grad_out.shape[1],))
@@ -312,16 +327,19 @@ def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
     return c
 
 
+@on_input_device
 def block_diag_mm(x, weight, bias, layout, in_index=None, out_index=None):
     """Forward: (M, K) -> (M, N); see :func:`splitkern.ops.block_diag_mm`."""
     return _launch_grouped_mm(x, weight, bias, layout, False, in_index, out_index)
 
 
+@on_input_device
 def block_diag_mm_grad_input(grad_out, weight, layout, in_index=None, out_index=None):
     """Input gradient: (M, N) -> (M, K); gathers dY by out_index, scatters dX by in_index."""
     return _launch_grouped_mm(grad_out, weight, None, layout, True, out_index, in_index)
 
 
+@on_input_device
 def block_diag_mm_grad_weight(grad_out, x, layout, in_index=None, out_index=None):
     """Weight gradient, packed like the weight."""
     dw = x.new_empty((layout.weight_numel,))

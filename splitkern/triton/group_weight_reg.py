@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from splitkern.triton.block_diag_mm import MMConfig, _input_precision
+from splitkern.triton.block_diag_mm import MMConfig, _input_precision, on_input_device
 
 # (block_m unused, block_n = output-feature tile, block_k = input-feature tile)
 REG_CONFIG = MMConfig(16, 64, 64, 8, 1)  # 8 warps: the backward tile spilled with 4 (kernel report)
@@ -110,6 +110,7 @@ def reg_backward_launch(weight, p, q, da, db, dw, cross_p, cross_q, cfg: MMConfi
     return grid, (weight, p, q, da, db, dw, cross_p, cross_q, *sizes), meta
 
 
+@on_input_device
 def group_weight_reg_gemms(weight, p, q):
     """``(a, b)`` as :func:`splitkern.reference.group_weight_reg.group_weight_reg_gemms` (fp32)."""
     weight, p, q = weight.contiguous(), p.contiguous(), q.contiguous()
@@ -121,6 +122,7 @@ def group_weight_reg_gemms(weight, p, q):
     return a, b
 
 
+@on_input_device
 def group_weight_reg_gemms_backward(weight, p, q, grad_a, grad_b):
     """``(dW, dP, dQ)`` as the reference's backward."""
     weight, p, q = weight.contiguous(), p.contiguous(), q.contiguous()

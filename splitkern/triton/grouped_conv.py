@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from splitkern.reference.grouped_conv import new_activation, output_shape
-from splitkern.triton.block_diag_mm import MMConfig, _group_range, _index_or_dummy, _input_precision
+from splitkern.triton.block_diag_mm import MMConfig, _group_range, _index_or_dummy, _input_precision, on_input_device
 
 # Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
 # the weight is read with per-element addresses (taps are innermost in the packed
@@ -268,6 +268,7 @@ def conv_grad_weight_launch(grad_out, x, dw, layout, geometry, in_index, out_ind
     return grid, args, kwargs
 
 
+@on_input_device
 def grouped_conv(x, weight, bias, layout, kernel_size, stride, padding, dilation, in_index=None, out_index=None):
     """Forward; see :func:`splitkern.ops.grouped_conv`."""
     shape = output_shape(x.shape, layout.out_features, kernel_size, stride, padding, dilation)
@@ -282,6 +283,7 @@ def grouped_conv(x, weight, bias, layout, kernel_size, stride, padding, dilation
     return y
 
 
+@on_input_device
 def grouped_conv_grad_input(grad_out, weight, x, layout, kernel_size, stride, padding, dilation,
                             in_index=None, out_index=None):
     """Input gradient, shaped and laid out like x."""
@@ -297,6 +299,7 @@ def grouped_conv_grad_input(grad_out, weight, x, layout, kernel_size, stride, pa
     return dx
 
 
+@on_input_device
 def grouped_conv_grad_weight(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
                              in_index=None, out_index=None):
     """Weight gradient, packed like the weight."""
