@@ -188,3 +188,23 @@ def test_infer_device_per_rank(spec, env, expected):
     from splitkern.cli import _rank_device
 
     assert _rank_device(spec, env) == torch.device(expected)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_parallel_example_matches_the_split_model(ranks):
+    """examples/parallel_subtrees.py, as the README runs it: plain (DeviceParallel) and under torchrun."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "parallel_subtrees.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    out = subprocess.run([sys.executable, *launcher, str(example), "--batch-size", "3"], capture_output=True,
+                         text=True, timeout=300, env=env, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    errors = [float(e) for e in re.findall(r"max \|difference\| to the split model (\S+)", out.stdout)]
+    assert errors and max(errors) <= 1e-6, out.stdout
+    assert ("DistributedSplit over 2 ranks" if ranks > 1 else "DeviceParallel") in out.stdout

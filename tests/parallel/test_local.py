@@ -93,3 +93,18 @@ def test_device_parallel_compiles():
     compiled = torch.compile(DeviceParallel(model, ["cpu", "cpu"], example=x))
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_readme_parallel_snippet_runs():
+    """The README's 'Running subtrees in parallel' code block, executed as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Running subtrees in parallel"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (8, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["y"], namespace["model"](namespace["x"]), rtol=0, atol=1e-6)
