@@ -20,7 +20,7 @@ demo: install
 	$(VENV)/bin/splitkern plot runs/demo
 
 test: install
-	$(VENV)/bin/ruff check splitkern tests benchmarks
+	$(VENV)/bin/ruff check splitkern tests benchmarks examples experiments
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: install
