@@ -253,7 +253,7 @@ class SubtreeSet(nn.Module):
     def branch(self, i: int, features):
         part = self.parts[i]
         if isinstance(part, _HeldElsewhere):
-            part()
+            raise RuntimeError(f"subtree {i} is not held by this process (SubtreeSet.keep_only released it)")
         for _, step in part.pipeline()[self.start:]:
             features = step(features)
         return features
