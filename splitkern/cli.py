@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.1)
     train.add_argument("--assign-lr", type=float, default=10.0, help="learning rate of the assignment logits")
     train.add_argument("--assign-init", choices=("cluster", "random"), default="cluster")
+    train.add_argument("--gammas", default="1,1,10", help="weights of R_D, R_W, R_E in stage 1 (gamma1,gamma2,gamma3)")
     train.add_argument("--assign-confidence", type=float, default=1.0,
                        help="logit given to the clustered group at init (higher = harder to move)")
     train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
@@ -67,9 +68,13 @@ def _train_config(args):
     stage1 = args.stage1_epochs if args.stage1_epochs is not None else max(2, epochs - stage2)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else stage1 // 3
     baselines = tuple(b for b in args.baselines.split(",") if b)
+    try:
+        gammas = tuple(float(g) for g in args.gammas.split(","))
+    except ValueError:
+        raise ValueError(f"--gammas must be three comma-separated numbers, got {args.gammas!r}") from None
     return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
-                       assign_lr=args.assign_lr, assign_init=args.assign_init,
+                       assign_lr=args.assign_lr, assign_init=args.assign_init, gammas=gammas,
                        assign_confidence=args.assign_confidence, precision=args.precision, baselines=baselines,
                        device=args.device, seed=args.seed, out=args.out, resume=args.resume,
                        tensorboard=not args.no_tensorboard)

@@ -73,6 +73,9 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.assign_confidence <= 0:
             raise ValueError(f"assign_confidence must be > 0, got {self.assign_confidence}")
+        gammas = tuple(self.gammas)
+        if len(gammas) != 3 or not all(isinstance(g, (int, float)) and 0 <= g < math.inf for g in gammas):
+            raise ValueError(f"gammas must be three finite numbers >= 0 (R_D, R_W, R_E), got {self.gammas!r}")
         if self.assign_init not in ("cluster", "random"):
             raise ValueError(f"assign_init must be 'cluster' or 'random', got {self.assign_init!r}")
         unknown = set(self.baselines) - set(BASELINES)

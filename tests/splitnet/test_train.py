@@ -68,7 +68,9 @@ def test_resume_after_a_kill_loses_nothing(tmp_path, tiny, monkeypatch):
 def test_bad_configs(tmp_path):
     for kw, words in ((dict(warmup_epochs=2), "warmup_epochs"), (dict(baselines=("oracle",)), "baselines"),
                       (dict(model="resnet"), "wrn16-8"), (dict(assign_init="best"), "assign_init"),
-                      (dict(precision="fp8"), "precision"), (dict(assign_confidence=0.0), "assign_confidence")):
+                      (dict(precision="fp8"), "precision"), (dict(assign_confidence=0.0), "assign_confidence"),
+                      (dict(gammas=(1, -1, 10)), "gammas"), (dict(gammas=(1, 1)), "gammas"),
+                      (dict(gammas=(1, float("nan"), 10)), "gammas")):
         with pytest.raises(ValueError, match=words):
             Trainer(config(tmp_path, **kw), data.synthetic_hierarchy(train_per_class=1, test_per_class=1))
 
@@ -111,9 +113,23 @@ def test_cli_epoch_split():
     assert (cfg.stage1_epochs, cfg.stage2_epochs, cfg.warmup_epochs) == (10, 5, 3)
     assert cfg.baselines == ("dense", "cluster")
     assert (cfg.precision, cfg.assign_confidence) == ("fp32", 1.0)
-    args = ["train", "--out", "x", "--precision", "bf16", "--assign-confidence", "4"]
+    args = ["train", "--out", "x", "--precision", "bf16", "--assign-confidence", "4", "--gammas", "1,0.1,10"]
     cfg = _train_config(_parser().parse_args(args))
-    assert (cfg.precision, cfg.assign_confidence) == ("bf16", 4.0)
+    assert (cfg.precision, cfg.assign_confidence, cfg.gammas) == ("bf16", 4.0, (1.0, 0.1, 10.0))
+    assert _train_config(_parser().parse_args(["train", "--out", "x"])).gammas == (1.0, 1.0, 10.0)
+    with pytest.raises(ValueError, match="--gammas"):
+        _train_config(_parser().parse_args(["train", "--out", "x", "--gammas", "1,one,10"]))
+
+
+def test_zero_gammas_leave_the_assignments_at_their_init(tmp_path, tiny):
+    """The classification loss never reaches the assignments: with every gamma 0 stage 1 cannot move them."""
+    run(config(tmp_path, gammas=(0.0, 0.0, 0.0), assign_confidence=3.0), tiny)
+    state = torch.load(tmp_path / "stage1.pt", weights_only=False)["state_dict"]
+    logits = [v for k, v in state.items() if k.startswith("assignments.")]
+    assert logits
+    for alpha in logits:  # still the cluster init: 3.0 on the chosen group, 0 elsewhere
+        assert torch.equal(alpha.sort(0).values[-1], torch.full_like(alpha[0], 3.0))
+        assert torch.count_nonzero(alpha) == alpha.shape[1]
 
 
 def test_nmi_reference_values():
