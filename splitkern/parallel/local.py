@@ -114,8 +114,10 @@ class StreamParallel(nn.Module):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         if x.device != self.device:
             raise ValueError(f"x is on {x.device}; the model is on {self.device}")
-        if not self.capture:
-            return self._run(x)
+        with torch.cuda.device(self.device):  # streams, capture and replay on the model's GPU, not the current one
+            return self._run(x) if not self.capture else self._replay(x)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.stride(), x.dtype)
         if key not in self._graphs:
             static_in = x.clone()

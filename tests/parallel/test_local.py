@@ -70,6 +70,18 @@ def test_stream_parallel_waits_for_every_stream(monkeypatch, capture):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("capture", [False, True])
+def test_stream_parallel_on_a_gpu_that_is_not_current(capture):
+    torch.cuda.set_device(0)
+    model = make_split_model("wrn-2-4-8").to("cuda:1")
+    x = example_batch().to("cuda:1")
+    parallel = StreamParallel(model, capture=capture)
+    for _ in range(2):
+        torch.testing.assert_close(parallel(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
 def test_stream_parallel_checks_its_input():
     parallel = StreamParallel(make_split_model("wrn-4").cuda())
     with pytest.raises(ValueError, match="x is on cpu"):
