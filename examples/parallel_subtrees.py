@@ -3,7 +3,8 @@
     python examples/parallel_subtrees.py                           # DeviceParallel (+ StreamParallel with CUDA)
     torchrun --nproc-per-node 2 examples/parallel_subtrees.py      # DistributedSplit over 2 processes
 
-Runs on CPU (gloo, CPU "devices") as well as on GPUs (NCCL, one GPU per rank). Pass
+Runs on CPU (gloo, CPU "devices") as well as on GPUs (NCCL when every local rank has its own
+GPU, else gloo on CPU). Pass
 ``--ckpt split.pt`` (from ``splitkern train``) to use a trained model instead of a fresh
 WRN-16-2 with a random 2-2-2 split.
 """
@@ -39,14 +40,15 @@ def single_process(model, x: torch.Tensor) -> None:
     devices = [f"cuda:{i}" for i in range(gpus)] if gpus >= 2 else ["cpu", "cpu"]
     report(f"DeviceParallel on {devices}", DeviceParallel(model, devices, example=x)(x), expected)
     if gpus:
-        streams = StreamParallel(model.cuda(), capture=True, example=x.cuda())
-        report("StreamParallel (CUDA graph)", streams(x.cuda()), expected)
+        model, x = model.cuda(), x.cuda()
+        streams = StreamParallel(model, capture=True, example=x)
+        report("StreamParallel (CUDA graph)", streams(x), model(x))  # against the same GPU's kernels
 
 
 def distributed(model, x: torch.Tensor) -> None:
     import torch.distributed as dist
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.device_count() >= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # NCCL: one GPU per rank
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")

@@ -137,6 +137,9 @@ def _infer(args) -> None:
 
     device = _rank_device(args.device, os.environ)
     if device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {args.device}: this process needs {device}, but there are "
+                             f"{torch.cuda.device_count()} CUDA devices (under torchrun: one GPU per rank)")
         torch.cuda.set_device(device)
     model = splitkern.load(args.ckpt).eval().to(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

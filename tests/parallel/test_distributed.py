@@ -206,5 +206,5 @@ def test_parallel_example_matches_the_split_model(ranks):
                          text=True, timeout=300, env=env, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     errors = [float(e) for e in re.findall(r"max \|difference\| to the split model (\S+)", out.stdout)]
-    assert errors and max(errors) <= 1e-6, out.stdout
+    assert errors and max(errors) <= 1e-5, out.stdout
     assert ("DistributedSplit over 2 ranks" if ranks > 1 else "DeviceParallel") in out.stdout
