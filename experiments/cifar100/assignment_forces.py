@@ -24,26 +24,6 @@ import torch
 from splitkern import data as sk_data
 from splitkern import models
 from splitkern.splitnet import convert, grouping
-from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
-
-
-def terms(model) -> dict[str, torch.Tensor]:
-    """The three regularisers, unweighted, as :func:`splitkern.splitnet.convert.regularization` sums them."""
-    plan = model.split_plan
-    modules = dict(model.named_modules())
-    probs = [a.probs() for a in model.assignments.values()]
-    r_w = sum(group_weight_reg(modules[name].weight, convert.level_probs(model, role.in_key, role.level),
-                               convert.level_probs(model, role.out_key, role.level))
-              for name, role in plan.layers.items())
-    return {"R_D": torch.stack([disjoint_reg(p) for p in probs]).mean(), "R_W": r_w,
-            "R_E": torch.stack([balance_reg(p) for p in probs]).mean()}
-
-
-def cluster_init(model, confidence: float, seed: int = 0) -> None:
-    plan = model.split_plan
-    last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
-    classes = grouping.kmeans(model.get_submodule(last).weight, plan.groups(plan.layers[last].level), seed=seed)
-    grouping.apply_groups(model, grouping.propagate_groups(model, classes), confidence)
 
 
 def simulate(model, gammas, lr: float, steps: int) -> dict:
@@ -57,14 +37,13 @@ def simulate(model, gammas, lr: float, steps: int) -> dict:
     start = model.assignments[key].hard().clone()
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
     for _ in range(steps):
-        parts = terms(model)
-        loss = sum(g * parts[name] for g, name in zip(gammas, ("R_D", "R_W", "R_E")))
+        loss = convert.regularization(model, gammas)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     final = model.assignments[key].hard()
     return {"final": final, "moved": int((final != start).sum()), "sizes": torch.bincount(final, minlength=2).tolist(),
-            "terms": {k: float(v.detach()) for k, v in terms(model).items()}}
+            "terms": {k: float(v.detach()) for k, v in convert.regularization_terms(model).items()}}
 
 
 def start_gradients(model) -> dict[str, float]:
@@ -72,7 +51,7 @@ def start_gradients(model) -> dict[str, float]:
     logits = model.assignments[model.split_plan.output_key].logits
     def norm(value):
         return float(torch.autograd.grad(value, logits, retain_graph=True, materialize_grads=True)[0].norm())
-    return {name: norm(value) for name, value in terms(model).items()}
+    return {name: norm(value) for name, value in convert.regularization_terms(model).items()}
 
 
 def main() -> None:
@@ -88,7 +67,7 @@ def main() -> None:
     dataset = sk_data.load(args.data)
     model = models.build(args.model, dataset.num_classes, args.split)
     model.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"])
-    cluster_init(model, args.confidence)
+    grouping.apply_groups(model, grouping.cluster_groups(model), args.confidence)  # as the trainer does
     key = model.split_plan.output_key
     init = model.assignments[key].hard().clone()
     print(f"cluster init: class groups {torch.bincount(init).tolist()}, "

@@ -1,6 +1,7 @@
 """From a model trained with assignments to the physically split model (DESIGN.md §1, stage 2).
 
-* :func:`regularization`: gamma1 mean(R_D) + gamma2 sum R_W + gamma3 mean(R_E) of a split-aware model.
+* :func:`regularization`: gamma1 mean(R_D) + gamma2 sum R_W + gamma3 mean(R_E) of a split-aware model
+  (:func:`regularization_terms`: the three terms unweighted).
 * :func:`hard_groups`: argmax group ids of an assignment at a split level. In a tree the
   lower level's ids are the upper ids' parents (``id // ratio``), so one channel order
   (sorted by the upper ids) is grouped for both levels.
@@ -55,17 +56,22 @@ def empty_groups(model) -> list[str]:
     return [f"{key}[{g}]" for key, sizes in group_sizes(model).items() for g, size in enumerate(sizes) if size == 0]
 
 
-def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
-    """``gamma1 mean(R_D) + gamma2 sum_layers R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model."""
+def regularization_terms(model) -> dict[str, torch.Tensor]:
+    """The unweighted ``{"R_D": mean(R_D), "R_W": sum_layers R_W, "R_E": mean(R_E)}`` of a split-aware model."""
     plan = _plan(model)
     modules = dict(model.named_modules())
     r_w = sum(group_weight_reg(modules[name].weight, level_probs(model, role.in_key, role.level),
                                level_probs(model, role.out_key, role.level))
               for name, role in plan.layers.items())
     probs = [a.probs() for a in model.assignments.values()]
-    r_d = torch.stack([disjoint_reg(p) for p in probs]).mean()
-    r_e = torch.stack([balance_reg(p) for p in probs]).mean()
-    return gammas[0] * r_d + gammas[1] * r_w + gammas[2] * r_e
+    return {"R_D": torch.stack([disjoint_reg(p) for p in probs]).mean(), "R_W": r_w,
+            "R_E": torch.stack([balance_reg(p) for p in probs]).mean()}
+
+
+def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
+    """``gamma1 mean(R_D) + gamma2 sum_layers R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model."""
+    terms = regularization_terms(model)
+    return gammas[0] * terms["R_D"] + gammas[1] * terms["R_W"] + gammas[2] * terms["R_E"]
 
 
 def channel_orders(model) -> dict[str, torch.Tensor]:

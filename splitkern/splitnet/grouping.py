@@ -2,6 +2,7 @@
 
 * :func:`kmeans`: Lloyd's k-means (k-means++ init) on rows, e.g. the classes' FC weight rows:
   the authors' clustering baseline for class groups.
+* :func:`cluster_groups`: both together, the clustering init of every assignment.
 * :func:`propagate_groups`: given the class groups, give every feature the group its
   weights feed most (top layer first), so a whole split tree follows from the classes.
 * :func:`random_balanced`: equal-sized random groups.
@@ -41,6 +42,17 @@ def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> to
 def random_balanced(n: int, k: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
+
+
+def cluster_groups(model, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The clustering init of every assignment: k-means of the classes' rows of the last split
+    layer, propagated down the split tree (:func:`propagate_groups`)."""
+    from splitkern.splitnet.convert import _plan
+
+    plan = _plan(model)
+    last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
+    classes = kmeans(model.get_submodule(last).weight, plan.groups(plan.layers[last].level), seed=seed)
+    return propagate_groups(model, classes)
 
 
 def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -225,14 +225,6 @@ class Trainer:
             self.writer.flush()
 
     # --- runs -----------------------------------------------------------------------------------
-    def cluster_groups(self, model) -> dict[str, torch.Tensor]:
-        """k-means of the classes' rows of the last layer, propagated down the split tree."""
-        plan = model.split_plan
-        last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
-        top = plan.layers[last].level
-        classes = grouping.kmeans(model.get_submodule(last).weight, plan.groups(top), seed=self.config.seed)
-        return grouping.propagate_groups(model, classes)
-
     def warmed_up(self):
         model = self.build()
         if self.config.warmup_epochs:
@@ -249,7 +241,7 @@ class Trainer:
         c = self.config
         model = copy.deepcopy(warm)
         if c.warmup_epochs and c.assign_init == "cluster":
-            grouping.apply_groups(model, self.cluster_groups(model), c.assign_confidence)
+            grouping.apply_groups(model, grouping.cluster_groups(model, c.seed), c.assign_confidence)
         stage1 = Phase("splitnet", "stage1", c.stage1_epochs - c.warmup_epochs, c.lr, regularize=True,
                        learn_assignments=True)
         self.fit(model, stage1)
@@ -270,7 +262,7 @@ class Trainer:
         if name == "random":
             groups = {k: grouping.random_balanced(a.features, a.groups, c.seed) for k, a in model.assignments.items()}
         else:
-            groups = self.cluster_groups(model)
+            groups = grouping.cluster_groups(model, c.seed)
         grouping.apply_groups(model, groups)
         split_model = self.finish_split(name, model, epochs, c.lr * 0.1)
         return self.summary(model, split_model)
