@@ -26,8 +26,9 @@ def _cuda_home():
     return None
 
 
-def _cublas_dir(cuda_home):
-    """A folder with cuBLAS's headers (include/) and shared library (lib/ or lib64/), or None."""
+def _find_cublas(cuda_home):
+    """``(folder, library)``: a folder with cuBLAS's headers (include/) and its shared library
+    (lib/ or lib64/), or None."""
     candidates = [os.environ.get("SPLITKERN_CUBLAS_DIR"), cuda_home]
     try:
         import nvidia  # the nvidia-* wheels torch's CUDA build depends on (namespace package)
@@ -36,24 +37,21 @@ def _cublas_dir(cuda_home):
     except ImportError:
         pass
     for folder in filter(None, candidates):
-        if os.path.exists(os.path.join(folder, "include", "cublas_api.h")) and _cublas_library(folder):
-            return folder
+        libs = sorted(glob.glob(os.path.join(folder, "lib*", "libcublas.so*")))
+        if os.path.exists(os.path.join(folder, "include", "cublas_api.h")) and libs:
+            return folder, libs[0]
     return None
-
-
-def _cublas_library(folder):
-    libs = sorted(glob.glob(os.path.join(folder, "lib*", "libcublas.so*")))
-    return libs[0] if libs else None
 
 
 def _cublas_build_args(cuda_home):
     """Compile/link arguments for csrc/cuda/*cublas*: cuBLAS's headers in a folder of their own (the
     wheel's include/ also holds CUDA runtime headers that must not shadow the toolkit's), and the
     library by file name (the wheel ships only libcublas.so.N)."""
-    folder = _cublas_dir(cuda_home)
-    if folder is None:
+    found = _find_cublas(cuda_home)
+    if found is None:
         print("splitkern: no cuBLAS headers + library found, not building the grouped cuBLAS line")
         return {}
+    folder, lib = found
     headers = os.path.join("build", "cublas_include")
     os.makedirs(headers, exist_ok=True)
     for name in ("cublas_api.h", "cublas_v2.h", "cublas.h", "cublasLt.h", "cusparse.h", "cusolverDn.h",
@@ -63,7 +61,6 @@ def _cublas_build_args(cuda_home):
             os.remove(dst)
         if os.path.exists(src):
             os.symlink(os.path.abspath(src), dst)
-    lib = _cublas_library(folder)
     return {"include_dirs": [os.path.abspath(headers)], "define_macros": [("SPLITKERN_WITH_CUBLAS", "1")],
             "extra_link_args": [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}"]}
 
