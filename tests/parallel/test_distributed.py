@@ -124,6 +124,11 @@ def test_needs_an_initialised_process_group():
         DistributedSplit(make_split_model("wrn-4"))
 
 
+def _subprocess_env(**extra) -> dict:
+    """This environment for a CLI subprocess, without the Triton interpreter (CPU runs use the reference)."""
+    return {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **extra}
+
+
 def test_cost_model_and_cli(tmp_path):
     import subprocess
     import sys
@@ -152,7 +157,7 @@ def test_cost_model_and_cli(tmp_path):
     with pytest.raises(ValueError, match="batch"):
         cost_model(model, x, batch=0)
     path = splitkern.save(model, tmp_path / "split.pt")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = _subprocess_env()
     out = subprocess.run([sys.executable, "-m", "splitkern.cli", "plan", "--ckpt", str(path), "--workers", "1,2",
                           "--batch-size", "64"], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert out.returncode == 0 and "2 workers: predicted speedup" in out.stdout, out.stderr
@@ -166,8 +171,7 @@ def test_infer_under_torchrun_matches_one_process(tmp_path):
     import splitkern
 
     path = splitkern.save(make_split_model("wrn-2-4-8"), tmp_path / "split.pt")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
+    env = _subprocess_env(OMP_NUM_THREADS="1")
     single = subprocess.run([sys.executable, "-m", "splitkern.cli", "infer", "--ckpt", str(path)],
                             capture_output=True, text=True, timeout=300, env=env, check=False)
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -199,8 +203,7 @@ def test_parallel_example_matches_the_split_model(ranks):
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "parallel_subtrees.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
+    env = _subprocess_env(OMP_NUM_THREADS="1")
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
     out = subprocess.run([sys.executable, *launcher, str(example), "--batch-size", "3"], capture_output=True,
                          text=True, timeout=300, env=env, check=False)
