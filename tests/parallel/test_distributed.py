@@ -1,5 +1,6 @@
 """Subtrees and DistributedSplit over gloo with 2 and 3 CPU processes on loopback."""
 
+import faulthandler
 import os
 
 import pytest
@@ -84,6 +85,7 @@ def test_balanced_placement():
 
 
 def _worker(rank, world, name, store, results, placement):
+    faulthandler.enable()  # a crash in a rank prints its Python stack into the test report
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -105,6 +107,35 @@ def test_gloo_processes_match_single_process(tmp_path, name, world):
         logits, held, placement = torch.load(tmp_path / f"{rank}.pt")
         torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
         assert held == [i for i, r in enumerate(placement) if r == rank]  # only its own subtrees' weights
+
+
+def test_destroy_process_group_frees_the_group(tmp_path):
+    """A split model run inside a process group must not keep the group alive after destroy_process_group.
+
+    torch's custom ops import torch._dynamo, and with it torch.distributed.nn.functional, on their
+    first call; that module binds ``group=group.WORLD`` as a default argument, so imported while a
+    group exists it holds the group forever: its gloo threads outlive destroy_process_group and can
+    abort the process at exit ("terminate called without an active exception"; CI saw it once).
+    ``import splitkern`` imports it first. A fresh interpreter, so the import order is real.
+    """
+    import subprocess
+    import sys
+
+    script = "\n".join([
+        "import weakref, torch, torch.distributed as dist",
+        "import splitkern",
+        "from splitkern.models import wrn",
+        "from splitkern.splitnet import split",
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)",
+        "group = weakref.ref(dist.group.WORLD)",
+        "split(wrn(10, 1, 10, split='4')).eval()(torch.randn(2, 3, 32, 32))",
+        "dist.destroy_process_group()",
+        "print('group freed:', group() is None)",
+    ])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env=_subprocess_env(), check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "group freed: True" in out.stdout, out.stdout
 
 
 def test_bad_placements(tmp_path):
