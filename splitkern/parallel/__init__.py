@@ -5,9 +5,9 @@
 * :class:`DistributedSplit`: ranks of torch.distributed (gloo/NCCL), e.g. under torchrun.
 """
 
-from splitkern.parallel.distributed import DistributedSplit, balanced_placement
+from splitkern.parallel.distributed import DistributedSplit, balanced_placement, logit_exchange
 from splitkern.parallel.local import DeviceParallel, StreamParallel
 from splitkern.parallel.subtrees import Subtree, SubtreeSet, subtrees
 
 __all__ = ["DeviceParallel", "DistributedSplit", "StreamParallel", "Subtree", "SubtreeSet", "balanced_placement",
-           "subtrees"]
+           "logit_exchange", "subtrees"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splitkern.parallel.distributed import balanced_placement
+from splitkern.parallel.distributed import balanced_placement, logit_exchange
 from splitkern.parallel.subtrees import SubtreeSet, _flops
 
 
@@ -29,9 +29,10 @@ def cost_model(split_model, example: torch.Tensor, workers=(1, 2, 4, 8), batch: 
     cut (the trunk's output). Per copy: weight (+ buffer) bytes of the trunk and of each
     subtree. For each worker count: the balanced placement, the predicted speedup over one
     worker, and the communication per batch of ``batch`` samples, for
-    :class:`~splitkern.parallel.DistributedSplit` (a ring all-reduce of the logits: each rank
-    sends 2 (n-1)/n of them) and :class:`~splitkern.parallel.DeviceParallel` (features to every
-    other device that holds a subtree, its logits back).
+    :class:`~splitkern.parallel.DistributedSplit` (bytes each rank receives in the collective
+    :func:`~splitkern.parallel.logit_exchange` picks) and
+    :class:`~splitkern.parallel.DeviceParallel` (features to every other device that holds a
+    subtree, its logits back).
 
     The prediction assumes time proportional to FLOPs and every worker running the trunk
     (duplicated, as in :class:`~splitkern.parallel.DistributedSplit`).
@@ -52,9 +53,10 @@ def cost_model(split_model, example: torch.Tensor, workers=(1, 2, 4, 8), batch: 
         placement = balanced_placement(own, n)
         load = [trunk + sum(c for c, w in zip(own, placement) if w == k) for k in range(n)]
         remote = [i for i, w in enumerate(placement) if w != 0]
+        exchange, values_per_sample = logit_exchange(classes, placement, n)
         plans.append({
             "workers": n, "placement": placement, "predicted_speedup": total / max(load),
-            "allreduce_bytes_per_batch": 2 * (n - 1) / n * sum(classes) * logit_bytes * batch,
+            "logit_exchange": exchange, "exchange_bytes_per_batch": values_per_sample * logit_bytes * batch,
             "device_copy_bytes_per_batch": (len({placement[i] for i in remote}) * cut_bytes
                                             + sum(classes[i] for i in remote) * logit_bytes) * batch,
         })
@@ -74,7 +76,7 @@ def format_cost_model(report: dict) -> str:
              f"communication per batch of {report['batch']}:"]
     for plan in report["plans"]:
         lines.append(f"  {plan['workers']} workers: predicted speedup {plan['predicted_speedup']:.2f}x, "
-                     f"placement {plan['placement']}, DistributedSplit all-reduce "
-                     f"{plan['allreduce_bytes_per_batch'] / mb:.3f} MB, DeviceParallel copies "
+                     f"placement {plan['placement']}, DistributedSplit {plan['logit_exchange'].replace('_', '-')} "
+                     f"{plan['exchange_bytes_per_batch'] / mb:.3f} MB, DeviceParallel copies "
                      f"{plan['device_copy_bytes_per_batch'] / mb:.3f} MB")
     return "\n".join(lines)

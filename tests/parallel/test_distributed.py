@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from splitkern.models import alexnet, wrn
 from splitkern.nn import SplitConv2d, SplitLinear
-from splitkern.parallel import DistributedSplit, SubtreeSet, balanced_placement, subtrees
+from splitkern.parallel import DistributedSplit, SubtreeSet, balanced_placement, logit_exchange, subtrees
 from splitkern.splitnet import split
 
 MODELS = {
@@ -92,21 +92,49 @@ def _worker(rank, world, name, store, results, placement):
         model = DistributedSplit(make_split_model(name), placement=placement, example=example_batch())
         held = [i for i, part in enumerate(model.set.parts) if _count(part)]
         with torch.no_grad():
-            torch.save((model(example_batch()), held, model.placement), os.path.join(results, f"{rank}.pt"))
+            torch.save((model(example_batch()), held, model.placement, model.exchange),
+                       os.path.join(results, f"{rank}.pt"))
         dist.barrier()  # no rank tears gloo down while a peer still uses it (that aborts the peer)
     finally:
         dist.destroy_process_group()
 
 
+def _check_ranks_match_single_process(tmp_path, name, world, placement=None) -> set[str]:
+    """Spawns the ranks, checks every rank's logits and held subtrees; returns the exchanges used."""
+    expected = make_split_model(name)(example_batch())
+    mp.spawn(_worker, args=(world, name, str(tmp_path / "store"), str(tmp_path), placement), nprocs=world,
+             join=True)
+    exchanges = set()
+    for rank in range(world):
+        logits, held, used, exchange = torch.load(tmp_path / f"{rank}.pt")
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+        assert held == [i for i, r in enumerate(used) if r == rank]  # only its own subtrees' weights
+        assert placement is None or used == placement
+        exchanges.add(exchange)
+    return exchanges
+
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("name", MODELS)
 def test_gloo_processes_match_single_process(tmp_path, name, world):
-    expected = make_split_model(name)(example_batch())
-    mp.spawn(_worker, args=(world, name, str(tmp_path / "store"), str(tmp_path), None), nprocs=world, join=True)
-    for rank in range(world):
-        logits, held, placement = torch.load(tmp_path / f"{rank}.pt")
-        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
-        assert held == [i for i, r in enumerate(placement) if r == rank]  # only its own subtrees' weights
+    _check_ranks_match_single_process(tmp_path, name, world)
+
+
+@pytest.mark.parametrize("world, placement, exchange", [
+    (2, [0, 1], "all_gather"),  # blocks of 4 (padded to 6) and 6 classes
+    (3, [2, 0], "all_gather"),  # rank 2's block padded to 6 columns, rank 1 idle and sends zeros
+    (2, [1, 1], "all_reduce"),  # rank 1 holds all 10 classes: gathering 10 columns saves nothing
+])
+def test_gloo_uneven_placements(tmp_path, world, placement, exchange):
+    assert [len(c) for c in SubtreeSet(make_split_model("wrn-2-4-8"), example_batch()).classes] == [4, 6]
+    assert _check_ranks_match_single_process(tmp_path, "wrn-2-4-8", world, placement) == {exchange}
+
+
+def test_logit_exchange_picks_the_smaller_collective():
+    assert logit_exchange([4, 6], [0, 1], 2) == ("all_gather", 6)  # vs all-reduce 2 * 1/2 * 10 = 10
+    assert logit_exchange([4, 6], [1, 1], 2) == ("all_reduce", 10)  # a tie: the plain all-reduce
+    assert logit_exchange([49, 51], [0, 1], 4) == ("all_reduce", 150)  # gather 3 * 51 = 153: idle ranks
+    assert logit_exchange([25] * 4, [0, 1, 2, 3], 4) == ("all_gather", 75)  # vs 150
 
 
 def test_destroy_process_group_frees_the_group(tmp_path):
@@ -180,8 +208,11 @@ def test_cost_model_and_cli(tmp_path):
     buffers = sum(b.numel() * b.element_size() for b in SubtreeSet(model).buffers())  # int64 indices among them
     assert report["trunk_bytes"] + sum(report["subtree_bytes"]) == 4 * _count(model) + buffers
     one, two = report["plans"][0], report["plans"][1]
-    assert one["allreduce_bytes_per_batch"] == one["device_copy_bytes_per_batch"] == 0
-    assert two["allreduce_bytes_per_batch"] == 5 * 10 * 4  # ring all-reduce: 2 (n-1)/n = 1 of the logits
+    assert one["exchange_bytes_per_batch"] == one["device_copy_bytes_per_batch"] == 0
+    # subtrees of 4 and 6 classes on two workers: each receives the other's block, padded to 6 columns
+    # (a ring all-reduce of the 10 logits would receive 2 (n-1)/n * 10 = 10)
+    assert report["subtree_classes"] == [4, 6] and sorted(two["placement"]) == [0, 1]
+    assert two["logit_exchange"] == "all_gather" and two["exchange_bytes_per_batch"] == 5 * 6 * 4
     remote = [i for i, w in enumerate(two["placement"]) if w == 1]
     assert two["device_copy_bytes_per_batch"] == 5 * (cut.numel() * 4 + 4 * sum(report["subtree_classes"][i]
                                                                                  for i in remote))
