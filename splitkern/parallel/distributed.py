@@ -56,6 +56,9 @@ class DistributedSplit(nn.Module):
     of the alternative, an ``all_reduce`` (sum) of the full logits where the other ranks hold
     exact zeros. With more ranks than subtrees the extra ranks hold no subtree and send zeros.
 
+    Import splitkern before ``init_process_group``: torch's custom ops otherwise pin the group on
+    their first call, and it outlives ``destroy_process_group`` (see ``splitkern/__init__.py``).
+
     Args:
         split_model: a model from :func:`splitkern.splitnet.split` (same weights on every rank).
         group: the process group (default: the world).
