@@ -31,6 +31,11 @@ def check_placement(placement, subtrees_count: int, workers: int) -> list[int]:
     return placement
 
 
+def _widest_rank(class_counts: list[int], placement: list[int], workers: int) -> int:
+    """The most classes any rank holds: the width of every rank's block in the all-gather."""
+    return max(sum(n for n, w in zip(class_counts, placement) if w == k) for k in range(workers))
+
+
 def logit_exchange(class_counts: list[int], placement: list[int], workers: int) -> tuple[str, int]:
     """How DistributedSplit assembles the logits, and how many values each rank receives per sample.
 
@@ -39,8 +44,7 @@ def logit_exchange(class_counts: list[int], placement: list[int], workers: int) 
     ``"all_reduce"`` of the full class-ordered logits (``2 (workers - 1) / workers * classes``:
     what an idle rank or one rank holding most classes makes cheaper).
     """
-    width = max(sum(n for n, w in zip(class_counts, placement) if w == k) for k in range(workers))
-    gather = (workers - 1) * width
+    gather = (workers - 1) * _widest_rank(class_counts, placement, workers)
     reduce = 2 * (workers - 1) * sum(class_counts) / workers
     return ("all_gather", gather) if gather < reduce else ("all_reduce", reduce)
 
@@ -126,8 +130,8 @@ def _gather_layout(classes: list[torch.Tensor], placement: list[int], world: int
 
     Rank ``r``'s block holds the classes of its subtrees, in subtree order, from column 0.
     """
+    width = _widest_rank([len(c) for c in classes], placement, world)
     per_rank = [[c for i, c in enumerate(classes) if placement[i] == r] for r in range(world)]
-    width = max(sum(len(c) for c in held) for held in per_rank)
     index = torch.empty(sum(len(c) for c in classes), dtype=torch.long)
     for r, held in enumerate(per_rank):
         column = r * width
