@@ -22,20 +22,31 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default="synthetic", help="'synthetic', an npz shard folder or cifar-100-python")
     train.add_argument("--model", default="wrn10-2", help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
     train.add_argument("--split", default="4", help="groups per split level, lowest first: 4, 4-4, 2-2-2, 2-4-8")
-    train.add_argument("--epochs", type=int, default=None, help="total epochs (2/3 stage 1, 1/3 stage 2)")
-    train.add_argument("--stage1-epochs", type=int, default=None)
+    train.add_argument("--epochs", type=int, default=None,
+                       help="total epochs of the one schedule (2/3 stage 1 incl. 1/3 of it warm-up, 1/3 stage 2)")
+    train.add_argument("--stage1-epochs", type=int, default=None, help="warm-up + stage-1 epochs")
     train.add_argument("--stage2-epochs", type=int, default=None)
-    train.add_argument("--warmup-epochs", type=int, default=None, help="dense epochs before assignments learn")
+    train.add_argument("--warmup-epochs", type=int, default=None,
+                       help="dense epochs before assignments learn (0 with --init-from)")
     train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--assign-lr", type=float, default=10.0, help="learning rate of the assignment logits")
+    train.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one schedule")
+    train.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                       help="per-step curve over all epochs, every arm on it: cosine to 0, or x0.1 at 50%% and 75%%")
+    train.add_argument("--dropout", type=float, default=0.0,
+                       help="dropout in every residual block (AlexNet: before fc6, fc7), in every arm alike")
+    train.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights only")
+    train.add_argument("--assign-lr", type=float, default=1.0,
+                       help="peak learning rate of the assignment logits (on the same curve)")
+    train.add_argument("--init-from", default=None,
+                       help="split a model you already trained: a dense model saved by splitkern.save "
+                            "(e.g. a dense run's dense/dense.pt); skips the warm-up")
     train.add_argument("--assign-init", choices=("cluster", "random"), default="cluster")
     train.add_argument("--gammas", default="1,1,10", help="weights of R_D, R_W, R_E in stage 1 (gamma1,gamma2,gamma3)")
     train.add_argument("--assign-confidence", type=float, default=1.0,
                        help="logit given to the clustered group at init (higher = harder to move)")
     train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                        help="autocast dtype of the forward pass (regularisers stay fp32)")
-    train.add_argument("--baselines", default="", help="comma-separated: dense,random,cluster")
+    train.add_argument("--baselines", default="", help="comma-separated: dense,random,cluster,thin")
     train.add_argument("--device", default="cpu")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True)
@@ -66,7 +77,8 @@ def _train_config(args):
     epochs = args.epochs or 9
     stage2 = args.stage2_epochs if args.stage2_epochs is not None else max(1, epochs // 3)
     stage1 = args.stage1_epochs if args.stage1_epochs is not None else max(2, epochs - stage2)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else stage1 // 3
+    default_warmup = 0 if args.init_from else stage1 // 3
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup
     baselines = tuple(b for b in args.baselines.split(",") if b)
     try:
         gammas = tuple(float(g) for g in args.gammas.split(","))
@@ -74,7 +86,8 @@ def _train_config(args):
         raise ValueError(f"--gammas must be three comma-separated numbers, got {args.gammas!r}") from None
     return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
-                       assign_lr=args.assign_lr, assign_init=args.assign_init, gammas=gammas,
+                       schedule=args.schedule, dropout=args.dropout, weight_decay=args.weight_decay,
+                       init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init, gammas=gammas,
                        assign_confidence=args.assign_confidence, precision=args.precision, baselines=baselines,
                        device=args.device, seed=args.seed, out=args.out, resume=args.resume,
                        tensorboard=not args.no_tensorboard)
@@ -90,7 +103,9 @@ def _summary(metrics: dict, out: str) -> str:
         lines.append(f"  NMI(class groups, superclasses) = {metrics['nmi_coarse']:.3f}")
     share = metrics["params_split"] / metrics["params_dense"]
     lines.append(f"  params: dense {metrics['params_dense']:,}  split {metrics['params_split']:,} ({100 * share:.1f}%)")
-    lines.append(f"  test accuracy (split model): {100 * metrics['test_acc']:.2f}%")
+    lines.append(f"  test accuracy (split model): {100 * metrics['test_acc']:.2f}%  "
+                 f"(unsplit before the split {100 * metrics['test_acc_before_split']:.2f}%, "
+                 f"right after it {100 * metrics['test_acc_at_split']:.2f}%)")
     if metrics.get("empty_groups"):
         lines.append(f"  WARNING: empty groups {', '.join(metrics['empty_groups'])}: "
                      "those subnetworks have no channels there")
@@ -98,7 +113,9 @@ def _summary(metrics: dict, out: str) -> str:
                  f"split {metrics['inference_ms_split_b256']:.1f} ms")
     for name, result in metrics["baselines"].items():
         nmi = f", NMI {result['nmi_coarse']:.3f}" if "nmi_coarse" in result else ""
-        lines.append(f"  baseline {name}: accuracy {100 * result['test_acc']:.2f}%, params {result['params']:,}{nmi}")
+        at = f" (at the split {100 * result['test_acc_at_split']:.2f}%)" if "test_acc_at_split" in result else ""
+        lines.append(f"  baseline {name}: accuracy {100 * result['test_acc']:.2f}%{at}, "
+                     f"params {result['params']:,}{nmi}")
     lines.append(f"  written to {out}/ (metrics.json, log.csv, split.pt; 'splitkern plot {out}' draws the groups)")
     return "\n".join(lines)
 

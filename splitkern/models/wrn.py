@@ -40,31 +40,40 @@ class BasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-widen: conv 3->16, three stages of (depth-4)/6 blocks (16k, 32k, 64k channels), BN-ReLU, pool, FC."""
+    """WRN-depth-widen: conv 3->16, three stages of (depth-4)/6 blocks (16k, 32k, 64k channels), BN-ReLU, pool, FC.
+
+    ``dropout`` sits between the two convs of every block (the WRN paper's place), split or not,
+    so a dense and a split model with the same ``dropout`` are regularised the same way.
+    ``channels`` overrides the three stage widths (a thinner net of the same family).
+    """
 
     def __init__(self, depth: int = 16, widen: int = 8, num_classes: int = 100, split=None,
-                 split_dropout: float = 0.5):
+                 dropout: float = 0.0, channels: tuple[int, int, int] | None = None):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
         if widen < 1 or num_classes < 2:
             raise ValueError(f"WRN needs widen >= 1 and num_classes >= 2, got {widen} and {num_classes}")
-        self.config = dict(depth=depth, widen=widen, num_classes=num_classes)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if channels is not None and (len(channels) != 3 or min(channels) < 1):
+            raise ValueError(f"channels must be three stage widths >= 1, got {channels!r}")
+        self.config = dict(depth=depth, widen=widen, num_classes=num_classes, dropout=dropout)
+        if channels is not None:
+            self.config["channels"] = tuple(int(c) for c in channels)
         spec = SplitSpec.parse(split) if split is not None else None
         if spec:
             spec.check_levels(LEVELS, f"WRN-{depth}-{widen}")
         split_levels = LEVELS[len(LEVELS) - spec.levels:] if spec else ()
         blocks = (depth - 4) // 6
-        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        widths = (16, *(channels or (16 * widen, 32 * widen, 64 * widen)))
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.stages = nn.Sequential(*(
             nn.Sequential(*(BasicBlock(widths[s] if b == 0 else widths[s + 1], widths[s + 1],
-                                       (1 if s == 0 else 2) if b == 0 else 1,
-                                       split_dropout if f"stage{s + 1}" in split_levels else 0.0)
+                                       (1 if s == 0 else 2) if b == 0 else 1, dropout)
                             for b in range(blocks)))
             for s in range(3)))
         self.bn = nn.BatchNorm2d(widths[3])
-        self.dropout = nn.Dropout(split_dropout) if "logits" in split_levels else nn.Identity()
         self.fc = nn.Linear(widths[3], num_classes)
         self._init_weights()
         if spec:
@@ -125,7 +134,7 @@ class WideResNet(nn.Module):
     def pipeline(self):
         """The forward as named steps; a split model's subtrees start at a step boundary."""
         return [("conv1", self.conv1), ("stages.0", self.stages[0]), ("stages.1", self.stages[1]),
-                ("stages.2", self.stages[2]), ("head", self._head), ("fc", lambda x: self.fc(self.dropout(x)))]
+                ("stages.2", self.stages[2]), ("head", self._head), ("fc", self.fc)]
 
     def _head(self, x):
         return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)

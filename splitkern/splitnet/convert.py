@@ -1,7 +1,9 @@
 """From a model trained with assignments to the physically split model (DESIGN.md §1, stage 2).
 
-* :func:`regularization`: gamma1 mean(R_D) + gamma2 sum R_W + gamma3 mean(R_E) of a split-aware model
-  (:func:`regularization_terms`: the three terms unweighted).
+* :func:`regularization`: gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E) of a split-aware model, R_W the
+  official code's value-weighted mean over the split layers (:func:`regularization_terms`: the three
+  terms unweighted; :func:`weighted_layer_mean`: that mean).
+* :func:`recalibrate_batchnorm`: fresh BN running statistics from a no-grad pass (right after the split).
 * :func:`hard_groups`: argmax group ids of an assignment at a split level. In a tree the
   lower level's ids are the upper ids' parents (``id // ratio``), so one channel order
   (sorted by the upper ids) is grouped for both levels.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -56,20 +59,33 @@ def empty_groups(model) -> list[str]:
     return [f"{key}[{g}]" for key, sizes in group_sizes(model).items() for g, size in enumerate(sizes) if size == 0]
 
 
+def weighted_layer_mean(values: torch.Tensor) -> torch.Tensor:
+    """``sum_l sg(r_l) r_l / sum_l sg(r_l)`` of per-layer values ``r`` (sg: no gradient), 0 when all are 0.
+
+    The official SplitNet code's ``weighted_group_loss``: a mean over the split layers in which
+    each layer counts in proportion to its own value, so its gradient is ``sum_l r_l grad r_l / sum r``.
+    """
+    weights = values.detach()
+    total = weights.sum()
+    return (weights * values).sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
 def regularization_terms(model) -> dict[str, torch.Tensor]:
-    """The unweighted ``{"R_D": mean(R_D), "R_W": sum_layers R_W, "R_E": mean(R_E)}`` of a split-aware model."""
+    """The unweighted ``{"R_D": mean(R_D), "R_W": weighted_layer_mean(R_W), "R_E": mean(R_E)}`` of a
+    split-aware model (R_D and R_E over its assignments, R_W over its split layers)."""
     plan = _plan(model)
     modules = dict(model.named_modules())
-    r_w = sum(group_weight_reg(modules[name].weight, level_probs(model, role.in_key, role.level),
-                               level_probs(model, role.out_key, role.level))
-              for name, role in plan.layers.items())
+    r_w = torch.stack([group_weight_reg(modules[name].weight, level_probs(model, role.in_key, role.level),
+                                        level_probs(model, role.out_key, role.level))
+                       for name, role in plan.layers.items()])
     probs = [a.probs() for a in model.assignments.values()]
-    return {"R_D": torch.stack([disjoint_reg(p) for p in probs]).mean(), "R_W": r_w,
+    return {"R_D": torch.stack([disjoint_reg(p) for p in probs]).mean(), "R_W": weighted_layer_mean(r_w),
             "R_E": torch.stack([balance_reg(p) for p in probs]).mean()}
 
 
 def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
-    """``gamma1 mean(R_D) + gamma2 sum_layers R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model."""
+    """``gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model,
+    R_W the value-weighted mean over split layers (:func:`weighted_layer_mean`)."""
     terms = regularization_terms(model)
     return gammas[0] * terms["R_D"] + gammas[1] * terms["R_W"] + gammas[2] * terms["R_E"]
 
@@ -159,6 +175,42 @@ def split(model):
         if isinstance(bn, nn.BatchNorm2d):
             bn.weight.requires_grad_(True)
     return result
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images, autocast=contextlib.nullcontext) -> nn.Module:
+    """Recompute every BatchNorm's running statistics as the plain average over ``images``.
+
+    ``images`` is an iterable of input batches (training data, no augmentation needed). The
+    forward runs with BN in training mode and everything else (dropout) in eval mode, without
+    gradients; weights are not touched. Right after a split the running statistics are those of
+    the unsplit network, so an evaluation before any fine-tuning would measure stale statistics.
+    Restores the model's train/eval mode and each BN's momentum.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+        bn.train()
+    try:
+        seen = 0
+        for x in images:
+            with autocast():
+                model(x)
+            seen += 1
+        if not seen:
+            raise ValueError("recalibrate_batchnorm: images yielded no batch")
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        for module, mode in modes.items():
+            module.training = mode
+    return model
 
 
 def count_parameters(model, *, include_assignments: bool = False) -> int:

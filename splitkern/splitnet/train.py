@@ -1,19 +1,31 @@
-"""SplitNet end to end: stage 1 (dense + assignments + regularisers), split, stage 2 (fine-tune).
+"""SplitNet end to end, on one fair schedule: warm-up, stage 1, split, stage 2, and the baselines.
 
-:func:`run` trains the main model and the requested baselines into ``out``:
+:func:`run` trains the main model and the requested baselines into ``out``. Every arm follows
+ONE learning-rate curve over the run's total epochs (``stage1_epochs + stage2_epochs``, the
+warm-up included): cosine from ``lr`` to 0 per step (or ``schedule="step"``: x0.1 at 50% and
+75%). Phases and the split do not restart it; baselines branch off at a step and continue it.
+Every arm has the same ``dropout`` (placed as in :func:`splitkern.models.build`) and weight decay
+on conv/linear weights only. (DESIGN.md §1, "Fair comparisons".)
 
-* ``splitnet``: ``warmup_epochs`` dense epochs; assignments initialised from a clustering of
-  the classes' FC rows propagated down the tree (``assign_init="cluster"``) or left at their
-  N(0, 0.01^2) init (``"random"``); the remaining stage-1 epochs learn weights and
-  assignments with ``CE + regularization``; then the hard split and ``stage2_epochs`` of
-  fine-tuning. The assignment logits get their own learning rate (``assign_lr``): at the
-  network's rate they barely move in a short run (DESIGN.md §1).
-* baselines on the same budget: ``dense`` (the warm-up continued unsplit), ``random`` (random balanced groups
-  after the warm-up), ``cluster`` (clustering groups after the warm-up, no learning).
+Epochs ``[0, W)``: the shared dense warm-up (``warmup_epochs``; skipped with ``init_from``,
+which starts from a trained dense model saved by :func:`splitkern.save`).
 
+* ``splitnet``: epochs ``[W, S)`` of stage 1 (``S = stage1_epochs``): weights + assignments
+  with ``CE + regularization``, the assignments initialised from a clustering of the classes'
+  FC rows (``assign_init="cluster"``) or left at their N(0, 0.01^2) init (``"random"``), their
+  logits at their own rate (``assign_lr``, on the same curve). At epoch ``S`` the hard split;
+  BN statistics are recomputed; epochs ``[S, S + stage2_epochs)`` fine-tune the split model.
+* ``dense``: the same network, never split, epochs ``[W, S + stage2_epochs)``; writes ``dense.pt``.
+* ``random`` / ``cluster``: the ``dense`` arm's model at epoch ``S`` (the step SplitNet splits),
+  split along random balanced / k-means groups, then the same stage 2 as SplitNet.
+* ``thin``: a dense network of the same family, its width chosen so its parameters are within a
+  few percent of SplitNet's split model, trained from scratch for the whole schedule.
+
+Split arms report ``test_acc_before_split`` (the unsplit model at epoch ``S``),
+``test_acc_at_split`` (the split model, BN recalibrated, before fine-tuning) and ``test_acc``.
 Every epoch writes a checkpoint; ``resume=True`` continues a killed run where it stopped.
-Results: ``metrics.json``, ``log.csv``, TensorBoard events, ``split.pt`` (for
-:func:`splitkern.load`) and ``stage1.pt`` (for ``splitkern plot``).
+Results: ``metrics.json``, ``log.csv`` (one row per epoch with the lr at its last step),
+TensorBoard events, ``split.pt`` (for :func:`splitkern.load`) and ``stage1.pt`` (for ``splitkern plot``).
 """
 
 from __future__ import annotations
@@ -30,14 +42,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from splitkern import data as sk_data
 from splitkern import models
+from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.splitnet import convert, grouping, io
 
-BASELINES = ("dense", "random", "cluster")
+BASELINES = ("dense", "random", "cluster", "thin")
+SCHEDULES = ("cosine", "step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECAYED_LAYERS = (nn.Conv2d, nn.Linear, SplitConv2d, SplitLinear)
+BN_RECALIBRATION_BATCHES = 50
+LOG_FIELDS = ["run", "phase", "epoch", "lr", "train_loss", "test_acc", "nmi_coarse"]
 
 
 @dataclass
@@ -50,13 +68,16 @@ class TrainConfig:
     warmup_epochs: int = 2
     batch_size: int = 128
     lr: float = 0.1
-    assign_lr: float = 10.0
+    schedule: str = "cosine"
+    assign_lr: float = 1.0
     weight_decay: float = 5e-4
+    dropout: float = 0.0
     gammas: tuple[float, float, float] = convert.DEFAULT_GAMMAS
     assign_init: str = "cluster"
     assign_confidence: float = 1.0
     precision: str = "fp32"
     baselines: tuple[str, ...] = ()
+    init_from: str | None = None
     device: str = "cpu"
     seed: int = 0
     out: str = "runs/splitnet"
@@ -64,13 +85,24 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    @property
+    def total_epochs(self) -> int:
+        return self.stage1_epochs + self.stage2_epochs
+
     def validate(self) -> None:
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
             raise ValueError("stage1_epochs must be >= 1 and stage2_epochs >= 0")
         if not 0 <= self.warmup_epochs < self.stage1_epochs:
             raise ValueError(f"warmup_epochs must be in [0, stage1_epochs), got {self.warmup_epochs}")
+        if self.init_from is not None and self.warmup_epochs:
+            raise ValueError(f"init_from starts from a trained model and skips the warm-up: warmup_epochs "
+                             f"must be 0, got {self.warmup_epochs}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.assign_confidence <= 0:
             raise ValueError(f"assign_confidence must be > 0, got {self.assign_confidence}")
         gammas = tuple(self.gammas)
@@ -85,14 +117,22 @@ class TrainConfig:
             models.parse_model_name(self.model)
 
 
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` of ``total_steps`` as a fraction of the peak rate (never rises)."""
+    t = min(step / max(total_steps, 1), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+
+
 @dataclass
 class Phase:
-    """One training phase of one run, checkpointed per epoch."""
+    """Epochs ``[first_epoch, first_epoch + epochs)`` of the run's schedule for one arm, checkpointed per epoch."""
 
     run: str
     name: str
+    first_epoch: int
     epochs: int
-    lr: float
     regularize: bool = False
     learn_assignments: bool = False
     history: list = field(default_factory=list)
@@ -103,10 +143,13 @@ class Trainer:
         config.validate()
         self.config = config
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config.device)
         self.data = dataset if dataset is not None else sk_data.load(config.data)
+        self.start_model = load_init(config.init_from, config.model, self.data.num_classes) \
+            if config.init_from is not None else None
+        self.out.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.steps_per_epoch = math.ceil(len(self.data.y_train) / config.batch_size)
         self.log_path = self.out / "log.csv"
         self.writer = self._writer() if config.tensorboard else None
 
@@ -119,26 +162,52 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     # --- models -------------------------------------------------------------------------------
-    def build(self, split=True):
+    def build(self, split=True, width=None):
         torch.manual_seed(self.config.seed)
-        model = models.build(self.config.model, self.data.num_classes, self.config.split if split else None)
+        model = models.build(self.config.model, self.data.num_classes, self.config.split if split else None,
+                             dropout=self.config.dropout, width=width)
+        return self.to_device(model)
+
+    def to_device(self, model):
         return model.to(self.device, memory_format=torch.channels_last)
 
+    def split_aware(self, dense):
+        """A split-aware model (assignments at their init) holding ``dense``'s weights."""
+        model = self.build()
+        missing, unexpected = model.load_state_dict(dense_state(dense), strict=False)
+        if unexpected or any(not key.startswith("assignments.") for key in missing):
+            raise RuntimeError(f"dense and split-aware {self.config.model} differ: missing {missing}, "
+                               f"unexpected {unexpected}")
+        return model
+
     def _optimizer(self, model, phase: Phase):
-        assignment_ids = {id(p) for p in model.assignments.parameters()} if hasattr(model, "assignments") else set()
-        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in assignment_ids]
-        groups = [{"params": weights, "lr": phase.lr, "weight_decay": self.config.weight_decay}]
-        if assignment_ids and phase.learn_assignments:
-            groups.append({"params": list(model.assignments.parameters()), "lr": self.config.assign_lr,
-                           "weight_decay": 0.0})
-        return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+        """SGD + Nesterov; weight decay on conv/linear weights only; assignment logits at ``assign_lr``."""
+        c = self.config
+        assignments = list(model.assignments.parameters()) if hasattr(model, "assignments") else []
+        decayed = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+        skip = {id(p) for p in assignments}
+        params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
+        groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": c.weight_decay, "peak": c.lr},
+                  {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0, "peak": c.lr}]
+        if assignments and phase.learn_assignments:
+            groups.append({"params": assignments, "weight_decay": 0.0, "peak": c.assign_lr})
+        for group in groups:
+            group["lr"] = group["peak"]
+        return torch.optim.SGD([g for g in groups if g["params"]], momentum=0.9, nesterov=True)
+
+    def set_lr(self, optimizer, step: int) -> float:
+        """Put every group at its peak rate times the schedule at global ``step``; returns the network's rate."""
+        factor = lr_factor(self.config.schedule, step, self.config.total_epochs * self.steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak"] * factor
+        return self.config.lr * factor
 
     # --- one phase, resumable -----------------------------------------------------------------
     def _ckpt(self, phase: Phase) -> Path:
         return self.out / phase.run / f"{phase.name}.ckpt"
 
     def fit(self, model, phase: Phase):
-        """Train ``model`` for the phase (cosine lr), resuming from its checkpoint when asked."""
+        """Train ``model`` through the phase's epochs of the schedule, resuming from its checkpoint when asked."""
         (self.out / phase.run).mkdir(exist_ok=True)
         optimizer = self._optimizer(model, phase)
         start = 0
@@ -151,13 +220,11 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
             phase.history = state["history"]
             start = state["epoch"] + 1
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
         for epoch in range(start, phase.epochs):
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * 0.5 * (1 + math.cos(math.pi * epoch / phase.epochs))
-            train_loss = self._train_epoch(model, optimizer, phase, epoch)
+            train_loss, lr = self._train_epoch(model, optimizer, phase, phase.first_epoch + epoch)
             acc = self.evaluate(model)
-            row = {"run": phase.run, "phase": phase.name, "epoch": epoch, "train_loss": train_loss, "test_acc": acc}
+            row = {"run": phase.run, "phase": phase.name, "epoch": phase.first_epoch + epoch, "lr": lr,
+                   "train_loss": train_loss, "test_acc": acc}
             if hasattr(model, "assignments") and model.split_plan is not None and self.data.has_coarse:
                 row["nmi_coarse"] = self.nmi(model)
             phase.history.append(row)
@@ -167,16 +234,19 @@ class Trainer:
                         "history": phase.history}, path)
         return model
 
-    def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> float:
-        model.train()
+    def _train_batches(self, generator):
         d = self.data
-        total, count = 0.0, 0
-        steps = math.ceil(len(d.y_train) / self.config.batch_size)
-        batches = sk_data.batches(d.x_train, d.y_train, self.config.batch_size, mean=d.mean, std=d.std,
-                                  train=True, generator=self.gen, device=self.device)
-        bar = tqdm(batches, total=steps, desc=f"{phase.run}/{phase.name} {epoch + 1}/{phase.epochs}",
+        return sk_data.batches(d.x_train, d.y_train, self.config.batch_size, mean=d.mean, std=d.std,
+                               train=True, generator=generator, device=self.device)
+
+    def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> tuple[float, float]:
+        model.train()
+        total, count, lr = 0.0, 0, self.config.lr
+        bar = tqdm(self._train_batches(self.gen), total=self.steps_per_epoch,
+                   desc=f"{phase.run}/{phase.name} epoch {epoch + 1}/{self.config.total_epochs}",
                    leave=False, disable=not self.config.progress)
-        for images, labels in bar:
+        for i, (images, labels) in enumerate(bar):
+            lr = self.set_lr(optimizer, epoch * self.steps_per_epoch + i)
             with self.autocast():
                 loss = F.cross_entropy(model(images), labels)
             if phase.regularize:
@@ -186,8 +256,8 @@ class Trainer:
             optimizer.step()
             total += loss.item() * len(labels)
             count += len(labels)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        return total / max(count, 1)
+            bar.set_postfix(loss=f"{total / count:.3f}", lr=f"{lr:.4f}")
+        return total / max(count, 1), lr
 
     @torch.no_grad()
     def evaluate(self, model) -> float:
@@ -205,6 +275,13 @@ class Trainer:
         dtype = PRECISIONS[self.config.precision]
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
+    def recalibrate(self, model):
+        """BN running statistics from ``BN_RECALIBRATION_BATCHES`` training batches (own generator:
+        the training stream is not disturbed)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        images = (x for _, (x, _) in zip(range(BN_RECALIBRATION_BATCHES), self._train_batches(gen)))
+        return convert.recalibrate_batchnorm(model, images, self.autocast)
+
     def nmi(self, model) -> float:
         plan = model.split_plan
         classes = convert.hard_groups(model, plan.output_key, plan.levels[-1]).cpu()
@@ -213,59 +290,84 @@ class Trainer:
     def _log(self, row: dict) -> None:
         new = not self.log_path.exists()
         with self.log_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["run", "phase", "epoch", "train_loss", "test_acc", "nmi_coarse"])
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
             if new:
                 writer.writeheader()
             writer.writerow(row)
         if self.writer is not None:
             step = f"{row['run']}/{row['phase']}"
-            for key in ("train_loss", "test_acc", "nmi_coarse"):
+            for key in ("lr", "train_loss", "test_acc", "nmi_coarse"):
                 if key in row:
                     self.writer.add_scalar(f"{step}/{key}", row[key], row["epoch"])
             self.writer.flush()
 
     # --- runs -----------------------------------------------------------------------------------
-    def warmed_up(self):
-        model = self.build()
+    def starting_model(self):
+        """The dense model every arm branches from at epoch ``warmup_epochs``: warmed up, or ``init_from``."""
+        if self.start_model is not None:
+            return self.to_device(self.start_model)
+        model = self.build(split=False)
         if self.config.warmup_epochs:
-            self.fit(model, Phase("splitnet", "warmup", self.config.warmup_epochs, self.config.lr))
+            self.fit(model, Phase("warmup", "train", 0, self.config.warmup_epochs))
         return model
 
-    def finish_split(self, run: str, model, epochs: int, lr: float):
-        split_model = convert.split(model).to(self.device, memory_format=torch.channels_last)
-        if epochs:
-            self.fit(split_model, Phase(run, "stage2", epochs, lr))
-        return split_model
-
-    def run_splitnet(self, warm):
+    def split_and_finish(self, run: str, model) -> dict:
+        """Hard split of ``model`` at epoch ``stage1_epochs``, BN recalibration, stage 2; returns the arm's results."""
         c = self.config
-        model = copy.deepcopy(warm)
-        if c.warmup_epochs and c.assign_init == "cluster":
+        before = self.evaluate(model)
+        split_model = self.recalibrate(self.to_device(convert.split(model)))
+        at_split = self.evaluate(split_model)
+        if c.stage2_epochs:
+            self.fit(split_model, Phase(run, "stage2", c.stage1_epochs, c.stage2_epochs))
+        result = self.summary(model, split_model)
+        result.update(test_acc_before_split=before, test_acc_at_split=at_split)
+        return result | {"split_model": split_model}
+
+    def run_splitnet(self, start) -> dict:
+        c = self.config
+        model = self.split_aware(start)
+        if (c.warmup_epochs or c.init_from) and c.assign_init == "cluster":
             grouping.apply_groups(model, grouping.cluster_groups(model, c.seed), c.assign_confidence)
-        stage1 = Phase("splitnet", "stage1", c.stage1_epochs - c.warmup_epochs, c.lr, regularize=True,
-                       learn_assignments=True)
-        self.fit(model, stage1)
+        self.fit(model, Phase("splitnet", "stage1", c.warmup_epochs, c.stage1_epochs - c.warmup_epochs,
+                              regularize=True, learn_assignments=True))
         torch.save({"config": dataclasses.asdict(c), "state_dict": model.state_dict()}, self.out / "stage1.pt")
-        split_model = self.finish_split("splitnet", model, c.stage2_epochs, c.lr * 0.1)
-        io.save(split_model, self.out / "split.pt")
-        return self.summary(model, split_model)
+        result = self.split_and_finish("splitnet", model)
+        io.save(result.pop("split_model"), self.out / "split.pt")
+        return result
 
-    def run_baseline(self, name: str, warm):
-        c = self.config
-        epochs = c.stage1_epochs - c.warmup_epochs + c.stage2_epochs
-        if name == "dense":  # continues the shared warm-up, so its schedule is the main run's
+    def dense_at_split(self, start):
+        """The ``dense`` arm at epoch ``stage1_epochs``, where the split arms split (trained once, then cached)."""
+        if getattr(self, "_dense_at_split", None) is None:
+            c = self.config
             model = self.build(split=False)
-            model.load_state_dict(dense_state(warm))
-            model = self.fit(model, Phase("dense", "train", epochs, c.lr))
+            model.load_state_dict(start.state_dict())
+            self._dense_at_split = self.fit(model, Phase("dense", "stage1", c.warmup_epochs,
+                                                         c.stage1_epochs - c.warmup_epochs))
+        return self._dense_at_split
+
+    def run_baseline(self, name: str, start, split_params: int) -> dict:
+        c = self.config
+        if name == "dense":
+            model = copy.deepcopy(self.dense_at_split(start))
+            if c.stage2_epochs:
+                self.fit(model, Phase("dense", "stage2", c.stage1_epochs, c.stage2_epochs))
+            io.save(model, self.out / "dense" / "dense.pt")
             return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model)}
-        model = copy.deepcopy(warm)
+        if name == "thin":
+            torch.manual_seed(c.seed)
+            model = self.to_device(models.thin(c.model, self.data.num_classes, split_params, dropout=c.dropout))
+            self.fit(model, Phase("thin", "train", 0, c.total_epochs))
+            return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model),
+                    "width": list(model.config.get("channels", ())) or model.config.get("hidden")}
+        model = self.split_aware(self.dense_at_split(start))
         if name == "random":
             groups = {k: grouping.random_balanced(a.features, a.groups, c.seed) for k, a in model.assignments.items()}
         else:
             groups = grouping.cluster_groups(model, c.seed)
         grouping.apply_groups(model, groups)
-        split_model = self.finish_split(name, model, epochs, c.lr * 0.1)
-        return self.summary(model, split_model)
+        result = self.split_and_finish(name, model)
+        del result["split_model"]
+        return result
 
     def summary(self, model, split_model) -> dict:
         result = {"test_acc": self.evaluate(split_model), "params": convert.count_parameters(split_model),
@@ -298,31 +400,55 @@ def dense_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("assignments.")}
 
 
+def load_init(path, model_name: str, num_classes: int):
+    """The dense model saved at ``path`` by :func:`splitkern.save`, checked against the run's model and classes."""
+    if not Path(path).is_file():
+        raise ValueError(f"init_from: {path} is not a file (a dense model saved by splitkern.save, e.g. the "
+                         "dense baseline's dense/dense.pt)")
+    try:
+        model = io.load(path)
+    except ValueError as exc:
+        raise ValueError(f"init_from: {exc}") from None
+    if hasattr(model, "split_structure"):
+        raise ValueError(f"init_from: {path} holds a split model; give a dense one (e.g. dense/dense.pt)")
+    if model.config.get("num_classes") != num_classes:
+        raise ValueError(f"init_from: {path} has {model.config.get('num_classes')} classes, the data has {num_classes}")
+    expected = models.build(model_name, num_classes)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if type(model) is not type(expected) or shapes != {k: v.shape for k, v in expected.state_dict().items()}:
+        raise ValueError(f"init_from: {path} holds a {type(model).__name__} {model.config} that is not "
+                         f"model={model_name!r}")
+    return model
+
+
 def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dict:
     """Train SplitNet and the requested baselines; write and return ``metrics.json``'s content.
 
     ``dataset`` overrides ``config.data`` (tests pass a tiny one).
     """
     trainer = Trainer(config, dataset)
-    warm = trainer.warmed_up()
-    main = trainer.run_splitnet(warm)
-    stage1 = models.build(config.model, trainer.data.num_classes, config.split)
+    start = trainer.starting_model()
+    main = trainer.run_splitnet(start)
+    stage1 = models.build(config.model, trainer.data.num_classes, config.split, dropout=config.dropout)
     stage1.load_state_dict(torch.load(trainer.out / "stage1.pt", weights_only=False)["state_dict"])
     split_model = io.load(trainer.out / "split.pt")
     top = stage1.split_plan.levels[-1]
     class_ids = convert.hard_groups(stage1, stage1.split_plan.output_key, top)
     names = trainer.data.fine_names
+    dense_model = models.build(config.model, trainer.data.num_classes)
     metrics = {
         "spec": config.split, "model": config.model, "data": config.data,
         "test_acc": main["test_acc"],
-        "params_dense": convert.count_parameters(models.build(config.model, trainer.data.num_classes)),
+        "test_acc_before_split": main["test_acc_before_split"],
+        "test_acc_at_split": main["test_acc_at_split"],
+        "params_dense": convert.count_parameters(dense_model),
         "params_split": main["params"],
         "group_sizes": main["group_sizes"],
         "empty_groups": main["empty_groups"],
         "groups": [[names[i] for i in torch.nonzero(class_ids == g).flatten().tolist()]
                    for g in range(stage1.split_plan.groups(top))],
-        "inference_ms_dense_b256": trainer.inference_ms(stage1.to(trainer.device)),
-        "inference_ms_split_b256": trainer.inference_ms(split_model.to(trainer.device)),
+        "inference_ms_dense_b256": trainer.inference_ms(trainer.to_device(dense_model)),
+        "inference_ms_split_b256": trainer.inference_ms(trainer.to_device(split_model)),
         "baselines": {},
         "config": dataclasses.asdict(config),
     }
@@ -334,7 +460,7 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
     metrics_path = trainer.out / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     for name in config.baselines:  # metrics.json is rewritten after each, so a long run reports as it goes
-        metrics["baselines"][name] = trainer.run_baseline(name, warm)
+        metrics["baselines"][name] = trainer.run_baseline(name, start, main["params"])
         metrics_path.write_text(json.dumps(metrics, indent=2))
     if trainer.writer is not None:
         trainer.writer.close()

@@ -56,3 +56,31 @@ def test_set_hard_makes_argmax_follow_groups():
     ids = torch.tensor([2, 0, 1, 1, 0, 2])
     a.set_hard(ids)
     assert torch.equal(a.hard(), ids)
+
+
+def test_r_w_is_the_value_weighted_mean_over_layers_hand_computed():
+    """Official weighted_group_loss: sum sg(r) r / sum sg(r). Layers at 1 and 3: (1 + 9) / 4 = 2.5,
+    gradient 1/4 and 3/4 (not the sum 4, not the plain mean 2)."""
+    from splitkern.splitnet.convert import weighted_layer_mean
+    r = torch.tensor([1.0, 3.0], requires_grad=True)
+    value = weighted_layer_mean(r)
+    value.backward()
+    assert value.item() == pytest.approx(2.5)
+    torch.testing.assert_close(r.grad, torch.tensor([0.25, 0.75]))
+    zero = torch.zeros(2, requires_grad=True)
+    weighted_layer_mean(zero).backward()
+    assert weighted_layer_mean(zero).item() == 0.0 and torch.isfinite(zero.grad).all()
+
+
+def test_regularization_terms_take_the_weighted_mean_of_two_split_layers():
+    from splitkern.models import alexnet
+    from splitkern.splitnet.convert import level_probs, regularization_terms
+    from splitkern.splitnet.regularizers import group_weight_reg
+    torch.manual_seed(0)
+    model = alexnet(10, split="2-2", variant="cifar", hidden=32)
+    per_layer = [group_weight_reg(getattr(model, name).weight, level_probs(model, role.in_key, role.level),
+                                  level_probs(model, role.out_key, role.level)).item()
+                 for name, role in model.split_plan.layers.items()]
+    assert len(per_layer) == 2 and per_layer[0] != pytest.approx(per_layer[1])
+    expected = sum(r * r for r in per_layer) / sum(per_layer)
+    assert regularization_terms(model)["R_W"].item() == pytest.approx(expected, rel=1e-5)

@@ -80,11 +80,18 @@ def test_near_uniform_assignment_regularizers_are_one():
     assert total.item() == pytest.approx(2.0, rel=1e-6)  # R_D = R_E = 1 at uniform
 
 
-def test_split_layers_freeze_bn_scale_and_use_dropout():
+def test_split_layers_freeze_bn_scale():
     model = wrn(10, 1, 10, split="4-4")
     assert not model.stages[2][0].bn1.weight.requires_grad
     assert model.stages[1][0].bn1.weight.requires_grad
-    assert isinstance(model.stages[2][0].dropout, torch.nn.Dropout) and isinstance(model.dropout, torch.nn.Dropout)
+
+
+@pytest.mark.parametrize("split_spec", [None, "4-4"])
+def test_dropout_is_the_same_in_dense_and_split_models(split_spec):
+    """Dropout sits in every block whether or not the model is split; none at all by default."""
+    assert not any(isinstance(m, torch.nn.Dropout) for m in wrn(10, 1, 10, split=split_spec).modules())
+    drops = [m for m in wrn(10, 1, 10, split=split_spec, dropout=0.3).modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 3 and all(m.p == 0.3 for m in drops)  # one per block, WRN-10 has 3 blocks
 
 
 def test_save_and_load_roundtrip(tmp_path):
@@ -98,7 +105,7 @@ def test_save_and_load_roundtrip(tmp_path):
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"weights": torch.ones(2)}, path)
-    with pytest.raises(ValueError, match="not a splitkern split model"):
+    with pytest.raises(ValueError, match="not a splitkern model"):
         splitkern.load(path)
 
 
