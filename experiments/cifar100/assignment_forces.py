@@ -11,7 +11,10 @@ Frozen weights make it a first-order picture (in the real run the weights move t
 lr 0.1), but it runs in seconds instead of an epoch of training.
 
     python experiments/cifar100/assignment_forces.py \
-        --ckpt /work/runs/cifar_assign-lr1/splitnet/warmup.ckpt --data ../shared/data/cifar100
+        --ckpt /work/runs/fair_s0/warmup/train.ckpt --data ../shared/data/cifar100
+
+(``warmup/train.ckpt`` holds the dense warm-up model; checkpoints of the old protocol,
+``splitnet/warmup.ckpt``, hold a split-aware one; both load.)
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def start_gradients(model) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="warmup.ckpt of a `splitkern train` run")
+    parser.add_argument("--ckpt", required=True, help="warmup/train.ckpt of a `splitkern train` run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", default="wrn16-2")
     parser.add_argument("--split", default="2-2-2")
@@ -66,7 +69,10 @@ def main() -> None:
 
     dataset = sk_data.load(args.data)
     model = models.build(args.model, dataset.num_classes, args.split)
-    model.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"])
+    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]
+    missing, unexpected = model.load_state_dict(state, strict=False)  # a dense warm-up has no assignments
+    if unexpected or any(not k.startswith("assignments.") for k in missing):
+        raise ValueError(f"{args.ckpt} is not a {args.model} checkpoint: missing {missing}, unexpected {unexpected}")
     grouping.apply_groups(model, grouping.cluster_groups(model), args.confidence)  # as the trainer does
     key = model.split_plan.output_key
     init = model.assignments[key].hard().clone()
@@ -76,10 +82,10 @@ def main() -> None:
           {k: f"{v:.3g}" for k, v in start_gradients(model).items()})
     print("| gammas (R_D, R_W, R_E) | assign lr | NMI | class groups | classes moved | R_D | R_W | R_E |")
     print("|---|---|---|---|---|---|---|---|")
-    settings = [((1, 1, 10), 10), ((1, 1, 10), 1),  # the trainer's defaults at the two rates tried on CIFAR
-                ((0, 1, 0), 1), ((1, 0, 0), 1), ((0, 0, 10), 1), ((1, 0, 10), 1), ((0, 1, 10), 1),  # one term off
-                ((1, 1, 30), 1), ((1, 1, 100), 1), ((1, 0.3, 10), 1), ((1, 0.1, 10), 1),  # R_E vs R_W balance
-                ((1, 1 / 7, 10), 10)]  # R_W as a mean over the 7 split layers (not a sum), at lr 10
+    # R_W is the official value-weighted mean over split layers (convert.weighted_layer_mean)
+    settings = [((1, 1, 10), 0.1), ((1, 1, 10), 1), ((1, 1, 10), 10),  # the paper's gammas at three rates
+                ((0, 1, 0), 1), ((1, 0, 10), 1),  # R_W alone, no R_W
+                ((1, 3, 10), 1), ((1, 0.3, 10), 1), ((1, 1, 3), 1), ((1, 1, 30), 1)]  # R_W vs R_E balance
     for gammas, lr in settings:
         r = simulate(model, gammas, lr, args.steps)
         nmi = grouping.nmi(r["final"].numpy(), dataset.fine_to_coarse)

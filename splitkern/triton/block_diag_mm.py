@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from splitkern.precision import input_precision
+
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
@@ -266,10 +268,21 @@ def block_diag_mm_grad_bias(grad_out, out_index=None):
     return db
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not INTERPRETED and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+def _input_precision(dtype: torch.dtype, kind: str = "matmul") -> str:
+    return input_precision(dtype, kind, interpreted=INTERPRETED)
+
+
+GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's maximum grid size per axis
+
+
+def checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """``grid`` unchanged, or a ``ValueError`` naming ``what`` when an axis exceeds CUDA's limit
+    (a launch past it fails with an opaque driver error, or not at all under the interpreter)."""
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
+        if size > limit:
+            raise ValueError(f"{what}: {size:,} program tiles on grid axis {axis} exceed CUDA's limit of "
+                             f"{limit:,}; split the batch or the layer")
+    return grid
 
 
 def _index_or_dummy(index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -286,7 +299,7 @@ def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg
     in_offsets, out_offsets, w_offsets = layout.offsets(a.device)
     offsets = {"in": in_offsets, "out": out_offsets}
     tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
-    grid = (triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0])
+    grid = checked_grid((triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0]), "block_diag_mm")
     args = (a, weight, weight if bias is None else bias, c,
             _index_or_dummy(a_index, tiles), _index_or_dummy(c_index, tiles),
             tiles, offsets[red_over], offsets[out_over], w_offsets,

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from splitkern.reference.grouped_conv import new_activation, output_shape
-from splitkern.triton.block_diag_mm import MMConfig, _group_range, _index_or_dummy, _input_precision, on_input_device
+from splitkern.triton.block_diag_mm import (MMConfig, _group_range, _index_or_dummy, _input_precision, checked_grid,
+                                            on_input_device)
 
 # Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
 # the weight is read with per-element addresses (taps are innermost in the packed
@@ -221,8 +222,17 @@ def _geometry(kernel_size, stride, padding, dilation):
 
 
 def _meta(cfg: MMConfig, dtype: torch.dtype, aligned: bool) -> dict:
-    return dict(ALIGNED=aligned, INPUT_PRECISION=_input_precision(dtype), BLOCK_M=cfg.block_m,
+    return dict(ALIGNED=aligned, INPUT_PRECISION=_input_precision(dtype, "conv"), BLOCK_M=cfg.block_m,
                 BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _pixels(n: int, h: int, w: int) -> int:
+    """``n * h * w``, the kernels' int32 pixel index range, or a ``ValueError`` when it does not fit."""
+    pixels = n * h * w
+    if pixels >= 2**31:
+        raise ValueError(f"grouped_conv: batch x height x width = {n} x {h} x {w} = {pixels:,} pixels; the "
+                         "kernels index pixels in int32 (< 2**31): split the batch")
+    return pixels
 
 
 def conv_launch(x, weight, bias, y, layout, geometry, in_index, out_index, cfg: MMConfig):
@@ -231,7 +241,8 @@ def conv_launch(x, weight, bias, y, layout, geometry, in_index, out_index, cfg: 
     ho, wo = y.shape[2:]
     tiles = layout.column_tiles(x.device, cfg.block_n, "out")
     in_off, out_off, w_off = layout.offsets(x.device)
-    grid = (triton.cdiv(n * ho * wo, cfg.block_m), tiles.shape[0])
+    _pixels(n, h, w)  # the input is addressed by pixel too
+    grid = checked_grid((triton.cdiv(_pixels(n, ho, wo), cfg.block_m), tiles.shape[0]), "grouped_conv")
     args = (x, weight, weight if bias is None else bias, y,
             _index_or_dummy(in_index, tiles), _index_or_dummy(out_index, tiles),
             tiles, in_off, out_off, w_off, n * ho * wo, h, w, ho, wo, *x.stride(), *y.stride())
@@ -246,7 +257,7 @@ def conv_grad_input_launch(grad_out, weight, dx, layout, geometry, in_index, out
     ho, wo = grad_out.shape[2:]
     tiles = layout.column_tiles(dx.device, cfg.block_n, "in")
     in_off, out_off, w_off = layout.offsets(dx.device)
-    grid = (triton.cdiv(n * h * w, cfg.block_m), tiles.shape[0])
+    grid = checked_grid((triton.cdiv(_pixels(n, h, w), cfg.block_m), tiles.shape[0]), "grouped_conv backward")
     args = (grad_out, weight, dx, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
             tiles, in_off, out_off, w_off, n * h * w, h, w, ho, wo, *grad_out.stride(), *dx.stride())
     kwargs = dict(**geometry, GATHER_DY=out_index is not None, SCATTER_DX=in_index is not None,
@@ -260,9 +271,10 @@ def conv_grad_weight_launch(grad_out, x, dw, layout, geometry, in_index, out_ind
     ho, wo = grad_out.shape[2:]
     tiles = layout.block_tiles(x.device, cfg.block_n, cfg.block_k)
     in_off, out_off, w_off = layout.offsets(x.device)
+    _pixels(n, h, w)
     grid = (tiles.shape[0], geometry["KH"] * geometry["KW"])
     args = (grad_out, x, dw, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
-            tiles, in_off, out_off, w_off, n * ho * wo, h, w, ho, wo, *grad_out.stride(), *x.stride())
+            tiles, in_off, out_off, w_off, _pixels(n, ho, wo), h, w, ho, wo, *grad_out.stride(), *x.stride())
     kwargs = dict(**geometry, GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
                   **_meta(cfg, x.dtype, layout.aligned))
     return grid, args, kwargs

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The fair-protocol CIFAR-100 evidence (issue: "SplitNet keeps its accuracy"), resumable.
+#   experiments/cifar100/fair_protocol.sh arms SEED      # WRN-16-2 2-2-2, all five arms, 15 epochs
+#   experiments/cifar100/fair_protocol.sh route          # the trained-model route, from seed 0's dense.pt
+# Runs write to $RUNS (default /work/runs); re-running a killed command resumes it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${DATA:-../shared/data/cifar100}
+RUNS=${RUNS:-/work/runs}
+SK=${SK:-.venv/bin/splitkern}
+COMMON=(--data "$DATA" --model wrn16-2 --split 2-2-2 --precision bf16 --no-tensorboard)
+resume_flag() { [[ -f "$1/log.csv" ]] && echo --resume || true; }
+
+case "${1:?arms SEED | route}" in
+  arms)
+    out="$RUNS/fair_s$2"
+    "$SK" train "${COMMON[@]}" --stage1-epochs 10 --warmup-epochs 5 --stage2-epochs 5 \
+        --baselines dense,random,cluster,thin --seed "$2" --out "$out" $(resume_flag "$out")
+    ;;
+  route)
+    # A dense WRN-16-2 trained for 15 epochs (seed 0's dense arm), split with 3 + 3 more epochs at a
+    # fine-tuning rate, against the same dense model continued for the same 6 epochs on the same curve.
+    out="$RUNS/fair_route_s0"
+    "$SK" train "${COMMON[@]}" --init-from "$RUNS/fair_s0/dense/dense.pt" --lr 0.02 \
+        --stage1-epochs 3 --warmup-epochs 0 --stage2-epochs 3 --baselines dense,random --seed 0 \
+        --out "$out" $(resume_flag "$out")
+    ;;
+esac
