@@ -27,6 +27,8 @@ Tensor block_diag_mm_aten(const Tensor& x, const Tensor& weight, const OptTensor
   const auto off = group_offsets(in_sizes, out_sizes, 1);
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_weight(weight, off);
+  check_like_weight(weight, x, "x");
+  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
   const Tensor xg = gather_dim1(x, in_index);
   const int64_t G = off.groups();
   if (off.equal() && x.size(0) > 0) {
@@ -58,6 +60,8 @@ Tensor block_diag_mm_grad_input_aten(const Tensor& grad_out, const Tensor& weigh
   const auto off = group_offsets(in_sizes, out_sizes, 1);
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   check_weight(weight, off);
+  check_like_weight(weight, grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
   const Tensor dyg = gather_dim1(grad_out, out_index);
   const int64_t G = off.groups();
   if (off.equal() && grad_out.size(0) > 0) {
@@ -82,6 +86,8 @@ Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, I
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  check_like(x, "x", grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
   const Tensor xg = gather_dim1(x, in_index), dyg = gather_dim1(grad_out, out_index);
   Tensor dw = at::empty({off.weight.back()}, x.options());
   for (int64_t g = 0; g < off.groups(); ++g) {
@@ -96,6 +102,14 @@ Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, I
 
 Tensor block_diag_mm_grad_bias_aten(const Tensor& grad_out, const OptTensor& out_index) {
   TORCH_CHECK(grad_out.dim() == 2, "grad_out must be 2-D (M, N), got ", grad_out.sizes());
+  if (out_index.has_value()) {
+    TORCH_CHECK(out_index->dim() == 1 && out_index->size(0) == grad_out.size(1) &&
+                    out_index->scalar_type() == at::kLong,
+                "out_index must be an int64 tensor of shape (", grad_out.size(1), ",), got ",
+                out_index->scalar_type(), " ", out_index->sizes());
+    TORCH_CHECK(out_index->device() == grad_out.device(), "out_index is on ", out_index->device(),
+                " but grad_out is on ", grad_out.device());
+  }
   const Tensor sums = grad_out.sum(0);
   return out_index.has_value() ? sums.index_select(0, *out_index) : sums;
 }

@@ -24,18 +24,10 @@ Tensor energy(const Tensor& weight) {
   return weight.dim() == 2 ? w2 : w2.flatten(2).mean(2);
 }
 
-void check(const Tensor& weight, const Tensor& p, const Tensor& q) {
-  TORCH_CHECK(weight.dim() >= 2, "weight must be (D_out, D_in, ...), got ", weight.sizes());
-  TORCH_CHECK(p.dim() == 2 && p.size(1) == weight.size(1), "p must have shape (G, ", weight.size(1),
-              ") (D_in), got ", p.sizes());
-  TORCH_CHECK(q.dim() == 2 && q.size(1) == weight.size(0) && q.size(0) == p.size(0), "q must have shape (",
-              p.size(0), ", ", weight.size(0), ") (G, D_out), got ", q.sizes());
-}
-
 }  // namespace
 
 std::tuple<Tensor, Tensor> group_weight_reg_gemms_aten(const Tensor& weight, const Tensor& p, const Tensor& q) {
-  check(weight, p, q);
+  check_reg(weight, p, q);
   const Tensor m = energy(weight);
   return {at::mm(acc(q).square(), m), at::mm(acc(p).square(), m.t())};
 }
@@ -43,7 +35,7 @@ std::tuple<Tensor, Tensor> group_weight_reg_gemms_aten(const Tensor& weight, con
 std::tuple<Tensor, Tensor, Tensor> group_weight_reg_gemms_backward_aten(const Tensor& weight, const Tensor& p,
                                                                          const Tensor& q, const Tensor& grad_a,
                                                                          const Tensor& grad_b) {
-  check(weight, p, q);
+  check_reg_backward(weight, p, q, grad_a, grad_b);
   const Tensor m = energy(weight), pa = acc(p), qa = acc(q);
   Tensor grad_m = at::mm(qa.square().t(), grad_a) + at::mm(grad_b.t(), pa.square());
   std::vector<int64_t> shape = grad_m.sizes().vec();

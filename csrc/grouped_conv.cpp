@@ -30,9 +30,27 @@ std::pair<ConvGeometry, GroupOffsets> checked_conv(const Tensor& x, const Tensor
   TORCH_CHECK(x.dim() == 4 && x.size(1) == off.in.back(), "x must have shape (N, ", off.in.back(),
               ", H, W) (sum of in_sizes), got ", x.sizes());
   check_weight(weight, off);
+  check_like_weight(weight, x, "x");
   TORCH_CHECK(geo.out_size(x.size(2), 0) > 0 && geo.out_size(x.size(3), 1) > 0, "x's spatial size ",
               x.sizes().slice(2), " is smaller than the dilated kernel");
   return {std::move(geo), std::move(off)};
+}
+
+std::pair<ConvGeometry, GroupOffsets> checked_conv_backward(const Tensor& grad_out, const Tensor& x,
+                                                            const Tensor& weight, IntArrayRef in_sizes,
+                                                            IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                                            IntArrayRef stride, IntArrayRef padding,
+                                                            IntArrayRef dilation, const OptTensor& in_index,
+                                                            const OptTensor& out_index) {
+  auto checked = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto& [geo, off] = checked;
+  const std::vector<int64_t> want = {x.size(0), off.out.back(), geo.out_size(x.size(2), 0),
+                                     geo.out_size(x.size(3), 1)};
+  TORCH_CHECK(grad_out.sizes() == IntArrayRef(want), "grad_out must have shape ", IntArrayRef(want), ", got ",
+              grad_out.sizes());
+  check_like_weight(weight, grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
+  return checked;
 }
 
 namespace {
@@ -83,6 +101,7 @@ Tensor grouped_conv_aten(const Tensor& x, const Tensor& weight, const OptTensor&
                          IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                          IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
   const auto format = x.suggest_memory_format();
   const Tensor xg = gather_dim1(x, in_index);
   if (use_grouped_call(x, off)) {
@@ -113,7 +132,8 @@ Tensor grouped_conv_grad_input_aten(const Tensor& grad_out, const Tensor& weight
                                     IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                     const OptTensor& in_index, const OptTensor& out_index) {
-  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto [geo, off] = checked_conv_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride,
+                                                padding, dilation, in_index, out_index);
   const Tensor dx = conv_backward(grad_out, x, weight, off, geo, in_index, out_index, true).first;
   return scatter_dim1(dx, in_index).contiguous(x.suggest_memory_format());
 }
@@ -122,7 +142,8 @@ Tensor grouped_conv_grad_weight_aten(const Tensor& grad_out, const Tensor& x, co
                                      IntArrayRef in_sizes, IntArrayRef out_sizes, IntArrayRef kernel_size,
                                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                      const OptTensor& in_index, const OptTensor& out_index) {
-  const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
+  const auto [geo, off] = checked_conv_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride,
+                                                padding, dilation, in_index, out_index);
   return conv_backward(grad_out, x, weight, off, geo, in_index, out_index, false).second;
 }
 

@@ -29,7 +29,8 @@ GroupOffsets group_offsets(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t 
 // Argument checks shared by the C++ and CUDA kernels (TORCH_CHECK, naming the argument).
 void check_matrix(const Tensor& t, const char* name, int64_t cols, const char* cols_name);  // (M, cols)
 void check_weight(const Tensor& weight, const GroupOffsets& off);                          // packed, 1-D
-void check_like_weight(const Tensor& weight, const Tensor& t, const char* name);  // dtype, device
+void check_like(const Tensor& ref, const char* ref_name, const Tensor& t, const char* name);  // dtype, device
+void check_like_weight(const Tensor& weight, const Tensor& t, const char* name);  // check_like(weight, ...)
 // Shapes, dtypes and devices of the optional operands (not the index values: that would sync).
 void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, const OptTensor& out_index,
                             int64_t in_features, int64_t out_features, const Tensor& weight);
@@ -45,6 +46,18 @@ struct ConvGeometry {
 std::pair<ConvGeometry, GroupOffsets> checked_conv(const Tensor& x, const Tensor& weight, IntArrayRef in_sizes,
                                                    IntArrayRef out_sizes, IntArrayRef kernel_size,
                                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation);
+// checked_conv for a backward call, plus grad_out's shape, dtype and device and the indices.
+std::pair<ConvGeometry, GroupOffsets> checked_conv_backward(const Tensor& grad_out, const Tensor& x,
+                                                            const Tensor& weight, IntArrayRef in_sizes,
+                                                            IntArrayRef out_sizes, IntArrayRef kernel_size,
+                                                            IntArrayRef stride, IntArrayRef padding,
+                                                            IntArrayRef dilation, const OptTensor& in_index,
+                                                            const OptTensor& out_index);
+// The regulariser's weight (D_out, D_in, ...), p (G, D_in), q (G, D_out) and, for the backward,
+// grad_a (G, D_in) and grad_b (G, D_out): shapes, floating dtypes, and every tensor on weight's device.
+void check_reg(const Tensor& weight, const Tensor& p, const Tensor& q);
+void check_reg_backward(const Tensor& weight, const Tensor& p, const Tensor& q, const Tensor& grad_a,
+                        const Tensor& grad_b);
 
 // t[:, index] (dim 1) and its inverse out[:, index[j]] = t[:, j]; identity for nullopt.
 Tensor gather_dim1(const Tensor& t, const OptTensor& index);

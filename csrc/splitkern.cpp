@@ -55,10 +55,45 @@ void check_weight(const Tensor& weight, const GroupOffsets& off) {
               off.weight.back(), ",) (sum of in_sizes[g] * out_sizes[g] * taps), got ", weight.sizes());
 }
 
-void check_like_weight(const Tensor& weight, const Tensor& t, const char* name) {
-  TORCH_CHECK(weight.scalar_type() == t.scalar_type(), "weight has dtype ", weight.scalar_type(), " but ", name,
+void check_like(const Tensor& ref, const char* ref_name, const Tensor& t, const char* name) {
+  TORCH_CHECK(ref.scalar_type() == t.scalar_type(), ref_name, " has dtype ", ref.scalar_type(), " but ", name,
               " has ", t.scalar_type());
-  TORCH_CHECK(weight.device() == t.device(), "weight is on ", weight.device(), " but ", name, " is on ", t.device());
+  TORCH_CHECK(ref.device() == t.device(), ref_name, " is on ", ref.device(), " but ", name, " is on ", t.device());
+}
+
+void check_like_weight(const Tensor& weight, const Tensor& t, const char* name) {
+  check_like(weight, "weight", t, name);
+}
+
+namespace {
+
+void check_on_weight_device(const Tensor& weight, const Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_floating_point(), name, " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ", weight.device());
+}
+
+void check_group_matrix(const Tensor& weight, const Tensor& t, const char* name, int64_t groups, int64_t cols,
+                        const char* cols_name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == groups && t.size(1) == cols, name, " must have shape (", groups, ", ",
+              cols, ") (G, ", cols_name, "), got ", t.sizes());
+  check_on_weight_device(weight, t, name);
+}
+
+}  // namespace
+
+void check_reg(const Tensor& weight, const Tensor& p, const Tensor& q) {
+  TORCH_CHECK(weight.dim() >= 2, "weight must be (D_out, D_in, ...), got ", weight.sizes());
+  TORCH_CHECK(weight.is_floating_point(), "weight must be a floating-point tensor, got ", weight.scalar_type());
+  TORCH_CHECK(p.dim() == 2, "p must have shape (G, ", weight.size(1), ") (G, D_in), got ", p.sizes());
+  check_group_matrix(weight, p, "p", p.size(0), weight.size(1), "D_in");
+  check_group_matrix(weight, q, "q", p.size(0), weight.size(0), "D_out");
+}
+
+void check_reg_backward(const Tensor& weight, const Tensor& p, const Tensor& q, const Tensor& grad_a,
+                        const Tensor& grad_b) {
+  check_reg(weight, p, q);
+  check_group_matrix(weight, grad_a, "grad_a", p.size(0), weight.size(1), "D_in");
+  check_group_matrix(weight, grad_b, "grad_b", p.size(0), weight.size(0), "D_out");
 }
 
 void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, const OptTensor& out_index,

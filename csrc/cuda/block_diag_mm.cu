@@ -120,9 +120,7 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
   check_matrix(x, "x", off.in.back(), "sum of in_sizes");
   check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
   TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), "grad_out (",
-              grad_out.scalar_type(), ", ", grad_out.device(), ") must match x (", x.scalar_type(), ", ", x.device(),
-              ")");
+  check_like(x, "x", grad_out, "grad_out");
   check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {

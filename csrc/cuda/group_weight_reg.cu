@@ -160,12 +160,7 @@ void emulate_backward(const BackwardArgs<T>& args, dim3 grid) {
   });
 }
 
-Shape shape_of(const Tensor& weight, const Tensor& p, const Tensor& q) {
-  TORCH_CHECK(weight.dim() >= 2, "weight must be (D_out, D_in, ...), got ", weight.sizes());
-  TORCH_CHECK(p.dim() == 2 && p.size(1) == weight.size(1), "p must have shape (G, ", weight.size(1), "), got ",
-              p.sizes());
-  TORCH_CHECK(q.dim() == 2 && q.size(1) == weight.size(0) && q.size(0) == p.size(0), "q must have shape (",
-              p.size(0), ", ", weight.size(0), "), got ", q.sizes());
+Shape shape_of(const Tensor& weight, const Tensor& p) {  // after check_reg
   return {weight.size(0), weight.size(1), weight.numel() / std::max<int64_t>(1, weight.size(0) * weight.size(1)),
           p.size(0)};
 }
@@ -187,7 +182,8 @@ Tensor fp32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 std::tuple<Tensor, Tensor> gemms(const Tensor& weight, const Tensor& p, const Tensor& q) {
   const at::OptionalDeviceGuard guard(at::device_of(weight));
-  const Shape s = shape_of(weight, p, q);
+  check_reg(weight, p, q);
+  const Shape s = shape_of(weight, p);
   const Tensor w = weight.contiguous(), p2 = fp32(p).square(), q2 = fp32(q).square();
   Tensor a = at::zeros({s.groups, s.d_in}, p2.options()), b = at::zeros({s.groups, s.d_out}, p2.options());
   if (w.numel() == 0 || s.groups == 0) return {a, b};
@@ -205,7 +201,8 @@ std::tuple<Tensor, Tensor> gemms(const Tensor& weight, const Tensor& p, const Te
 std::tuple<Tensor, Tensor, Tensor> gemms_backward(const Tensor& weight, const Tensor& p, const Tensor& q,
                                                   const Tensor& grad_a, const Tensor& grad_b) {
   const at::OptionalDeviceGuard guard(at::device_of(weight));
-  const Shape s = shape_of(weight, p, q);
+  check_reg_backward(weight, p, q, grad_a, grad_b);
+  const Shape s = shape_of(weight, p);
   const Tensor w = weight.contiguous(), pa = fp32(p), qa = fp32(q), p2 = pa.square(), q2 = qa.square();
   const Tensor da = fp32(grad_a), db = fp32(grad_b);
   Tensor grad_w = at::zeros_like(w), sum_p = at::zeros_like(pa), sum_q = at::zeros_like(qa);

@@ -143,25 +143,6 @@ Window window(const ConvGeometry& geo) {
           geo.dilation[0], geo.dilation[1]};
 }
 
-// A backward call's geometry and offsets, after checking x, weight, grad_out (shape, dtype,
-// device) and the indices against them.
-std::pair<ConvGeometry, GroupOffsets> checked_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
-                                                       IntArrayRef in_sizes, IntArrayRef out_sizes,
-                                                       IntArrayRef kernel_size, IntArrayRef stride,
-                                                       IntArrayRef padding, IntArrayRef dilation,
-                                                       const OptTensor& in_index, const OptTensor& out_index) {
-  auto checked = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
-  const auto& [geo, off] = checked;
-  const std::vector<int64_t> want = {x.size(0), off.out.back(), geo.out_size(x.size(2), 0),
-                                     geo.out_size(x.size(3), 1)};
-  TORCH_CHECK(grad_out.sizes() == IntArrayRef(want), "grad_out must have shape ", IntArrayRef(want), ", got ",
-              grad_out.sizes());
-  check_like_weight(weight, grad_out, "grad_out");
-  check_like_weight(weight, x, "x");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
-  return checked;
-}
-
 // The tensor-core entry points (fp16/bf16; CPU tensors run the host emulation).
 
 Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
@@ -169,7 +150,6 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
                IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(x));
   const auto [geo, off] = checked_conv(x, weight, in_sizes, out_sizes, kernel_size, stride, padding, dilation);
-  check_like_weight(weight, x, "x");
   check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
   const int64_t ho = geo.out_size(x.size(2), 0), wo = geo.out_size(x.size(3), 1), pixels = x.size(0) * ho * wo;
   const Tensor w = weight.contiguous();
@@ -189,7 +169,7 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
                   IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                   IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
-  const auto [geo, off] = checked_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
+  const auto [geo, off] = checked_conv_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
                                            dilation, in_index, out_index);
   const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
   const Tensor w = weight.contiguous();
@@ -208,7 +188,7 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
                    IntArrayRef out_sizes, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                    IntArrayRef dilation, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
-  const auto [geo, off] = checked_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
+  const auto [geo, off] = checked_conv_backward(grad_out, x, weight, in_sizes, out_sizes, kernel_size, stride, padding,
                                            dilation, in_index, out_index);
   const int64_t pixels = grad_out.size(0) * grad_out.size(2) * grad_out.size(3);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());

@@ -76,7 +76,8 @@ def _reg_args(_):
     p, q = torch.rand(2, 6, device=DEVICE), torch.rand(2, 8, device=DEVICE)
     ops = torch.ops.splitkern
     return [(ops.ext_group_weight_reg_gemms.default, (w, p, q)),
-            (ops.ext_group_weight_reg_gemms_backward.default, (w, p, q, torch.randn(2, 6), torch.randn(2, 8)))]
+            (ops.ext_group_weight_reg_gemms_backward.default,
+             (w, p, q, torch.randn(2, 6, device=DEVICE), torch.randn(2, 8, device=DEVICE)))]
 
 
 @pytest.mark.parametrize("make_args", [_mm_args, _conv_args, _reg_args])
@@ -130,3 +131,51 @@ def test_many_ragged_groups_match_the_reference(dtype):
 
     for got, want in zip(both("cuda"), both("reference")):
         torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def _all_entry_points():
+    return [call for make in (_mm_args, _conv_args, _reg_args) for call in make(True)]
+
+
+def _replace(args, position, tensor):
+    return tuple(tensor if i == position else a for i, a in enumerate(args))
+
+
+def test_every_entry_point_rejects_an_operand_of_another_dtype():
+    """A float64 operand beside float32 ones is named in the error (it used to be read as float32 bits)."""
+    backend._extension()
+    for op, args in _all_entry_points():
+        if "group_weight_reg" in op._schema.name:  # p, q and the gradients are fp32 whatever the weight's dtype
+            continue
+        for i, arg in enumerate(args):
+            if not (isinstance(arg, torch.Tensor) and arg.is_floating_point()):
+                continue
+            others = [a for j, a in enumerate(args) if j != i and isinstance(a, torch.Tensor) and a.is_floating_point()]
+            if not others:
+                continue
+            with pytest.raises(RuntimeError, match=r"has dtype \w+ but \w+ has"):
+                op(*_replace(args, i, arg.double()))
+
+
+@pytest.mark.gpu
+def test_every_entry_point_rejects_an_operand_on_another_device():
+    """A CPU operand beside CUDA ones is named in the error, before any kernel reads host memory."""
+    backend._extension()
+    for op, args in _all_entry_points():
+        for i, arg in enumerate(args):
+            if isinstance(arg, torch.Tensor) and i > 0:
+                with pytest.raises(RuntimeError, match="is on"):
+                    op(*_replace(args, i, arg.cpu()))
+    torch.cuda.synchronize()  # no kernel ran with a host pointer (that error is sticky)
+
+
+def test_regulariser_entry_points_name_misshapen_gradients():
+    backend._extension()
+    w, p, q = torch.randn(8, 6), torch.rand(2, 6), torch.rand(2, 8)
+    op = torch.ops.splitkern.ext_group_weight_reg_gemms_backward
+    with pytest.raises(RuntimeError, match="grad_a must have shape"):
+        op(w, p, q, torch.randn(2, 5), torch.randn(2, 8))
+    with pytest.raises(RuntimeError, match="grad_b must have shape"):
+        op(w, p, q, torch.randn(2, 6), torch.randn(3, 8))
+    with pytest.raises(RuntimeError, match="q must have shape"):
+        torch.ops.splitkern.ext_group_weight_reg_gemms(w, p, torch.rand(2, 7))
