@@ -108,6 +108,20 @@ def triton_interpreted() -> bool:
     return bool(module and module.INTERPRETED)
 
 
+def prepare_layout(layout, device: torch.device) -> None:
+    """Build on ``device`` every device table a kernel may read for ``layout`` (offsets, tile tables).
+
+    Layers call this when built or moved, so no forward or backward copies a table host -> device
+    (a blocking copy: it stalls the first call per batch bucket and breaks CUDA graph capture).
+    Only the Triton kernels read device tables (the extension passes its group table as kernel
+    parameters); nothing to do where they cannot run.
+    """
+    device = torch.device(device)
+    module, _ = _triton_module()
+    if module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED)):
+        module.prepare_layout(layout, device)
+
+
 def _unusable_reason(name: str) -> str:
     if name == "triton":
         return _triton_module()[1]

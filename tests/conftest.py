@@ -37,10 +37,12 @@ def _ieee_fp32():
 
     Every op takes its fp32 precision from torch's settings (splitkern.precision), as its
     reference does, but two TF32 computations with different summation orders differ by
-    ~1e-3; tests that exercise TF32 set it themselves.
+    ~1e-3; tests that exercise TF32 set it themselves. Set through the legacy flags: once the
+    new fp32_precision API has been used, torch's own reads of the legacy flags (torch.export
+    does) raise.
     """
     backends = torch.backends
-    saved = backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision
-    backends.cuda.matmul.fp32_precision = backends.cudnn.conv.fp32_precision = "ieee"
+    saved = backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+    backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
     yield
-    backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = saved
+    backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from splitkern.backend import prepare_layout
 from splitkern.layout import block_layout, check_sizes
 from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation
@@ -38,8 +39,9 @@ class BlockDiagonalLayer(nn.Module):
         self.register_buffer("in_index", self._index(in_index, self.in_features, "in_index", device))
         self.register_buffer("out_index", self._index(out_index, self.out_features, "out_index", device))
         self._note_identity()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._note_identity())
+        self.register_load_state_dict_post_hook(lambda module, keys: module._loaded())
         self.reset_parameters()
+        prepare_layout(self.layout, self.weight.device)
 
     @staticmethod
     def _index(index, length: int, name: str, device) -> torch.Tensor:
@@ -54,6 +56,16 @@ class BlockDiagonalLayer(nn.Module):
             buffer = getattr(self, name)
             buffer.copy_(self._index(index, buffer.numel(), name, buffer.device))
         self._note_identity()
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.cuda()``, ``.half()``...: then the device tables for the new device."""
+        result = super()._apply(fn, recurse)
+        prepare_layout(self.layout, self.weight.device)
+        return result
+
+    def _loaded(self) -> None:  # load_state_dict(assign=True) may move the parameters
+        self._note_identity()
+        prepare_layout(self.layout, self.weight.device)
 
     def _note_identity(self) -> None:
         """Skip the fused gather/scatter where an index is the identity (checked off the hot path)."""

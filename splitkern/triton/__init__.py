@@ -1,5 +1,30 @@
 """Triton kernels only: no autograd, no validation (see :mod:`splitkern.ops`)."""
 
+from __future__ import annotations
+
+import torch
+
+from splitkern.triton import block_diag_mm, grouped_conv
 from splitkern.triton.block_diag_mm import INTERPRETED
 
-__all__ = ["INTERPRETED"]
+__all__ = ["INTERPRETED", "prepare_layout", "table_shapes"]
+
+
+def table_shapes() -> tuple[set[int], set[tuple[int, int]]]:
+    """Column-tile widths and (rows, columns) weight-block tiles of every config a launch can pick."""
+    tiled = [*(cfg for table in block_diag_mm.FORWARD_CONFIGS.values() for cfg in table.values()),
+             *grouped_conv.CONV_CONFIGS.values()]
+    blocked = [*block_diag_mm.WEIGHT_GRAD_CONFIGS.values(), *grouped_conv.CONV_WEIGHT_GRAD_CONFIGS.values()]
+    return {cfg.block_n for cfg in tiled}, {(cfg.block_n, cfg.block_k) for cfg in blocked}
+
+
+def prepare_layout(layout, device: torch.device) -> None:
+    """Every device table of ``layout`` that a launch on ``device`` may read, built now (see
+    :func:`splitkern.backend.prepare_layout`)."""
+    widths, blocks = table_shapes()
+    layout.offsets(device)
+    for width in sorted(widths):
+        for over in ("in", "out"):
+            layout.column_tiles(device, width, over)
+    for block_n, block_k in sorted(blocks):
+        layout.block_tiles(device, block_n, block_k)
