@@ -63,7 +63,8 @@ GPU_CASES = [
     for kind, ins, outs in (("equal", EQ4, EQ4), ("ragged", RAGGED_IN, RAGGED_OUT), ("odd", ODD_IN, ODD_OUT))
 ] + [Case("equal-M4096-fp16", 4096, EQ4, EQ4, torch.float16),
      Case("equal-M4096-fp32", 4096, EQ4, EQ4, torch.float32)]
-CASES = GPU_CASES if DEVICE.type == "cuda" else CPU_CASES
+TINY_CASES = [Case("tiny-ragged-M5", 5, (3, 9, 0), (6, 2, 7), torch.float32)]
+CASES = TINY_CASES if common.TINY else GPU_CASES if DEVICE.type == "cuda" else CPU_CASES
 MODES = ("fwd", "fwd+bwd")
 
 

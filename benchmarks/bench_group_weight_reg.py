@@ -38,6 +38,8 @@ class Case:
 
 CASES = [Case(f"wrn-stage3-512x512x3x3-G{g}", (512, 512, 3, 3), g) for g in (2, 4, 8)]
 CASES += [Case("logits-100x512-G4", (100, 512), 4)]
+if common.TINY:
+    CASES = [Case("tiny-12x10x3x3-G2", (12, 10, 3, 3), 2)]
 MODES = ("fwd", "fwd+bwd")
 
 

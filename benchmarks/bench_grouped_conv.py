@@ -83,7 +83,8 @@ def _cases(batches, dtype, channels_last):
 
 CPU_CASES = [c for c in _cases((32,), torch.float32, False) if "128@32" not in c.name]
 GPU_CASES = _cases((128, 256), torch.bfloat16, True)
-CASES = GPU_CASES if DEVICE.type == "cuda" else CPU_CASES
+TINY_CASES = [Case("tiny-16@6-N2-G2", 2, 6, _equal(16, 2), _equal(16, 2), 3, 1, 1, torch.float32, False)]
+CASES = TINY_CASES if common.TINY else GPU_CASES if DEVICE.type == "cuda" else CPU_CASES
 MODES = ("fwd", "fwd+bwd")
 
 

@@ -46,7 +46,9 @@ class Case:
 CASES = ([Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.bfloat16) for b in (1, 32, 256)] if DEVICE.type == "cuda"
          else [Case(f"wrn16-2-2-2-2-b{b}", 2, b, torch.float32) for b in (1, 64)]
          + [Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.float32) for b in (1, 32, 256)])
-GLOO_CASES = ((2, 64), (8, 32))  # (widen, batch) on CPU
+if common.TINY:
+    CASES = [Case("wrn16-1-2-2-2-b2", 1, 2, torch.float32)]
+GLOO_CASES = () if common.TINY else ((2, 64), (8, 32))  # (widen, batch) on CPU
 MODES = ("inference",)
 _MODELS: dict = {}
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# SPLITKERN_RESULTS_DIR redirects the CSVs and plots (the GPU session script collects them there);
+# SPLITKERN_BENCH_TINY=1 swaps every benchmark's cases for tiny ones (the session script's dry run).
+RESULTS = Path(os.environ.get("SPLITKERN_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
+TINY = os.environ.get("SPLITKERN_BENCH_TINY") == "1"
 
 # (dense bf16/fp16 tensor-core TFLOP/s, dense fp32 TFLOP/s (no tf32), HBM TB/s), public spec sheets.
 PEAKS = {

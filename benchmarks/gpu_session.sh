@@ -1,37 +1,102 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (DESIGN.md §8): build, GPU tests, compute-sanitizer,
-# benchmarks, a short real-data SplitNet run. Results land in $OUT (default: ./gpu-results).
-#   device run:  bash benchmarks/gpu_session.sh            (carry a CIFAR shard folder as data/cifar100)
+# One device `run` for a lent GPU (README "GPU session"): everything measured comes back in ONE
+# tarball plus summary.txt in $OUT, within GPU_SESSION_BUDGET seconds (default 480 of the 600 a
+# call may take). Steps, most valuable first; each has its own timeout, a failed step does not
+# stop the next:
+#   env + build  ->  GPU-marked tests (ops, nn, parallel)  ->  headline benchmarks  ->
+#   config sweep  ->  compute-sanitizer memcheck of the op tests (if time is left)
+# Dry run on any machine (CI does this): GPU_SESSION_DRY_RUN=1 OUT=/tmp/x bash benchmarks/gpu_session.sh
+# (tiny shapes, no rebuild, whatever backends run there). Afterwards, here:
+#   python benchmarks/unpack_gpu_results.py <the tarball>
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
-mkdir -p "$OUT"
-export SPLITKERN_SKIP_CUDA_BUILD=${SPLITKERN_SKIP_CUDA_BUILD:-0}
-{
-  nvidia-smi
-  python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"
-  pip install --no-build-isolation --no-deps -e . 2>&1 | tail -2
-  python3 -m splitkern.info
-} > "$OUT/env.txt" 2>&1
-
-# 1. correctness on the GPU (gpu-marked tests included), with a memcheck of the op tests when available
-# (no -x: one session should report every GPU failure, not the first)
-python3 -m pytest -q tests -p no:cacheprovider -rfEs > "$OUT/tests.txt" 2>&1
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck python3 -m pytest -q tests/ops -x -k "not fuzz and not compile" \
-    > "$OUT/memcheck.txt" 2>&1
+DRY=${GPU_SESSION_DRY_RUN:-0}
+BUDGET=${GPU_SESSION_BUDGET:-480}
+PY=${PYTHON:-python3}
+START=$(date +%s)
+STAMP=$(date +%Y-%m-%d-%H%M)
+WORK=$(mktemp -d)
+mkdir -p "$OUT" "$WORK/logs" "$WORK/results"
+export PYTHONUNBUFFERED=1 MAX_JOBS=$(nproc) SPLITKERN_RESULTS_DIR="$WORK/results"
+[ "$DRY" = 1 ] && export SPLITKERN_BENCH_TINY=1
+# CUDA_HOME from the nvcc on PATH (which may be a wrapper script: ask nvcc where its toolkit is)
+if command -v nvcc >/dev/null; then
+  for home in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" \
+              "$(readlink -f "$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)")" "${CUDA_HOME:-}" /usr/local/cuda; do
+    if [ -n "$home" ] && [ -f "$home/include/cuda_runtime.h" ]; then export CUDA_HOME=$home; break; fi
+  done
 fi
+CONV_CASES=(--case 512@8 --case 256@16 --case 128@32)  # WRN stages 3, 2, 1
+[ "$DRY" = 1 ] && CONV_CASES=()
 
-# 2. benchmarks: CSV + plot per op into benchmarks/results, copied to $OUT
-for op in block_diag_mm grouped_conv group_weight_reg split_inference; do
-  python3 benchmarks/bench_${op}.py > "$OUT/bench_${op}.txt" 2>&1
-done
-cp benchmarks/results/*gpu* "$OUT/" 2>/dev/null
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
-# 3. SplitNet on one real CIFAR-100 shard, if carried (data/cifar100 with train_0.npz + test.npz)
-if [ -f data/cifar100/test.npz ]; then
-  python3 -m splitkern.cli train --data data/cifar100 --model wrn16-8 --split 2-2-2 --device cuda \
-    --stage1-epochs 10 --warmup-epochs 3 --stage2-epochs 5 --baselines cluster --no-tensorboard \
-    --out "$OUT/splitnet" > "$OUT/splitnet.txt" 2>&1
-  rm -f "$OUT"/splitnet/*/*.ckpt
-fi
-echo "done: $(ls "$OUT")"
+# step NAME SECONDS CMD...: run CMD (a command or an exported function) under a timeout (its own limit or what the budget has left),
+# output to logs/NAME.log, one line "NAME rc seconds" in steps.txt.
+step() {
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  (( limit > $(left) )) && limit=$(left)
+  if (( limit < 5 )); then
+    echo "$name skipped 0 (budget spent)" >> "$WORK/steps.txt"
+    return
+  fi
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" > "$WORK/logs/$name.log" 2>&1
+  rc=$?
+  echo "$name $rc $(( $(date +%s) - t0 ))" >> "$WORK/steps.txt"
+  echo "[gpu_session] $name rc=$rc ($(( $(date +%s) - t0 )) s, $(left) s left)"
+}
+
+environment() {
+  nvidia-smi 2>/dev/null || echo "no nvidia-smi"
+  echo "CUDA_HOME=${CUDA_HOME:-unset} nproc=$(nproc) dry_run=$DRY"
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+}
+
+build() {
+  if [ "$DRY" = 1 ]; then echo "dry run: using the installed build"; else
+    "$PY" -m pip install --no-build-isolation --no-deps -e . || return 1
+  fi
+  "$PY" -m splitkern.info
+}
+
+bench() {  # bench OP [ARGS...]: one benchmark script
+  local op=$1
+  shift
+  "$PY" "benchmarks/bench_${op}.py" "$@"
+}
+
+sweep() {
+  if "$PY" -c "import splitkern.tune" 2>/dev/null; then
+    "$PY" -m splitkern.tune --out "$WORK/results" ${SPLITKERN_BENCH_TINY:+--tiny}
+  else
+    echo "splitkern.tune is not built yet: no sweep"
+  fi
+}
+
+memcheck() {
+  if ! command -v compute-sanitizer >/dev/null; then echo "no compute-sanitizer on PATH"; return 0; fi
+  compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -m gpu tests/ops -p no:cacheprovider \
+    -k "not compile and not fuzz"
+}
+
+export PY DRY WORK
+export -f environment build bench sweep memcheck
+step env 30 environment
+step build 240 build
+step tests 150 "$PY" -m pytest -q -m gpu tests/ops tests/nn tests/parallel -p no:cacheprovider -rfEs \
+  --junitxml="$WORK/tests.xml"
+step bench_block_diag_mm 60 bench block_diag_mm
+step bench_grouped_conv 60 bench grouped_conv "${CONV_CASES[@]}"
+step bench_split_inference 45 bench split_inference
+step bench_group_weight_reg 20 bench group_weight_reg
+step sweep 180 sweep
+step memcheck 600 memcheck
+
+"$PY" benchmarks/gpu_summary.py "$WORK" > "$WORK/summary.txt" 2>> "$WORK/logs/summary.log"
+cp "$WORK/summary.txt" "$OUT/summary.txt"
+tar -czf "$OUT/gpu-session-$STAMP.tar.gz" -C "$WORK" .
+echo "[gpu_session] done in $(( $(date +%s) - START )) s: $OUT/summary.txt, $OUT/gpu-session-$STAMP.tar.gz"
