@@ -96,6 +96,7 @@ setup(
     version="0.1.0",
     description="Ragged block-diagonal kernels and layers for SplitNet",
     packages=find_packages(include=["splitkern", "splitkern.*"]),
+    package_data={"splitkern.triton": ["kernel_configs.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy", "tqdm"],
     extras_require={"triton": ["triton>=3.2"]},

@@ -15,13 +15,13 @@ over the batch for every weight tile.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from splitkern.precision import input_precision
+from splitkern.triton.configs import CONFIGS, MMConfig
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -39,36 +39,18 @@ def on_input_device(fn):
     return run
 
 
-@dataclass(frozen=True)
-class MMConfig:
-    """Tile shape and launch parameters of one kernel variant."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    swap_ab: bool = False  # small M: features fill the MMA rows, the batch its columns
-
-
-# The dispatcher picks only from these (by batch bucket, dtype and whether every
-# group size is a multiple of 8); the static kernel report compiles all of them and
-# CI fails if any spills. Tiles chosen with that report (no GPU to time them):
-# unaligned layouts cannot use 16-byte vector loads or cp.async, their per-element
-# addresses cost registers, so their tiles are shallower (BLOCK_K = 32; 8 warps for 64+
-# rows; the small-M swap tiles drop from ~250 to 128 registers with it);
-# fp32 without tensor cores (ieee) needs 8 warps for 64-row tiles to fit.
-M_BUCKETS = (16, 32, 64, 128)
-FORWARD_CONFIGS = {
-    "16bit-aligned": {16: MMConfig(16, 64, 64, 4, 4, swap_ab=True), 32: MMConfig(32, 64, 64, 4, 4, swap_ab=True),
-                      64: MMConfig(64, 128, 64, 4, 4), 128: MMConfig(128, 128, 64, 8, 3)},
-    "16bit-ragged": {16: MMConfig(16, 64, 32, 4, 3, swap_ab=True), 32: MMConfig(32, 64, 32, 4, 3, swap_ab=True),
-                     64: MMConfig(64, 128, 32, 8, 3), 128: MMConfig(128, 128, 32, 8, 3)},
-    "fp32": {16: MMConfig(16, 64, 32, 4, 3, swap_ab=True), 32: MMConfig(32, 64, 32, 8, 3, swap_ab=True),
-             64: MMConfig(64, 64, 32, 8, 3), 128: MMConfig(64, 64, 32, 8, 3)},
-}
+# The dispatcher picks only from these (by batch bucket, dtype and whether every group size is a
+# multiple of 8), read from kernel_configs.json (splitkern.triton.configs); the static kernel report
+# compiles all of them and CI fails if any spills. The shipped tiles were chosen with that report
+# (no GPU to time them): unaligned layouts cannot use 16-byte vector loads or cp.async, their
+# per-element addresses cost registers, so their tiles are shallower (BLOCK_K = 32; 8 warps for 64+
+# rows; the small-M swap tiles drop from ~250 to 128 registers with it); fp32 without tensor cores
+# (ieee) needs 8 warps for 64-row tiles to fit.
+FORWARD_CONFIGS = {cls: {int(bucket): cfg for bucket, cfg in buckets.items()}
+                   for cls, buckets in CONFIGS["block_diag_mm"]["forward"].items()}
+M_BUCKETS = tuple(sorted(next(iter(FORWARD_CONFIGS.values()))))
 # block_m = batch chunk of the reduction, (block_n, block_k) = weight tile.
-WEIGHT_GRAD_CONFIGS = {"16bit": MMConfig(64, 128, 64, 8, 3), "fp32": MMConfig(32, 64, 32, 4, 3)}
+WEIGHT_GRAD_CONFIGS = {cls: shapes["any"] for cls, shapes in CONFIGS["block_diag_mm"]["weight_grad"].items()}
 
 
 def config_table(dtype: torch.dtype, aligned: bool) -> dict[int, MMConfig]:
@@ -99,7 +81,8 @@ def _group_range(offsets_ptr, g, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def grouped_mm_kernel(
+def _mm_tile(
+    pid_m, tile,
     a_ptr, w_ptr, bias_ptr, c_ptr,
     a_cols_ptr, c_cols_ptr,
     tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
@@ -109,15 +92,13 @@ def grouped_mm_kernel(
     ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """C[:, out_g] = A[:, red_g] @ B_g (+ bias[out_g]) for the tile this program owns.
+    """C[:, out_g] = A[:, red_g] @ B_g (+ bias[out_g]) for row tile ``pid_m`` of column tile ``tile``.
 
     B_g = W_g^T (forward, W_AS_IS=False) or W_g (input gradient, W_AS_IS=True),
     where W_g is the row-major (n_g, k_g) block at w_ptr + w_offsets[g].
     ALIGNED: every group size is a multiple of 8 (so are all offsets), which lets
     the compiler use 16-byte vector loads and cp.async/wgmma pipelining.
     """
-    pid_m = tl.program_id(0)
-    tile = tl.program_id(1)
     g = tl.load(tiles_ptr + 2 * tile)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
     red_lo, red_size = _group_range(red_offsets_ptr, g, ALIGNED)
@@ -178,6 +159,59 @@ def grouped_mm_kernel(
         tl.store(c_ptr + c_cols[:, None] + c_rows[None, :], out, mask=mask_c[:, None] & mask_m[None, :])
     else:
         tl.store(c_ptr + c_rows[:, None] + c_cols[None, :], out, mask=mask_m[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def grouped_mm_kernel(
+    a_ptr, w_ptr, bias_ptr, c_ptr,
+    a_cols_ptr, c_cols_ptr,
+    tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    M, stride_am, stride_ak, stride_cm, stride_cn,
+    W_AS_IS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SWAP_AB: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One program per (row tile, column tile): grid = (cdiv(M, BLOCK_M), tiles)."""
+    _mm_tile(tl.program_id(0), tl.program_id(1),
+             a_ptr, w_ptr, bias_ptr, c_ptr, a_cols_ptr, c_cols_ptr,
+             tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+             M, stride_am, stride_ak, stride_cm, stride_cn,
+             W_AS_IS, HAS_BIAS, GATHER_A, SCATTER_C, SWAP_AB, ALIGNED, INPUT_PRECISION,
+             BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def grouped_mm_persistent_kernel(
+    a_ptr, w_ptr, bias_ptr, c_ptr,
+    a_cols_ptr, c_cols_ptr,
+    tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    M, stride_am, stride_ak, stride_cm, stride_cn,
+    num_tiles, num_programs,
+    W_AS_IS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, SWAP_AB: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """``num_programs`` programs walk all (row tile, column tile) work items, ``num_programs`` apart.
+
+    Order: row tiles in bands of GROUP_M; within a band, column tile by column tile, so
+    GROUP_M consecutive items read the same weight tile (L2 reuse) and a band's activation
+    rows are reused across every column tile before the next band starts.
+    """
+    row_tiles = tl.cdiv(M, BLOCK_M)
+    band_items = GROUP_M * num_tiles
+    for item in range(tl.program_id(0), row_tiles * num_tiles, num_programs):
+        band = item // band_items
+        first_row = band * GROUP_M
+        band_rows = tl.minimum(row_tiles - first_row, GROUP_M)
+        local = item - band * band_items
+        _mm_tile(first_row + local % band_rows, local // band_rows,
+                 a_ptr, w_ptr, bias_ptr, c_ptr, a_cols_ptr, c_cols_ptr,
+                 tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+                 M, stride_am, stride_ak, stride_cm, stride_cn,
+                 W_AS_IS, HAS_BIAS, GATHER_A, SCATTER_C, SWAP_AB, ALIGNED, INPUT_PRECISION,
+                 BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -289,8 +323,20 @@ def _index_or_dummy(index: torch.Tensor | None, like: torch.Tensor) -> torch.Ten
     return like if index is None else index.contiguous()
 
 
+def mm_kernel(cfg: MMConfig):
+    """The kernel a forward/input-gradient config launches: persistent or one program per tile."""
+    return grouped_mm_persistent_kernel if cfg.persistent else grouped_mm_kernel
+
+
+def _program_slots(device: torch.device, cfg: MMConfig) -> int:
+    """Programs of a persistent launch: ``cfg.persistent`` per SM (the interpreter: that many in all)."""
+    if device.type != "cuda":
+        return cfg.persistent
+    return torch.cuda.get_device_properties(device).multi_processor_count * cfg.persistent
+
+
 def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg: MMConfig):
-    """(grid, args, kwargs) of one ``grouped_mm_kernel`` launch writing ``c``.
+    """(grid, args, kwargs) of one ``mm_kernel(cfg)`` launch writing ``c``.
 
     Shared by the launchers and the static kernel report (which compiles exactly
     these arguments for sm_80/sm_90 without a GPU).
@@ -309,6 +355,11 @@ def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg
                   ALIGNED=layout.aligned, INPUT_PRECISION=_input_precision(a.dtype),
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.persistent:
+        programs = min(grid[0] * grid[1], _program_slots(a.device, cfg))
+        args += (grid[1], programs)
+        kwargs["GROUP_M"] = cfg.group_m
+        grid = (programs,)
     return grid, args, kwargs
 
 
@@ -334,9 +385,9 @@ def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
     if a.shape[0] == 0 or n_out == 0:
         return c
     bias = None if bias is None else bias.contiguous()
-    grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is,
-                                           a_index, c_index, pick_config(a.shape[0], a.dtype, layout.aligned))
-    grouped_mm_kernel[grid](*args, **kwargs)
+    cfg = pick_config(a.shape[0], a.dtype, layout.aligned)
+    grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is, a_index, c_index, cfg)
+    mm_kernel(cfg)[grid](*args, **kwargs)
     return c
 
 
@@ -398,9 +449,9 @@ def static_variants():
                                  weight_grad_launch(y, x, w, layout, ii, oi, weight_grad_config(dtype)))]
                     for bucket, cfg in config_table(dtype, layout.aligned).items():
                         launches += [
-                            (f"forward-{tag}-m{bucket}", grouped_mm_kernel,
+                            (f"forward-{tag}-m{bucket}", mm_kernel(cfg),
                              grouped_mm_launch(x, w, b, y, layout, False, ii, oi, cfg)),
-                            (f"grad_input-{tag}-m{bucket}", grouped_mm_kernel,
+                            (f"grad_input-{tag}-m{bucket}", mm_kernel(cfg),
                              grouped_mm_launch(y, w, None, x, layout, True, oi, ii, cfg)),
                         ]
                     for label, kernel, (_, args, kw) in launches:

@@ -14,10 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-from splitkern.triton.block_diag_mm import MMConfig, _input_precision, on_input_device
+from splitkern.triton.block_diag_mm import _input_precision, on_input_device
+from splitkern.triton.configs import CONFIGS, MMConfig
 
 # (block_m unused, block_n = output-feature tile, block_k = input-feature tile)
-REG_CONFIG = MMConfig(16, 64, 64, 8, 1)  # 8 warps: the backward tile spilled with 4 (kernel report)
+REG_CONFIG = CONFIGS["group_weight_reg"]["both"]["fp32"]["any"]  # 8 warps: the backward spilled with 4 (report)
 
 
 @triton.jit

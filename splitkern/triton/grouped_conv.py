@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from splitkern.reference.grouped_conv import new_activation, output_shape
+from splitkern.triton.configs import CONFIGS
 from splitkern.triton.block_diag_mm import (MMConfig, _group_range, _index_or_dummy, _input_precision, checked_grid,
                                             on_input_device)
 
@@ -32,8 +33,8 @@ from splitkern.triton.block_diag_mm import (MMConfig, _group_range, _index_or_du
 # the weight is read with per-element addresses (taps are innermost in the packed
 # OIHW blocks), so 128-pixel 16-bit tiles need 8 warps and fp32 a 16-deep chunk to
 # stay spill-free on sm_80 and sm_90.
-CONV_CONFIGS = {"16bit": MMConfig(128, 64, 32, 8, 3), "fp32": MMConfig(64, 64, 16, 4, 2)}
-CONV_WEIGHT_GRAD_CONFIGS = {"16bit": MMConfig(64, 64, 32, 4, 3), "fp32": MMConfig(32, 64, 32, 8, 2)}
+CONV_CONFIGS = {cls: shapes["any"] for cls, shapes in CONFIGS["grouped_conv"]["forward"].items()}
+CONV_WEIGHT_GRAD_CONFIGS = {cls: shapes["any"] for cls, shapes in CONFIGS["grouped_conv"]["weight_grad"].items()}
 
 
 def conv_config(dtype: torch.dtype) -> MMConfig:
