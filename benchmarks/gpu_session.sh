@@ -71,7 +71,11 @@ bench() {  # bench OP [ARGS...]: one benchmark script
 
 sweep() {
   if "$PY" -c "import splitkern.tune" 2>/dev/null; then
-    "$PY" -m splitkern.tune --out "$WORK/results" ${SPLITKERN_BENCH_TINY:+--tiny}
+    if [ "$DRY" = 1 ]; then
+      TRITON_INTERPRET=1 "$PY" -m splitkern.tune --out "$WORK/results" --tiny
+    else
+      "$PY" -m splitkern.tune --out "$WORK/results" --budget 170
+    fi
   else
     echo "splitkern.tune is not built yet: no sweep"
   fi

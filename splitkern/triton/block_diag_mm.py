@@ -14,6 +14,7 @@ over the batch for every weight tile.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -454,6 +455,10 @@ def static_variants():
                             (f"grad_input-{tag}-m{bucket}", mm_kernel(cfg),
                              grouped_mm_launch(y, w, None, x, layout, True, oi, ii, cfg)),
                         ]
+                    if dtype != torch.float32 and not indexed:  # the persistent launch the sweep may pick
+                        cfg = dataclasses.replace(config_table(dtype, layout.aligned)[M_BUCKETS[-1]], persistent=2)
+                        launches += [(f"forward-{tag}-m{M_BUCKETS[-1]}-persistent", mm_kernel(cfg),
+                                      grouped_mm_launch(x, w, b, y, layout, False, ii, oi, cfg))]
                     for label, kernel, (_, args, kw) in launches:
                         yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
                     if precision == "ieee":
