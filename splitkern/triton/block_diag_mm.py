@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import torch
 import triton
@@ -463,3 +464,32 @@ def static_variants():
                         yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
                     if precision == "ieee":
                         yield (column_sum_kernel, f"grad_bias-{tag}", *bias_grad_launch(y, b, oi)[1:], False)
+    yield from _user_shape_variants()
+
+
+def _user_shape_variants():
+    """What users hit beyond the M = 256, 16-divisible case above: M = 1 (M becomes a constant), M = 17,
+    K and N = 8 (mod 16) (strides not 16-divisible) and ragged sizes; 16-bit and both fp32 precisions."""
+    from splitkern.layout import block_layout
+
+    layouts = {"k8mod16": block_layout((72, 64, 64, 64), (64, 64, 64, 72)),
+               "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}
+    for dtype, precision in ((torch.bfloat16, "ieee"), (torch.float32, "ieee"), (torch.float32, "tf32")):
+        tc = dtype != torch.float32 or precision == "tf32"
+        prefix = str(dtype).replace("torch.", "") + (f"-{precision}" if dtype == torch.float32 else "")
+        for (lname, layout), m in itertools.product(layouts.items(), (1, 17)):
+            x = torch.empty(m, layout.in_features, dtype=dtype)
+            y = torch.empty(m, layout.out_features, dtype=dtype)
+            w = torch.empty(layout.weight_numel, dtype=dtype)
+            b = torch.empty(layout.out_features, dtype=dtype)
+            cfg = pick_config(m, dtype, layout.aligned)
+            tag = f"{prefix}-{lname}-M{m}"
+            launches = [(f"forward-{tag}", mm_kernel(cfg),
+                         grouped_mm_launch(x, w, b, y, layout, False, None, None, cfg)),
+                        (f"grad_input-{tag}", mm_kernel(cfg),
+                         grouped_mm_launch(y, w, None, x, layout, True, None, None, cfg))]
+            if m > 1:
+                launches.append((f"grad_weight-{tag}", grouped_mm_weight_grad_kernel,
+                                 weight_grad_launch(y, x, w, layout, None, None, weight_grad_config(dtype))))
+            for label, kernel, (_, args, kw) in launches:
+                yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc

@@ -365,3 +365,35 @@ def static_variants():
                     ]
                     for label, kernel, (_, args, kw) in launches:
                         yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
+    yield from _nchw_odd_variants()
+
+
+def _nchw_odd_variants():
+    """NCHW activations (unit stride along width, not channels) at an odd size (3 x 7 x 7 pixels:
+    no stride is 16-divisible), 16-bit and both fp32 precisions, all three passes."""
+    from splitkern.layout import block_layout
+    from splitkern.reference.grouped_conv import output_shape
+
+    layouts = {"aligned": block_layout((64,) * 4, (64,) * 4),
+               "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    geometry = _geometry(*geo)
+    for dtype, precision in ((torch.bfloat16, "ieee"), (torch.float32, "ieee"), (torch.float32, "tf32")):
+        tc = dtype != torch.float32 or precision == "tf32"
+        prefix = str(dtype).replace("torch.", "") + (f"-{precision}" if dtype == torch.float32 else "")
+        for lname, layout in layouts.items():
+            x = torch.empty(3, layout.in_features, 7, 7, dtype=dtype)
+            y = new_activation(x, output_shape(x.shape, layout.out_features, *geo))
+            w = torch.empty(layout.weight_numel * 9, dtype=dtype)
+            b = torch.empty(layout.out_features, dtype=dtype)
+            tag = f"{prefix}-{lname}-nchw-3x7x7"
+            launches = [
+                (f"forward-{tag}", grouped_conv_kernel,
+                 conv_launch(x, w, b, y, layout, geometry, None, None, conv_config(dtype))),
+                (f"grad_input-{tag}", grouped_conv_grad_input_kernel,
+                 conv_grad_input_launch(y, w, x, layout, geometry, None, None, conv_config(dtype))),
+                (f"grad_weight-{tag}", grouped_conv_grad_weight_kernel,
+                 conv_grad_weight_launch(y, x, w, layout, geometry, None, None, conv_weight_grad_config(dtype))),
+            ]
+            for label, kernel, (_, args, kw) in launches:
+                yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
