@@ -355,17 +355,23 @@ def static_variants():
                     ii = torch.arange(layout.in_features) if indexed else None
                     oi = torch.arange(layout.out_features) if indexed else None
                     tag = f"{prefix}-{lname}-{gname}" + ("-indexed" if indexed else "")
-                    launches = [
-                        (f"forward-{tag}", grouped_conv_kernel,
-                         conv_launch(x, w, b, y, layout, geometry, ii, oi, conv_config(dtype))),
-                        (f"grad_input-{tag}", grouped_conv_grad_input_kernel,
-                         conv_grad_input_launch(y, w, x, layout, geometry, ii, oi, conv_config(dtype))),
-                        (f"grad_weight-{tag}", grouped_conv_grad_weight_kernel,
-                         conv_grad_weight_launch(y, x, w, layout, geometry, ii, oi, conv_weight_grad_config(dtype))),
-                    ]
-                    for label, kernel, (_, args, kw) in launches:
-                        yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
+                    yield from _three_passes(tag, x, y, w, b, layout, geometry, ii, oi, precision, tc)
     yield from _nchw_odd_variants()
+
+
+def _three_passes(tag, x, y, w, b, layout, geometry, in_index, out_index, precision, tensor_cores):
+    """Report variants of the forward, input-gradient and weight-gradient launches of one problem."""
+    dtype = x.dtype
+    launches = [
+        (f"forward-{tag}", grouped_conv_kernel,
+         conv_launch(x, w, b, y, layout, geometry, in_index, out_index, conv_config(dtype))),
+        (f"grad_input-{tag}", grouped_conv_grad_input_kernel,
+         conv_grad_input_launch(y, w, x, layout, geometry, in_index, out_index, conv_config(dtype))),
+        (f"grad_weight-{tag}", grouped_conv_grad_weight_kernel,
+         conv_grad_weight_launch(y, x, w, layout, geometry, in_index, out_index, conv_weight_grad_config(dtype))),
+    ]
+    for label, kernel, (_, args, kw) in launches:
+        yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tensor_cores
 
 
 def _nchw_odd_variants():
@@ -386,14 +392,5 @@ def _nchw_odd_variants():
             y = new_activation(x, output_shape(x.shape, layout.out_features, *geo))
             w = torch.empty(layout.weight_numel * 9, dtype=dtype)
             b = torch.empty(layout.out_features, dtype=dtype)
-            tag = f"{prefix}-{lname}-nchw-3x7x7"
-            launches = [
-                (f"forward-{tag}", grouped_conv_kernel,
-                 conv_launch(x, w, b, y, layout, geometry, None, None, conv_config(dtype))),
-                (f"grad_input-{tag}", grouped_conv_grad_input_kernel,
-                 conv_grad_input_launch(y, w, x, layout, geometry, None, None, conv_config(dtype))),
-                (f"grad_weight-{tag}", grouped_conv_grad_weight_kernel,
-                 conv_grad_weight_launch(y, x, w, layout, geometry, None, None, conv_weight_grad_config(dtype))),
-            ]
-            for label, kernel, (_, args, kw) in launches:
-                yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
+            yield from _three_passes(f"{prefix}-{lname}-nchw-3x7x7", x, y, w, b, layout, geometry, None, None,
+                                     precision, tc)
