@@ -47,8 +47,11 @@ def unpack(tarball: Path, dest: Path = RESULTS) -> list[Path]:
             written.append(session / "logs")
         for csv_path in sorted((work / "results").glob("*.csv")):
             target = Path(shutil.copy(csv_path, dest / csv_path.name))
-            rows = [to_row(r) for r in read_rows(target)]
             written.append(target)
+            raw = read_rows(target)
+            if not raw or "speedup" not in raw[0]:  # the sweep's timings: no speedup plot
+                continue
+            rows = [to_row(r) for r in raw]
             if any(r.speedup for r in rows):
                 written.append(common.plot_speedups(rows, target, target.stem))
         for config in sorted((work / "results").glob("*configs*.json")):

@@ -40,4 +40,6 @@ def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place
     unpacked = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert unpacked.returncode == 0, unpacked.stderr
     assert list(dest.glob("block_diag_mm-*.csv")) and list(dest.glob("block_diag_mm-*.png"))
+    assert list(dest.glob("tune-*.csv"))  # the sweep's timings come back too (no plot)
+    assert list((dest / tarballs[0].name.removesuffix(".tar.gz")).glob("kernel_configs-*.json"))
     assert (dest / tarballs[0].name.removesuffix(".tar.gz") / "summary.txt").read_text() == summary

@@ -18,11 +18,11 @@ case "${1:?arms SEED | route}" in
         --baselines dense,random,cluster,thin --seed "$2" --out "$out" $(resume_flag "$out")
     ;;
   route)
-    # A dense WRN-16-2 trained for 15 epochs (seed 0's dense arm), split with 3 + 3 more epochs at a
-    # fine-tuning rate, against the same dense model continued for the same 6 epochs on the same curve.
+    # A dense WRN-16-2 trained for 15 epochs (seed 0's dense arm), split with 2 + 2 more epochs at a
+    # fine-tuning rate, against the same dense model continued for the same 4 epochs on the same curve.
     out="$RUNS/fair_route_s0"
     "$SK" train "${COMMON[@]}" --init-from "$RUNS/fair_s0/dense/dense.pt" --lr 0.02 \
-        --stage1-epochs 3 --warmup-epochs 0 --stage2-epochs 3 --baselines dense,random --seed 0 \
+        --stage1-epochs 2 --warmup-epochs 0 --stage2-epochs 2 --baselines dense,random --seed 0 \
         --out "$out" $(resume_flag "$out")
     ;;
 esac
