@@ -27,6 +27,7 @@ import torch
 from splitkern import data as sk_data
 from splitkern import models
 from splitkern.splitnet import convert, grouping
+from splitkern.splitnet.train import load_dense_weights
 
 
 def simulate(model, gammas, lr: float, steps: int) -> dict:
@@ -68,11 +69,8 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = sk_data.load(args.data)
-    model = models.build(args.model, dataset.num_classes, args.split)
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)  # a dense warm-up has no assignments
-    if unexpected or any(not k.startswith("assignments.") for k in missing):
-        raise ValueError(f"{args.ckpt} is not a {args.model} checkpoint: missing {missing}, unexpected {unexpected}")
+    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]  # dense: no assignments
+    model = load_dense_weights(models.build(args.model, dataset.num_classes, args.split), state, args.ckpt)
     grouping.apply_groups(model, grouping.cluster_groups(model), args.confidence)  # as the trainer does
     key = model.split_plan.output_key
     init = model.assignments[key].hard().clone()

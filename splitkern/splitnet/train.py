@@ -152,6 +152,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.data.y_train) / config.batch_size)
         self.log_path = self.out / "log.csv"
         self.writer = self._writer() if config.tensorboard else None
+        self._dense_at_split = None  # the dense arm at the split step, trained on first use
 
     def _writer(self):
         try:
@@ -173,12 +174,7 @@ class Trainer:
 
     def split_aware(self, dense):
         """A split-aware model (assignments at their init) holding ``dense``'s weights."""
-        model = self.build()
-        missing, unexpected = model.load_state_dict(dense_state(dense), strict=False)
-        if unexpected or any(not key.startswith("assignments.") for key in missing):
-            raise RuntimeError(f"dense and split-aware {self.config.model} differ: missing {missing}, "
-                               f"unexpected {unexpected}")
-        return model
+        return load_dense_weights(self.build(), dense_state(dense), f"the dense {self.config.model}")
 
     def _optimizer(self, model, phase: Phase):
         """SGD + Nesterov; weight decay on conv/linear weights only; assignment logits at ``assign_lr``."""
@@ -337,7 +333,7 @@ class Trainer:
 
     def dense_at_split(self, start):
         """The ``dense`` arm at epoch ``stage1_epochs``, where the split arms split (trained once, then cached)."""
-        if getattr(self, "_dense_at_split", None) is None:
+        if self._dense_at_split is None:
             c = self.config
             model = self.build(split=False)
             model.load_state_dict(start.state_dict())
@@ -398,6 +394,14 @@ class Trainer:
 def dense_state(model) -> dict:
     """``model``'s weights without its group assignments (loads into the ``split=None`` model)."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("assignments.")}
+
+
+def load_dense_weights(model, state: dict, source: str):
+    """``model`` (split-aware) with a dense ``state`` loaded: everything but the assignments must match."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("assignments.") for key in missing):
+        raise ValueError(f"{source} does not fit this split-aware model: missing {missing}, unexpected {unexpected}")
+    return model
 
 
 def load_init(path, model_name: str, num_classes: int):
