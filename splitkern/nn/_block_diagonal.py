@@ -14,6 +14,11 @@ from splitkern.ops._checks import check_permutation
 from splitkern.reference.block_diag_mm import masked_dense_weight
 
 
+def _after_load_state_dict(module: "BlockDiagonalLayer", incompatible_keys) -> None:
+    """A module-level hook (a lambda would make the layer unpicklable: ``torch.save(model)``, ``mp.spawn``)."""
+    module._loaded()
+
+
 class BlockDiagonalLayer(nn.Module):
     """Base of the split layers: a weight that is block-diagonal over G feature groups.
 
@@ -39,7 +44,7 @@ class BlockDiagonalLayer(nn.Module):
         self.register_buffer("in_index", self._index(in_index, self.in_features, "in_index", device))
         self.register_buffer("out_index", self._index(out_index, self.out_features, "out_index", device))
         self._note_identity()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._loaded())
+        self.register_load_state_dict_post_hook(_after_load_state_dict)
         self.reset_parameters()
         prepare_layout(self.layout, self.weight.device)
 
