@@ -175,3 +175,23 @@ _PACKAGES = {"reference": "splitkern.reference", "triton": "splitkern.triton", "
 def implementation(op: str, device: torch.device, dtype: torch.dtype):
     """The module (``splitkern.<backend>.<op>``) whose functions run ``op`` for this call."""
     return importlib.import_module(f"{_PACKAGES[select(op, device, dtype)]}.{op}")
+
+
+def check_device(spec, name: str = "device") -> torch.device:
+    """``spec`` as a ``torch.device`` that this process can use, else a ``ValueError`` naming ``name``
+    (checked before any data is loaded or model built: a missing GPU is the first thing a user hears)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name}: {spec!r} is not a device (e.g. 'cpu', 'cuda', 'cuda:1'): {exc}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name}: {spec!r} asks for a GPU, but this machine has no usable CUDA device "
+                             "(torch.cuda.is_available() is False); use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name}: {spec!r} asks for GPU {device.index}, but this machine has {count} "
+                             f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
+    elif device.type not in ("cpu", "meta"):
+        raise ValueError(f"{name}: {spec!r}: splitkern runs on 'cpu' and 'cuda' devices")
+    return device

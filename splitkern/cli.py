@@ -1,96 +1,284 @@
-"""The ``splitkern`` console entry point."""
+"""splitkern: SplitNet on fast block-diagonal kernels.
+
+Train a network that learns which classes and features belong together, split it into
+disjoint subnetworks, and run them: `splitkern train` (SplitNet and its baselines),
+`splitkern plot` (figures of a run), `splitkern infer` / `plan` / `export` (use a split model),
+`splitkern info` / `kernels` / `layer-speed` (what this install can run, and how fast).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+EPILOG = """examples:
+  splitkern train --out runs/demo                       # a few minutes on a CPU, built-in data
+  splitkern train --data ~/cifar100 --model wrn16-2 --split 2-2-2 --epochs 15 --baselines dense,random,thin \\
+      --precision bf16 --out runs/cifar
+  splitkern plot runs/demo
+  splitkern export --ckpt runs/demo/split.pt --format onnx --out split.onnx
+
+errors print one line; SPLITKERN_DEBUG=1 (or --debug) shows the traceback."""
+
+# What the CLI reports as "splitkern: error: ..." (exit code 2): mistakes in what the user gave.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ImportError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, keeps the description's and the examples' line breaks.
+
+    Options without a value (flags, None, empty) describe their default in their help text instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == () or \
+                "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# --- argument types: each names what it wants; argparse turns the ValueError into "argument --x: ..." ---------
+
+def _number(kind, low=None, low_open=False, high=None, high_open=True, what=""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if value != value or (kind is float and abs(value) == float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = what or kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, low=1, what="a positive integer")
+non_negative_int = _number(int, low=0, what="an integer >= 0")
+positive_float = _number(float, low=0, low_open=True, what="a positive number")
+non_negative_float = _number(float, low=0, what="a number >= 0")
+probability = _number(float, low=0, high=1, what="in [0, 1)")
+
+
+def _list_of(item, count=None, what=""):
+    def parse(text: str):
+        parts = [p.strip() for p in text.split(",")]
+        if count is not None and len(parts) != count:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what}")
+        try:
+            return tuple(item(p) for p in parts)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} ({exc})") from None
+    parse.__name__ = what
+    return parse
+
+
+def _split_spec(text: str) -> str:
+    from splitkern.splitnet import SplitSpec
+
+    try:
+        return str(SplitSpec.parse(text))
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    from splitkern.splitnet.train import BASELINES
+
+    names = tuple(b.strip() for b in text.split(",") if b.strip())
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {','.join(BASELINES)}")
+    return names
+
+
+def _model_name(text: str) -> str:
+    from splitkern.models import parse_model_name
+
+    if text.lower() != "alexnet":
+        try:
+            parse_model_name(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# --- the parser ------------------------------------------------------------------------------------------------
+
+def _version() -> str:
+    import torch
+
+    from splitkern import __version__
+
+    return f"splitkern {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
+def _device_option(parser, help_text="where to run: cpu, cuda or cuda:N"):
+    parser.add_argument("--device", default="cpu", help=help_text)
+
+
+def _train_parser(sub) -> None:
+    train = sub.add_parser("train", formatter_class=_HelpFormatter, help="SplitNet: warm-up, stage 1, split, stage 2 "
+                           "(+ baselines on the same schedule)", description="Train SplitNet and its baselines on "
+                           "one learning-rate schedule;\nwrites metrics.json, log.csv, split.pt, stage1.pt into --out.")
+    data = train.add_argument_group("data and model")
+    data.add_argument("--data", default="synthetic",
+                      help="'synthetic' (built in), a folder of npz shards or cifar-100-python")
+    data.add_argument("--model", default="wrn10-2", type=_model_name,
+                      help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
+    data.add_argument("--split", default="4", type=_split_spec,
+                      help="groups per split level, lowest first: 4 (logits only), 4-4, 2-2-2, 2-4-8")
+    epochs = train.add_argument_group("schedule (one curve for every arm)")
+    epochs.add_argument("--epochs", type=positive_int, default=9,
+                        help="total epochs, exactly: 1/3 dense warm-up, 1/3 learning the groups, 1/3 after "
+                             "the split (override the parts below)")
+    epochs.add_argument("--stage1-epochs", type=positive_int, default=None,
+                        help="warm-up + group-learning epochs (default: epochs - stage2)")
+    epochs.add_argument("--stage2-epochs", type=non_negative_int, default=None,
+                        help="epochs after the split (default: round(epochs / 3))")
+    epochs.add_argument("--warmup-epochs", type=non_negative_int, default=None,
+                        help="dense epochs before the groups learn (default: half of stage 1; 0 with --init-from)")
+    epochs.add_argument("--batch-size", type=positive_int, default=128, help="training batch")
+    epochs.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one schedule")
+    epochs.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                        help="per-step curve over all epochs: cosine to 0, or x0.1 at 50%% and 75%%")
+    epochs.add_argument("--dropout", type=probability, default=0.0,
+                        help="dropout in every residual block (AlexNet: before fc6, fc7), in every arm alike")
+    epochs.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv/linear weights only")
+    method = train.add_argument_group("SplitNet")
+    method.add_argument("--gammas", type=_list_of(non_negative_float, 3, "three numbers >= 0 separated by commas"),
+                        default=(1.0, 1.0, 10.0), help="weights of R_D (disjoint), R_W (group weight), R_E (balance)")
+    method.add_argument("--assign-lr", type=positive_float, default=1.0,
+                        help="peak learning rate of the assignment logits (on the same curve)")
+    method.add_argument("--assign-init", choices=("cluster", "random"), default="cluster",
+                        help="start the groups from a k-means of the classes' FC rows, or at random")
+    method.add_argument("--assign-confidence", type=positive_float, default=1.0,
+                        help="logit given to the clustered group at init (higher = harder to move)")
+    method.add_argument("--init-from", default=None,
+                        help="split a model you already trained: a dense model saved by splitkern.save (e.g. "
+                             "a dense run's dense/dense.pt); skips the warm-up")
+    method.add_argument("--baselines", type=_baselines, default=(),
+                        help="comma-separated arms on the same schedule: dense, random, cluster, thin "
+                             "(default: none)")
+    run = train.add_argument_group("run")
+    run.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="autocast dtype of the forward pass (the regularisers stay fp32)")
+    _device_option(run)
+    run.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the groups' init")
+    run.add_argument("--out", required=True, help="output folder")
+    guard = run.add_mutually_exclusive_group()
+    guard.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    guard.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start again")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard events (pip install 'splitkern[tensorboard]')")
+    run.add_argument("--no-tensorboard", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
+    run.add_argument("--no-progress", action="store_true", help="no progress bars and no per-epoch lines")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitkern", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="list usable backends and built kernels")
+    parser = _Parser(prog="splitkern", description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("info", formatter_class=_HelpFormatter, help="list usable backends and built kernels")
     sub.add_parser("kernels", help="static kernel report (registers, spills, smem, tensor cores) for sm_80/sm_90",
                    add_help=False)
-    demo = sub.add_parser("demo", help="SplitLinear vs nn.Linear on built-in data")
-    demo.add_argument("--features", type=int, default=2048)
-    demo.add_argument("--batch", type=int, default=256)
-    demo.add_argument("--groups", type=int, default=4)
-    demo.add_argument("--repeats", type=int, default=10)
-    demo.add_argument("--device", default="cpu")
 
-    train = sub.add_parser("train", help="SplitNet: stage 1, split, stage 2 (+ baselines)")
-    train.add_argument("--data", default="synthetic", help="'synthetic', an npz shard folder or cifar-100-python")
-    train.add_argument("--model", default="wrn10-2", help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
-    train.add_argument("--split", default="4", help="groups per split level, lowest first: 4, 4-4, 2-2-2, 2-4-8")
-    train.add_argument("--epochs", type=int, default=None,
-                       help="total epochs of the one schedule (2/3 stage 1 incl. 1/3 of it warm-up, 1/3 stage 2)")
-    train.add_argument("--stage1-epochs", type=int, default=None, help="warm-up + stage-1 epochs")
-    train.add_argument("--stage2-epochs", type=int, default=None)
-    train.add_argument("--warmup-epochs", type=int, default=None,
-                       help="dense epochs before assignments learn (0 with --init-from)")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one schedule")
-    train.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
-                       help="per-step curve over all epochs, every arm on it: cosine to 0, or x0.1 at 50%% and 75%%")
-    train.add_argument("--dropout", type=float, default=0.0,
-                       help="dropout in every residual block (AlexNet: before fc6, fc7), in every arm alike")
-    train.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/linear weights only")
-    train.add_argument("--assign-lr", type=float, default=1.0,
-                       help="peak learning rate of the assignment logits (on the same curve)")
-    train.add_argument("--init-from", default=None,
-                       help="split a model you already trained: a dense model saved by splitkern.save "
-                            "(e.g. a dense run's dense/dense.pt); skips the warm-up")
-    train.add_argument("--assign-init", choices=("cluster", "random"), default="cluster")
-    train.add_argument("--gammas", default="1,1,10", help="weights of R_D, R_W, R_E in stage 1 (gamma1,gamma2,gamma3)")
-    train.add_argument("--assign-confidence", type=float, default=1.0,
-                       help="logit given to the clustered group at init (higher = harder to move)")
-    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="autocast dtype of the forward pass (regularisers stay fp32)")
-    train.add_argument("--baselines", default="", help="comma-separated: dense,random,cluster,thin")
-    train.add_argument("--device", default="cpu")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", required=True)
-    train.add_argument("--resume", action="store_true", help="continue a killed run in --out")
-    train.add_argument("--no-tensorboard", action="store_true")
+    speed = sub.add_parser("layer-speed", formatter_class=_HelpFormatter,
+                           help="speed test: SplitLinear vs nn.Linear (forward+backward) on random data",
+                           description="Times forward+backward of a dense nn.Linear, a per-group loop and "
+                                       "SplitLinear\nwith random unequal groups, after checking they agree.")
+    speed.add_argument("--features", type=positive_int, default=2048, help="in = out features")
+    speed.add_argument("--batch", type=positive_int, default=256, help="rows of the input")
+    speed.add_argument("--groups", type=positive_int, default=4, help="feature groups")
+    speed.add_argument("--repeats", type=positive_int, default=10, help="timed repetitions (the median is shown)")
+    _device_option(speed)
 
-    plot = sub.add_parser("plot", help="assignment heat maps and block-diagonal weights of a train folder")
-    plot.add_argument("dir")
+    _train_parser(sub)
 
-    plan = sub.add_parser("plan", help="cost model of a split model: FLOPs per subtree, speedup on N workers")
+    plot = sub.add_parser("plot", formatter_class=_HelpFormatter,
+                          help="figures of a train folder: groups, block-diagonal weights, curves, accuracy vs size")
+    plot.add_argument("dir", help="a folder written by 'splitkern train'")
+
+    plan = sub.add_parser("plan", formatter_class=_HelpFormatter,
+                          help="cost model of a split model: FLOPs per subtree, speedup on N workers")
     plan.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
-    plan.add_argument("--workers", default="1,2,4,8")
-    plan.add_argument("--image-size", type=int, default=32)
-    plan.add_argument("--batch-size", type=int, default=256, help="batch for the communication volumes")
+    plan.add_argument("--workers", type=_list_of(positive_int, what="positive integers separated by commas"),
+                      default=(1, 2, 4, 8), help="worker counts to plan for")
+    plan.add_argument("--image-size", type=positive_int, default=None,
+                      help="input height = width (default: the size the model was trained on, else 32)")
+    plan.add_argument("--batch-size", type=positive_int, default=256, help="batch for the communication volumes")
 
-    infer = sub.add_parser("infer", help="test accuracy of a split model; under torchrun its subtrees run on "
-                                         "different ranks (DistributedSplit)")
-    infer.add_argument("--ckpt", required=True)
-    infer.add_argument("--data", default="synthetic")
-    infer.add_argument("--batch-size", type=int, default=256)
-    infer.add_argument("--device", default="cpu", help="'cuda' under torchrun: each rank takes cuda:LOCAL_RANK")
+    infer = sub.add_parser("infer", formatter_class=_HelpFormatter,
+                           help="test accuracy of a split model; under torchrun its subtrees run on different "
+                                "ranks (DistributedSplit)")
+    infer.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
+    infer.add_argument("--data", default="synthetic", help="the test split of this data (as train's --data)")
+    infer.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch")
+    _device_option(infer, "'cpu', 'cuda' or 'cuda:N'; 'cuda' under torchrun: each rank takes cuda:LOCAL_RANK")
+
+    export = sub.add_parser("export", formatter_class=_HelpFormatter,
+                            help="write a split model that runs without splitkern: TorchScript, ONNX or torch.export",
+                            description="plain: TorchScript of a torch.nn-only copy (load: torch.jit.load)\n"
+                                        "onnx:  ONNX of it (onnxruntime; pip install 'splitkern[onnx]')\n"
+                                        "pt2:   a torch.export program of it (load: torch.export.load)\n"
+                                        "Checks the export against the split model and reports parameters and CPU "
+                                        "latency\nof the exported, split and dense models.")
+    export.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
+    export.add_argument("--format", choices=("plain", "onnx", "pt2"), default="plain", help="what to write")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--image-size", type=positive_int, default=None,
+                        help="input height = width (default: the size the model was trained on, else 32)")
+    export.add_argument("--batch-size", type=positive_int, default=32, help="batch of the latency comparison")
     return parser
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+def _epoch_split(args) -> tuple[int, int, int]:
+    """``(stage1, stage2, warmup)`` epochs: ``--epochs`` exactly, unless the parts are given."""
+    epochs = args.epochs
+    stage2 = args.stage2_epochs if args.stage2_epochs is not None else (round(epochs / 3) if epochs > 1 else 0)
+    stage1 = args.stage1_epochs if args.stage1_epochs is not None else epochs - stage2
+    if stage1 < 1:
+        raise ValueError(f"--epochs {epochs} leaves no epoch before the split with --stage2-epochs {stage2}")
+    explicit = "--epochs" in getattr(args, "given", ())
+    if explicit and stage1 + stage2 != epochs:
+        raise ValueError(f"--epochs {epochs} but --stage1-epochs {stage1} + --stage2-epochs {stage2} = "
+                         f"{stage1 + stage2}: give the total or the parts")
+    default_warmup = 0 if args.init_from else stage1 // 2
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup
+    if warmup >= stage1:
+        raise ValueError(f"--warmup-epochs {warmup} must be below the {stage1} epochs of stage 1 (the warm-up is "
+                         "part of it)")
+    return stage1, stage2, warmup
 
 
 def _train_config(args):
     from splitkern.splitnet.train import TrainConfig
 
-    epochs = args.epochs or 9
-    stage2 = args.stage2_epochs if args.stage2_epochs is not None else max(1, epochs // 3)
-    stage1 = args.stage1_epochs if args.stage1_epochs is not None else max(2, epochs - stage2)
-    default_warmup = 0 if args.init_from else stage1 // 3
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup
-    baselines = tuple(b for b in args.baselines.split(",") if b)
-    try:
-        gammas = tuple(float(g) for g in args.gammas.split(","))
-    except ValueError:
-        raise ValueError(f"--gammas must be three comma-separated numbers, got {args.gammas!r}") from None
+    stage1, stage2, warmup = _epoch_split(args)
     return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
                        schedule=args.schedule, dropout=args.dropout, weight_decay=args.weight_decay,
-                       init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init, gammas=gammas,
-                       assign_confidence=args.assign_confidence, precision=args.precision, baselines=baselines,
-                       device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-                       tensorboard=not args.no_tensorboard)
+                       init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init,
+                       gammas=tuple(args.gammas), assign_confidence=args.assign_confidence, precision=args.precision,
+                       baselines=tuple(args.baselines), device=args.device, seed=args.seed, out=args.out,
+                       resume=args.resume, overwrite=args.overwrite,
+                       tensorboard=args.tensorboard and not args.no_tensorboard, progress=not args.no_progress)
 
 
 def _summary(metrics: dict, out: str) -> str:
@@ -116,8 +304,16 @@ def _summary(metrics: dict, out: str) -> str:
         at = f" (at the split {100 * result['test_acc_at_split']:.2f}%)" if "test_acc_at_split" in result else ""
         lines.append(f"  baseline {name}: accuracy {100 * result['test_acc']:.2f}%{at}, "
                      f"params {result['params']:,}{nmi}")
-    lines.append(f"  written to {out}/ (metrics.json, log.csv, split.pt; 'splitkern plot {out}' draws the groups)")
+    lines.append(f"  written to {out}/ (metrics.json, log.csv, split.pt; 'splitkern plot {out}' draws the figures)")
     return "\n".join(lines)
+
+
+def _image_size(info: dict, given: int | None, option: str = "--image-size") -> int:
+    """The input size to use for a checkpoint: ``given`` if it agrees with the recorded one."""
+    recorded = info["input_shape"]
+    if given is not None and recorded is not None and given != recorded[1]:
+        raise ValueError(f"{option} {given}: the model was trained on {recorded[1]}x{recorded[2]} images")
+    return given or (recorded[1] if recorded else 32)
 
 
 def _plan(args) -> None:
@@ -125,11 +321,12 @@ def _plan(args) -> None:
 
     import splitkern
     from splitkern.parallel.cost import cost_model, format_cost_model
+    from splitkern.splitnet.io import describe
 
+    size = _image_size(describe(args.ckpt), args.image_size)
     model = splitkern.load(args.ckpt).eval()
-    example = torch.randn(1, 3, args.image_size, args.image_size)
-    workers = tuple(int(w) for w in args.workers.split(","))
-    print(format_cost_model(cost_model(model, example, workers, batch=args.batch_size)))
+    example = torch.randn(1, 3, size, size)
+    print(format_cost_model(cost_model(model, example, args.workers, batch=args.batch_size)))
 
 
 def _rank_device(spec: str, env):
@@ -143,20 +340,33 @@ def _rank_device(spec: str, env):
     return device
 
 
+def check_data_fits(info: dict, dataset, ckpt) -> None:
+    """A ``ValueError`` when the checkpoint's classes or recorded input shape differ from the data's."""
+    classes = info["config"].get("num_classes")
+    if classes != dataset.num_classes:
+        raise ValueError(f"--ckpt {ckpt} has {classes} classes, the data has {dataset.num_classes}: "
+                         "it was trained on other data")
+    _, height, width, channels = dataset.x_test.shape
+    if info["input_shape"] is not None and tuple(info["input_shape"]) != (channels, height, width):
+        raise ValueError(f"--ckpt {ckpt} was trained on {tuple(info['input_shape'])} images (C, H, W), the data "
+                         f"has {(channels, height, width)}")
+
+
 def _infer(args) -> None:
-    import os
     import time
 
     import torch
 
     import splitkern
     from splitkern import data
+    from splitkern.backend import check_device
+    from splitkern.splitnet.io import describe
 
-    device = _rank_device(args.device, os.environ)
+    device = check_device(_rank_device(args.device, os.environ), "--device")
+    info = describe(args.ckpt)
+    dataset = data.load(args.data)
+    check_data_fits(info, dataset, args.ckpt)
     if device.type == "cuda":
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {args.device}: this process needs {device}, but there are "
-                             f"{torch.cuda.device_count()} CUDA devices (under torchrun: one GPU per rank)")
         torch.cuda.set_device(device)
     model = splitkern.load(args.ckpt).eval().to(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -168,8 +378,8 @@ def _infer(args) -> None:
 
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank = dist.get_rank()
-        model = DistributedSplit(model, example=torch.zeros(1, 3, 32, 32, device=device))
-    dataset = data.load(args.data)
+        _, height, width, channels = dataset.x_test.shape
+        model = DistributedSplit(model, example=torch.zeros(1, channels, height, width, device=device))
     correct, seconds = 0, 0.0
     with torch.no_grad():
         for images, labels in data.batches(dataset.x_test, dataset.y_test, args.batch_size, mean=dataset.mean,
@@ -187,31 +397,81 @@ def _infer(args) -> None:
         torch.distributed.destroy_process_group()
 
 
-def main(argv=None) -> None:
-    args, rest = _parser().parse_known_args(argv)
+def _export(args) -> None:
+    from splitkern.export import export_report
+    from splitkern.splitnet.io import describe
+
+    size = _image_size(describe(args.ckpt), args.image_size)
+    print(export_report(args.ckpt, args.format, args.out, image_size=size, batch_size=args.batch_size))
+
+
+def _train(args) -> None:
+    from splitkern.backend import check_device
+    from splitkern.splitnet.train import run
+
+    check_device(args.device, "--device")
+    print(_summary(run(_train_config(args)), args.out))
+
+
+def _layer_speed(args) -> None:
+    from splitkern.backend import check_device
+    from splitkern.layer_speed import run_layer_speed
+
+    check_device(args.device, "--device")
+    run_layer_speed(args.features, args.batch, args.groups, args.repeats, device=args.device)
+
+
+def _plot(args) -> None:
+    from splitkern.splitnet.plot import plot
+
+    for path in plot(args.dir):
+        print(f"wrote {path}")
+
+
+def _info(args) -> None:
+    from splitkern.info import main as info_main
+
+    info_main()
+
+
+COMMANDS = {"info": _info, "layer-speed": _layer_speed, "train": _train, "plot": _plot, "plan": _plan,
+            "infer": _infer, "export": _export}
+
+
+def _given_options(argv) -> set[str]:
+    return {a.split("=")[0] for a in argv if a.startswith("--")}
+
+
+def main(argv=None) -> int:
+    """The ``splitkern`` command. Returns (and as a script exits with) 0, or 2 after one error line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
     if args.command == "kernels":
         from splitkern.kernels import main as kernels_main
-        raise SystemExit(kernels_main(rest))
+        return kernels_main(rest)
     if rest:
-        _parser().error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "info":
-        from splitkern.info import main as info_main
-        info_main()
-    elif args.command == "demo":
-        from splitkern.demo import run_demo
-        run_demo(args.features, args.batch, args.groups, args.repeats, device=args.device)
-    elif args.command == "train":
-        from splitkern.splitnet.train import run
-        print(_summary(run(_train_config(args)), args.out))
-    elif args.command == "plan":
-        _plan(args)
-    elif args.command == "infer":
-        _infer(args)
-    elif args.command == "plot":
-        from splitkern.splitnet.plot import plot
-        for path in plot(args.dir):
-            print(f"wrote {path}")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.given = _given_options(argv)
+    debug = args.debug or os.environ.get("SPLITKERN_DEBUG", "") not in ("", "0")
+    from splitkern.backend import BackendUnavailableError
+
+    try:
+        COMMANDS[args.command](args)
+    except (*USER_ERRORS, BackendUnavailableError) as exc:
+        if debug:
+            raise
+        message = str(exc) or type(exc).__name__
+        print(f"splitkern: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = " (continue with the same command and --resume)" if args.command == "train" else ""
+        print(f"splitkern: interrupted{hint}", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

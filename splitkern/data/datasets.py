@@ -158,7 +158,8 @@ def load(source) -> ImageDataset:
         return synthetic_hierarchy()
     folder = Path(source)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder (give 'synthetic', an npz shard folder or cifar-100-python)")
+        raise ValueError(f"data: {folder} is not a folder (give 'synthetic', an npz shard folder or "
+                         "cifar-100-python)")
     if (folder / "train").exists() and (folder / "meta").exists():
         return load_cifar_python(folder)
     return load_npz_folder(folder)

@@ -86,7 +86,11 @@ def regularization_terms(model) -> dict[str, torch.Tensor]:
 def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
     """``gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model,
     R_W the value-weighted mean over split layers (:func:`weighted_layer_mean`)."""
-    terms = regularization_terms(model)
+    return weigh_terms(regularization_terms(model), gammas)
+
+
+def weigh_terms(terms: dict[str, torch.Tensor], gammas=DEFAULT_GAMMAS) -> torch.Tensor:
+    """``gamma1 R_D + gamma2 R_W + gamma3 R_E`` of :func:`regularization_terms`' values."""
     return gammas[0] * terms["R_D"] + gammas[1] * terms["R_W"] + gammas[2] * terms["R_E"]
 
 

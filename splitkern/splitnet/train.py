@@ -23,9 +23,13 @@ which starts from a trained dense model saved by :func:`splitkern.save`).
 
 Split arms report ``test_acc_before_split`` (the unsplit model at epoch ``S``),
 ``test_acc_at_split`` (the split model, BN recalibrated, before fine-tuning) and ``test_acc``.
-Every epoch writes a checkpoint; ``resume=True`` continues a killed run where it stopped.
-Results: ``metrics.json``, ``log.csv`` (one row per epoch with the lr at its last step),
-TensorBoard events, ``split.pt`` (for :func:`splitkern.load`) and ``stage1.pt`` (for ``splitkern plot``).
+Every epoch writes a checkpoint; ``resume=True`` continues a killed run where it stopped. An
+``out`` folder that already holds a run needs ``resume=True`` or ``overwrite=True``.
+Results: ``metrics.json``; ``log.csv``, one row per epoch (:data:`LOG_FIELDS`: the lr at the epoch's
+last step, the epoch means of the cross-entropy, of the unweighted regularisers R_D, R_W, R_E
+(empty where the phase has none) and of the whole objective, test accuracy, NMI, seconds), also
+printed as one line per epoch when ``progress``; TensorBoard events when ``tensorboard``;
+``split.pt`` (for :func:`splitkern.load`) and ``stage1.pt`` (for ``splitkern plot``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +52,7 @@ from tqdm import tqdm
 
 from splitkern import data as sk_data
 from splitkern import models
+from splitkern.backend import check_device
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.splitnet import convert, grouping, io
 
@@ -55,11 +61,25 @@ SCHEDULES = ("cosine", "step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECAYED_LAYERS = (nn.Conv2d, nn.Linear, SplitConv2d, SplitLinear)
 BN_RECALIBRATION_BATCHES = 50
-LOG_FIELDS = ["run", "phase", "epoch", "lr", "train_loss", "test_acc", "nmi_coarse"]
+REG_TERMS = ("R_D", "R_W", "R_E")
+LOG_FIELDS = ["run", "phase", "epoch", "lr", "train_ce", "r_d", "r_w", "r_e", "train_loss", "test_acc",
+              "nmi_coarse", "seconds"]
+RUN_OUTPUTS = ("log.csv", "metrics.json", "stage1.pt", "split.pt", "tensorboard", "warmup", "splitnet",
+               *BASELINES)
 
 
 @dataclass
 class TrainConfig:
+    """Everything one SplitNet run needs; :func:`train` / ``splitkern train`` take it.
+
+    The defaults are the settings the CIFAR-100 fair-protocol runs measured (experiments/cifar100):
+    one cosine curve from ``lr`` 0.1, SGD + Nesterov, weight decay 5e-4 on conv/linear weights, no
+    dropout, gammas (R_D, R_W, R_E) = (1, 1, 10) with the assignment logits at ``assign_lr`` 1 and
+    the clustered init at confidence 1. ``stage1_epochs`` counts the warm-up; the run lasts
+    ``stage1_epochs + stage2_epochs`` epochs. ``data``/``model``/``split`` default to a small
+    built-in problem that trains in a few minutes on a CPU.
+    """
+
     data: str = "synthetic"
     model: str = "wrn10-2"
     split: str = "4"
@@ -82,7 +102,8 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/splitnet"
     resume: bool = False
-    tensorboard: bool = True
+    overwrite: bool = False
+    tensorboard: bool = False
     progress: bool = True
 
     @property
@@ -90,8 +111,23 @@ class TrainConfig:
         return self.stage1_epochs + self.stage2_epochs
 
     def validate(self) -> None:
+        for name in ("stage1_epochs", "stage2_epochs", "warmup_epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if self.stage1_epochs < 1 or self.stage2_epochs < 0:
-            raise ValueError("stage1_epochs must be >= 1 and stage2_epochs >= 0")
+            raise ValueError(f"stage1_epochs must be >= 1 and stage2_epochs >= 0, got {self.stage1_epochs} "
+                             f"and {self.stage2_epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "assign_lr"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the run in out, "
+                             "overwrite deletes it")
         if not 0 <= self.warmup_epochs < self.stage1_epochs:
             raise ValueError(f"warmup_epochs must be in [0, stage1_epochs), got {self.warmup_epochs}")
         if self.init_from is not None and self.warmup_epochs:
@@ -144,6 +180,8 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self.device = torch.device(config.device)
+        check_device(config.device, "device")
+        prepare_out(self.out, config.resume, config.overwrite)
         self.data = dataset if dataset is not None else sk_data.load(config.data)
         self.start_model = load_init(config.init_from, config.model, self.data.num_classes) \
             if config.init_from is not None else None
@@ -158,8 +196,8 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise RuntimeError("TensorBoard logging needs the 'tensorboard' package "
-                               "(pip install tensorboard), or pass --no-tensorboard") from exc
+            raise ImportError("tensorboard=True (--tensorboard) needs the 'tensorboard' package: "
+                              "pip install 'splitkern[tensorboard]'") from exc
         return SummaryWriter(str(self.out / "tensorboard"))
 
     # --- models -------------------------------------------------------------------------------
@@ -217,12 +255,13 @@ class Trainer:
             phase.history = state["history"]
             start = state["epoch"] + 1
         for epoch in range(start, phase.epochs):
-            train_loss, lr = self._train_epoch(model, optimizer, phase, phase.first_epoch + epoch)
-            acc = self.evaluate(model)
-            row = {"run": phase.run, "phase": phase.name, "epoch": phase.first_epoch + epoch, "lr": lr,
-                   "train_loss": train_loss, "test_acc": acc}
+            began = time.perf_counter()
+            row = {"run": phase.run, "phase": phase.name, "epoch": phase.first_epoch + epoch}
+            row.update(self._train_epoch(model, optimizer, phase, phase.first_epoch + epoch))
+            row["test_acc"] = self.evaluate(model)
             if hasattr(model, "assignments") and model.split_plan is not None and self.data.has_coarse:
                 row["nmi_coarse"] = self.nmi(model)
+            row["seconds"] = time.perf_counter() - began
             phase.history.append(row)
             self._log(row)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -235,25 +274,34 @@ class Trainer:
         return sk_data.batches(d.x_train, d.y_train, self.config.batch_size, mean=d.mean, std=d.std,
                                train=True, generator=generator, device=self.device)
 
-    def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> tuple[float, float]:
+    def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> dict:
+        """One epoch; returns the log row's training part: lr at the last step, epoch means of the
+        cross-entropy, of each unweighted regulariser (when the phase has them) and of the objective."""
         model.train()
-        total, count, lr = 0.0, 0, self.config.lr
+        names = ("train_ce", *(t.lower() for t in REG_TERMS)) if phase.regularize else ("train_ce",)
+        sums, count, lr = torch.zeros(len(names) + 1, device=self.device), 0, self.config.lr
         bar = tqdm(self._train_batches(self.gen), total=self.steps_per_epoch,
                    desc=f"{phase.run}/{phase.name} epoch {epoch + 1}/{self.config.total_epochs}",
                    leave=False, disable=not self.config.progress)
         for i, (images, labels) in enumerate(bar):
             lr = self.set_lr(optimizer, epoch * self.steps_per_epoch + i)
             with self.autocast():
-                loss = F.cross_entropy(model(images), labels)
+                ce = F.cross_entropy(model(images), labels)
+            parts = [ce]
+            loss = ce
             if phase.regularize:
-                loss = loss + convert.regularization(model, self.config.gammas)
+                terms = convert.regularization_terms(model)
+                parts += [terms[t] for t in REG_TERMS]
+                loss = ce + convert.weigh_terms(terms, self.config.gammas)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(labels)
+            sums += torch.stack([*parts, loss]).detach().float() * len(labels)
             count += len(labels)
-            bar.set_postfix(loss=f"{total / count:.3f}", lr=f"{lr:.4f}")
-        return total / max(count, 1), lr
+            if i % 20 == 0:  # .item() waits for the device: not every step
+                bar.set_postfix(loss=f"{sums[-1].item() / count:.3f}", lr=f"{lr:.4f}")
+        means = (sums / max(count, 1)).tolist()
+        return {"lr": lr, **dict(zip(names, means[:-1])), "train_loss": means[-1]}
 
     @torch.no_grad()
     def evaluate(self, model) -> float:
@@ -284,6 +332,8 @@ class Trainer:
         return grouping.nmi(classes.numpy(), self.data.fine_to_coarse)
 
     def _log(self, row: dict) -> None:
+        if self.config.progress:
+            tqdm.write(epoch_line(row, self.config.total_epochs))
         new = not self.log_path.exists()
         with self.log_path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
@@ -292,7 +342,7 @@ class Trainer:
             writer.writerow(row)
         if self.writer is not None:
             step = f"{row['run']}/{row['phase']}"
-            for key in ("lr", "train_loss", "test_acc", "nmi_coarse"):
+            for key in LOG_FIELDS[3:]:
                 if key in row:
                     self.writer.add_scalar(f"{step}/{key}", row[key], row["epoch"])
             self.writer.flush()
@@ -328,7 +378,7 @@ class Trainer:
                               regularize=True, learn_assignments=True))
         torch.save({"config": dataclasses.asdict(c), "state_dict": model.state_dict()}, self.out / "stage1.pt")
         result = self.split_and_finish("splitnet", model)
-        io.save(result.pop("split_model"), self.out / "split.pt")
+        io.save(result.pop("split_model"), self.out / "split.pt", input_shape=self.input_shape)
         return result
 
     def dense_at_split(self, start):
@@ -347,7 +397,7 @@ class Trainer:
             model = copy.deepcopy(self.dense_at_split(start))
             if c.stage2_epochs:
                 self.fit(model, Phase("dense", "stage2", c.stage1_epochs, c.stage2_epochs))
-            io.save(model, self.out / "dense" / "dense.pt")
+            io.save(model, self.out / "dense" / "dense.pt", input_shape=self.input_shape)
             return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model)}
         if name == "thin":
             torch.manual_seed(c.seed)
@@ -376,9 +426,15 @@ class Trainer:
             result["nmi_coarse"] = self.nmi(model)
         return result
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the data's images."""
+        _, height, width, channels = self.data.x_test.shape
+        return channels, height, width
+
     def inference_ms(self, model, batch: int = 256) -> float:
         model.eval()
-        x = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, *self.input_shape, device=self.device).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             model(x)
             times = []
@@ -389,6 +445,34 @@ class Trainer:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
         return 1e3 * sorted(times)[len(times) // 2]
+
+
+def epoch_line(row: dict, total_epochs: int) -> str:
+    """The line printed per epoch: run/phase, epoch, lr, CE, the regularisers, accuracy, NMI, seconds."""
+    parts = [f"{row['run']}/{row['phase']:<6}", f"epoch {row['epoch'] + 1:>3}/{total_epochs}", f"lr {row['lr']:.4f}",
+             f"CE {row['train_ce']:.3f}"]
+    parts += [f"{term} {row[term.lower()]:.4f}" for term in REG_TERMS if term.lower() in row]
+    parts.append(f"test {100 * row['test_acc']:.2f}%")
+    if "nmi_coarse" in row:
+        parts.append(f"NMI {row['nmi_coarse']:.3f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in ``out``: a folder holding a run needs ``resume`` (continue it) or
+    ``overwrite`` (delete that run's files, and only those)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"out: {out} already holds a run ({', '.join(existing)}): continue it with --resume "
+                         "(resume=True), replace it with --overwrite (overwrite=True), or choose another --out")
+    for name in existing:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def dense_state(model) -> dict:
@@ -423,6 +507,14 @@ def load_init(path, model_name: str, num_classes: int):
         raise ValueError(f"init_from: {path} holds a {type(model).__name__} {model.config} that is not "
                          f"model={model_name!r}")
     return model
+
+
+def train(config: TrainConfig | None = None, *, dataset: sk_data.ImageDataset | None = None, **options) -> dict:
+    """Train SplitNet and its baselines (``splitkern.train``): ``config`` (default ``TrainConfig()``)
+    with ``options`` replacing its fields, e.g. ``splitkern.train(data="synthetic", split="2-2",
+    stage1_epochs=6, stage2_epochs=3, out="runs/x")``. Returns what ``metrics.json`` holds."""
+    config = dataclasses.replace(config if config is not None else TrainConfig(), **options)
+    return run(config, dataset)
 
 
 def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dict:

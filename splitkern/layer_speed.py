@@ -1,4 +1,4 @@
-"""The README's main job (for now): SplitLinear against nn.Linear on built-in data.
+"""`splitkern layer-speed`: SplitLinear against nn.Linear on random data.
 
 Builds a dense layer, splits it with random unequal groups, checks that the split
 layer equals the masked dense layer, and times forward+backward of dense
@@ -36,7 +36,7 @@ def _per_group_loop(split: SplitLinear):
     return run
 
 
-def run_demo(features: int = 2048, batch: int = 256, groups: int = 4, repeats: int = 10,
+def run_layer_speed(features: int = 2048, batch: int = 256, groups: int = 4, repeats: int = 10,
              seed: int = 0, device: str = "cpu") -> dict:
     gen = torch.Generator().manual_seed(seed)
     dense = nn.Linear(features, features).to(device)
