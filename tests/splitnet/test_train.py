@@ -182,7 +182,8 @@ def test_deal_features_respects_quota_and_preference():
 def test_alexnet_run(tmp_path, tiny):
     metrics = run(config(tmp_path, model="alexnet", split="2-2-4"), tiny)
     assert metrics["params_split"] < metrics["params_dense"] and len(metrics["groups"]) == 4
-    assert {p.name for p in plot(tmp_path)} >= {"assignments.png", "fc_block_diagonal.png"}
+    assert {p.name for p in plot(tmp_path)} == {"assignments.png", "block_diagonal.png", "learning_curves.png",
+                                                "accuracy_vs_params.png"}
 
 
 # --- the fair protocol (one schedule, same regularisation, split bookkeeping, baselines, init_from) ----------
