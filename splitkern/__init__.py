@@ -22,8 +22,9 @@ from splitkern.backend import BackendUnavailableError, available_backends, use_b
 from splitkern import ops  # noqa: F401  (registers torch.ops.splitkern.*)
 from splitkern import nn  # noqa: F401
 from splitkern.splitnet.io import load, save
+from splitkern.splitnet.train import TrainConfig, train
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "available_backends", "load", "nn", "ops", "save", "use_backend",
-           "__version__"]
+__all__ = ["BackendUnavailableError", "TrainConfig", "available_backends", "load", "nn", "ops", "save", "train",
+           "use_backend", "__version__"]

@@ -159,3 +159,12 @@ def test_checked_device_names_the_argument():
     assert check_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="^device: 'tpu'"):
         check_device("tpu")
+
+
+def test_export_command_writes_a_checked_model_and_reports_sizes_and_latency(tmp_path, checkpoints):
+    out = cli("export", "--ckpt", checkpoints["ten"], "--format", "plain", "--out", tmp_path / "m.pt",
+              "--batch-size", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "m.pt").exists()
+    for word in ("max abs", "dense", "split", "ms"):
+        assert word in out.stdout, (word, out.stdout)

@@ -44,3 +44,40 @@ def test_info_cli_lists_every_op():
     for op in ("block_diag_mm", "grouped_conv", "group_weight_reg"):
         assert f"{op} on cpu" in out.stdout
         assert f"  {op}:cpu: C++" in out.stdout  # the extension's kernels, as built in CI
+
+
+def _hide_optional_packages(folder) -> str:
+    """Code that makes the optional extras unimportable: stub packages first on sys.path whose import
+    fails (a meta-path finder that raises would also break torch's own probes with find_spec)."""
+    for name in ("tensorboard", "onnx", "onnxruntime", "onnxscript"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} hidden for this test')\n")
+    return f"import sys; sys.path.insert(0, {str(folder)!r})\n"
+
+
+def test_default_train_and_plot_need_only_the_declared_dependencies(tmp_path):
+    """The Python API (splitkern.train) and plot, without the optional extras; matplotlib is declared."""
+    from importlib.metadata import requires
+
+    declared = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires("splitkern")
+                if "extra ==" not in r}
+    assert {"torch", "numpy", "tqdm", "matplotlib"} <= declared
+    (tmp_path / "stubs").mkdir()
+    out = _python(_hide_optional_packages(tmp_path / "stubs") + f"""
+try:
+    import tensorboard
+    raise SystemExit("tensorboard was not hidden")
+except ImportError:
+    pass
+import splitkern
+from splitkern.data import synthetic_hierarchy
+from splitkern.splitnet.plot import plot
+tiny = synthetic_hierarchy(train_per_class=6, test_per_class=3)
+config = splitkern.TrainConfig(model="wrn10-1", split="2", progress=False)
+metrics = splitkern.train(config, dataset=tiny, stage1_epochs=2, warmup_epochs=1, stage2_epochs=1,
+                          out={str(tmp_path / "run")!r})
+print("accuracy", metrics["test_acc"], "figures", len(plot({str(tmp_path / "run")!r})))
+""")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "figures 4" in out.stdout
+    assert (tmp_path / "run" / "split.pt").exists() and not (tmp_path / "run" / "tensorboard").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def _read_npz(path: Path, num_fine: int, num_coarse: int):
     return x, y_fine
 
 
-def load_npz_folder(folder) -> ImageDataset:
+def load_npz_folder(folder: str | os.PathLike) -> ImageDataset:
     """A folder of ``train*.npz`` shards + ``test.npz`` (+ optional ``meta.json``), as in shared/data/cifar100."""
     folder = Path(folder)
     shards = sorted(folder.glob("train*.npz"))
@@ -80,7 +82,7 @@ def load_npz_folder(folder) -> ImageDataset:
                         x_test, y_test, list(fine_names), list(coarse_names), list(meta.get("fine_to_coarse", [])))
 
 
-def load_cifar_python(folder) -> ImageDataset:
+def load_cifar_python(folder: str | os.PathLike) -> ImageDataset:
     """torchvision's ``cifar-100-python`` folder (files ``train``, ``test``, ``meta``)."""
     folder = Path(folder)
 
@@ -152,7 +154,7 @@ def synthetic_hierarchy(seed: int = 0, coarse: int = 4, fine_per_coarse: int = 4
                         [f // fine_per_coarse for f in range(classes)], mean, std)
 
 
-def load(source) -> ImageDataset:
+def load(source: str | os.PathLike) -> ImageDataset:
     """``"synthetic"``, a folder of npz shards, or a ``cifar-100-python`` folder."""
     if str(source) == "synthetic":
         return synthetic_hierarchy()
@@ -165,8 +167,9 @@ def load(source) -> ImageDataset:
     return load_npz_folder(folder)
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, mean, std, train: bool, generator=None,
-            device="cpu"):
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
+            train: bool, generator: torch.Generator | None = None,
+            device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images, labels)``: float NCHW (channels_last) normalised, with random crop (pad 4) and
     horizontal flip when ``train``. Shuffled when ``train`` (from ``generator``)."""
     n = len(y)

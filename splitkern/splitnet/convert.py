@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Sequence
 import copy
 
 import torch
@@ -39,7 +40,7 @@ def level_probs(model, key: str, level: str) -> torch.Tensor:
     return model.assignments[key].probs(_plan(model).groups(level))
 
 
-def hard_groups(model, key: str, level: str) -> torch.Tensor:
+def hard_groups(model: nn.Module, key: str, level: str) -> torch.Tensor:
     """(d,) int64 group ids of assignment ``key`` at ``level``."""
     assignment = model.assignments[key]
     return assignment.hard() // (assignment.groups // _plan(model).groups(level))
@@ -70,7 +71,7 @@ def weighted_layer_mean(values: torch.Tensor) -> torch.Tensor:
     return (weights * values).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def regularization_terms(model) -> dict[str, torch.Tensor]:
+def regularization_terms(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unweighted ``{"R_D": mean(R_D), "R_W": weighted_layer_mean(R_W), "R_E": mean(R_E)}`` of a
     split-aware model (R_D and R_E over its assignments, R_W over its split layers)."""
     plan = _plan(model)
@@ -83,13 +84,13 @@ def regularization_terms(model) -> dict[str, torch.Tensor]:
             "R_E": torch.stack([balance_reg(p) for p in probs]).mean()}
 
 
-def regularization(model, gammas=DEFAULT_GAMMAS) -> torch.Tensor:
+def regularization(model: nn.Module, gammas: Sequence[float] = DEFAULT_GAMMAS) -> torch.Tensor:
     """``gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model,
     R_W the value-weighted mean over split layers (:func:`weighted_layer_mean`)."""
     return weigh_terms(regularization_terms(model), gammas)
 
 
-def weigh_terms(terms: dict[str, torch.Tensor], gammas=DEFAULT_GAMMAS) -> torch.Tensor:
+def weigh_terms(terms: dict[str, torch.Tensor], gammas: Sequence[float] = DEFAULT_GAMMAS) -> torch.Tensor:
     """``gamma1 R_D + gamma2 R_W + gamma3 R_E`` of :func:`regularization_terms`' values."""
     return gammas[0] * terms["R_D"] + gammas[1] * terms["R_W"] + gammas[2] * terms["R_E"]
 
@@ -100,7 +101,7 @@ def channel_orders(model) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def masked_dense(model):
+def masked_dense(model: nn.Module) -> nn.Module:
     """A copy of the model with every weight between different hard groups set to zero."""
     plan = _plan(model)
     dense = copy.deepcopy(model)
@@ -144,7 +145,7 @@ def _split_layer(module, in_ids, out_ids, perm_in, perm_out, groups, *, gather: 
 
 
 @torch.no_grad()
-def split(model):
+def split(model: nn.Module) -> nn.Module:
     """The physically split model: SplitConv2d/SplitLinear blocks, BN permuted, no assignments.
 
     In eval mode it computes what :func:`masked_dense` computes (to fp32 rounding).
@@ -182,7 +183,8 @@ def split(model):
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images, autocast=contextlib.nullcontext) -> nn.Module:
+def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor],
+                          autocast=contextlib.nullcontext) -> nn.Module:
     """Recompute every BatchNorm's running statistics as the plain average over ``images``.
 
     ``images`` is an iterable of input batches (training data, no augmentation needed). The
@@ -217,7 +219,7 @@ def recalibrate_batchnorm(model: nn.Module, images, autocast=contextlib.nullcont
     return model
 
 
-def count_parameters(model, *, include_assignments: bool = False) -> int:
+def count_parameters(model: nn.Module, *, include_assignments: bool = False) -> int:
     """Weights of conv/linear layers (BN and assignments excluded, as in DESIGN.md's counts)."""
     total = 0
     for module in model.modules():
