@@ -16,7 +16,7 @@ $(STAMP): requirements-dev.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csr
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/splitkern train --data synthetic --model wrn10-2 --split 4-4 --epochs 6 --out runs/demo
+	$(VENV)/bin/splitkern train --data synthetic --model wrn10-2 --split 4-4 --epochs 6 --out runs/demo --overwrite
 	$(VENV)/bin/splitkern plot runs/demo
 
 test: install
