@@ -100,7 +100,7 @@ setup(
     python_requires=">=3.10",
     # what the default `splitkern train` and `splitkern plot` need; TensorBoard and ONNX are opt-in extras
     install_requires=["torch>=2.6", "numpy", "tqdm", "matplotlib"],
-    extras_require={"triton": ["triton>=3.2"], "tensorboard": ["tensorboard"],
+    extras_require={"triton": ["triton>=3.2"], "tensorboard": ["tensorboard"], "vision": ["torchvision"],
                     "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -136,7 +136,11 @@ def _train_parser(sub) -> None:
                            "one learning-rate schedule;\nwrites metrics.json, log.csv, split.pt, stage1.pt into --out.")
     data = train.add_argument_group("data and model")
     data.add_argument("--data", default="synthetic",
-                      help="'synthetic' (built in), a folder of npz shards or cifar-100-python")
+                      help="'synthetic' (built in), a folder of npz shards, cifar-100-python, or an ImageFolder "
+                           "layout DIR/train/<class>/*, DIR/val/<class>/* (+ optional DIR/superclasses.json)")
+    data.add_argument("--image-size", type=positive_int, default=None,
+                      help="ImageFolder data: crop size (default: 224)")
+    data.add_argument("--workers", type=non_negative_int, default=2, help="ImageFolder data: loader processes")
     data.add_argument("--model", default="wrn10-2", type=_model_name,
                       help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
     data.add_argument("--split", default="4", type=_split_spec,
@@ -228,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--ckpt", required=True, help="split.pt written by 'splitkern train'")
     infer.add_argument("--data", default="synthetic", help="the test split of this data (as train's --data)")
     infer.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch")
+    infer.add_argument("--workers", type=non_negative_int, default=2, help="ImageFolder data: loader processes")
     _device_option(infer, "'cpu', 'cuda' or 'cuda:N'; 'cuda' under torchrun: each rank takes cuda:LOCAL_RANK")
 
     export = sub.add_parser("export", formatter_class=_HelpFormatter,
@@ -271,7 +276,8 @@ def _train_config(args):
     from splitkern.splitnet.train import TrainConfig
 
     stage1, stage2, warmup = _epoch_split(args)
-    return TrainConfig(data=args.data, model=args.model, split=args.split, stage1_epochs=stage1,
+    return TrainConfig(data=args.data, image_size=args.image_size, workers=args.workers, model=args.model,
+                       split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
                        schedule=args.schedule, dropout=args.dropout, weight_decay=args.weight_decay,
                        init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init,
@@ -346,10 +352,9 @@ def check_data_fits(info: dict, dataset, ckpt) -> None:
     if classes != dataset.num_classes:
         raise ValueError(f"--ckpt {ckpt} has {classes} classes, the data has {dataset.num_classes}: "
                          "it was trained on other data")
-    _, height, width, channels = dataset.x_test.shape
-    if info["input_shape"] is not None and tuple(info["input_shape"]) != (channels, height, width):
+    if info["input_shape"] is not None and tuple(info["input_shape"]) != dataset.input_shape:
         raise ValueError(f"--ckpt {ckpt} was trained on {tuple(info['input_shape'])} images (C, H, W), the data "
-                         f"has {(channels, height, width)}")
+                         f"has {dataset.input_shape}")
 
 
 def _infer(args) -> None:
@@ -360,11 +365,13 @@ def _infer(args) -> None:
     import splitkern
     from splitkern import data
     from splitkern.backend import check_device
+    from splitkern.data.image_folder import is_image_folder
     from splitkern.splitnet.io import describe
 
     device = check_device(_rank_device(args.device, os.environ), "--device")
     info = describe(args.ckpt)
-    dataset = data.load(args.data)
+    recorded = info["input_shape"][1] if info["input_shape"] else None
+    dataset = data.load(args.data, workers=args.workers, image_size=recorded if is_image_folder(args.data) else None)
     check_data_fits(info, dataset, args.ckpt)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -378,20 +385,18 @@ def _infer(args) -> None:
 
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank = dist.get_rank()
-        _, height, width, channels = dataset.x_test.shape
-        model = DistributedSplit(model, example=torch.zeros(1, channels, height, width, device=device))
+        model = DistributedSplit(model, example=torch.zeros(1, *dataset.input_shape, device=device))
     correct, seconds = 0, 0.0
     with torch.no_grad():
-        for images, labels in data.batches(dataset.x_test, dataset.y_test, args.batch_size, mean=dataset.mean,
-                                           std=dataset.std, train=False, device=device):
+        for images, labels in dataset.test_batches(args.batch_size, device):
             start = time.perf_counter()
             logits = model(images)
             seconds += time.perf_counter() - start
             correct += (logits.argmax(1) == labels).sum().item()
     if rank == 0:
         mode = f"DistributedSplit over {os.environ['WORLD_SIZE']} ranks" if distributed else "one process"
-        print(f"test accuracy {100 * correct / len(dataset.y_test):.2f}% ({mode}), "
-              f"{len(dataset.y_test) / seconds:.0f} images/s")
+        print(f"test accuracy {100 * correct / dataset.num_test:.2f}% ({mode}), "
+              f"{dataset.num_test / seconds:.0f} images/s")
     if distributed:  # every rank done before any tears down (a rank leaving early aborts gloo's peers)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -18,7 +18,13 @@ CIFAR_STD = (0.2673, 0.2564, 0.2762)
 
 @dataclass
 class ImageDataset:
-    """Train and test splits: ``x_*`` uint8 (N, H, W, 3), ``y_*`` int64 fine labels, ``c_*`` coarse labels."""
+    """Train and test splits held in memory: ``x_*`` uint8 (N, H, W, 3), ``y_*`` int64 fine labels.
+
+    What the trainer and ``splitkern infer`` read of any dataset (also :class:`ImageFolderData`):
+    ``num_classes``, ``fine_names``, ``has_coarse``/``coarse_names``/``fine_to_coarse`` (superclasses,
+    for the NMI report), ``num_train``, ``num_test``, ``input_shape`` and the two batch streams
+    :meth:`train_batches` and :meth:`test_batches`.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -37,6 +43,32 @@ class ImageDataset:
     @property
     def has_coarse(self) -> bool:
         return len(self.fine_to_coarse) == self.num_classes
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.y_test)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image."""
+        _, height, width, channels = self.x_test.shape
+        return channels, height, width
+
+    def train_batches(self, batch_size: int, generator: torch.Generator,
+                      device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled, augmented epoch (order and augmentation drawn from ``generator``)."""
+        return batches(self.x_train, self.y_train, batch_size, mean=self.mean, std=self.std, train=True,
+                       generator=generator, device=device)
+
+    def test_batches(self, batch_size: int,
+                     device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split in order, normalised, not augmented."""
+        return batches(self.x_test, self.y_test, batch_size, mean=self.mean, std=self.std, train=False,
+                       device=device)
 
 
 def _check_arrays(path, x, y_fine, y_coarse, num_fine, num_coarse):
@@ -154,17 +186,30 @@ def synthetic_hierarchy(seed: int = 0, coarse: int = 4, fine_per_coarse: int = 4
                         [f // fine_per_coarse for f in range(classes)], mean, std)
 
 
-def load(source: str | os.PathLike) -> ImageDataset:
-    """``"synthetic"``, a folder of npz shards, or a ``cifar-100-python`` folder."""
+def load(source: str | os.PathLike, *, image_size: int | None = None, workers: int = 2):
+    """``"synthetic"``, a folder of npz shards, a ``cifar-100-python`` folder (all held in memory:
+    :class:`ImageDataset`), or an ImageFolder layout ``DIR/train/<class>/*``, ``DIR/val/<class>/*``
+    (streamed by ``workers`` DataLoader processes at ``image_size``, default 224:
+    :class:`~splitkern.data.image_folder.ImageFolderData`). ``image_size`` applies to image folders only."""
     if str(source) == "synthetic":
-        return synthetic_hierarchy()
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ValueError(f"data: {folder} is not a folder (give 'synthetic', an npz shard folder or "
-                         "cifar-100-python)")
-    if (folder / "train").exists() and (folder / "meta").exists():
-        return load_cifar_python(folder)
-    return load_npz_folder(folder)
+        data = synthetic_hierarchy()
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"data: {folder} is not a folder (give 'synthetic', an npz shard folder, "
+                             "cifar-100-python or an ImageFolder layout with train/ and val/)")
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            from splitkern.data.image_folder import load_image_folder
+
+            return load_image_folder(folder, image_size=image_size or 224, workers=workers)
+        if (folder / "train").exists() and (folder / "meta").exists():
+            data = load_cifar_python(folder)
+        else:
+            data = load_npz_folder(folder)
+    if image_size is not None and image_size != data.input_shape[1]:
+        raise ValueError(f"image_size: {source} holds {data.input_shape[1]}x{data.input_shape[2]} images; "
+                         "image_size resizes ImageFolder data only")
+    return data
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, mean: Sequence[float], std: Sequence[float],

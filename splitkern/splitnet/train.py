@@ -81,6 +81,8 @@ class TrainConfig:
     """
 
     data: str = "synthetic"
+    image_size: int | None = None
+    workers: int = 2
     model: str = "wrn10-2"
     split: str = "4"
     stage1_epochs: int = 6
@@ -111,7 +113,7 @@ class TrainConfig:
         return self.stage1_epochs + self.stage2_epochs
 
     def validate(self) -> None:
-        for name in ("stage1_epochs", "stage2_epochs", "warmup_epochs", "batch_size", "seed"):
+        for name in ("stage1_epochs", "stage2_epochs", "warmup_epochs", "batch_size", "seed", "workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -120,6 +122,8 @@ class TrainConfig:
                              f"and {self.stage2_epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         for name in ("lr", "assign_lr"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
@@ -182,12 +186,13 @@ class Trainer:
         self.device = torch.device(config.device)
         check_device(config.device, "device")
         prepare_out(self.out, config.resume, config.overwrite)
-        self.data = dataset if dataset is not None else sk_data.load(config.data)
+        self.data = dataset if dataset is not None else sk_data.load(config.data, image_size=config.image_size,
+                                                                      workers=config.workers)
         self.start_model = load_init(config.init_from, config.model, self.data.num_classes) \
             if config.init_from is not None else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator().manual_seed(config.seed)
-        self.steps_per_epoch = math.ceil(len(self.data.y_train) / config.batch_size)
+        self.steps_per_epoch = math.ceil(self.data.num_train / config.batch_size)
         self.log_path = self.out / "log.csv"
         self.writer = self._writer() if config.tensorboard else None
         self._dense_at_split = None  # the dense arm at the split step, trained on first use
@@ -270,9 +275,7 @@ class Trainer:
         return model
 
     def _train_batches(self, generator):
-        d = self.data
-        return sk_data.batches(d.x_train, d.y_train, self.config.batch_size, mean=d.mean, std=d.std,
-                               train=True, generator=generator, device=self.device)
+        return self.data.train_batches(self.config.batch_size, generator, self.device)
 
     def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> dict:
         """One epoch; returns the log row's training part: lr at the last step, epoch means of the
@@ -306,13 +309,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model) -> float:
         model.eval()
-        d = self.data
         correct = 0
-        for images, labels in sk_data.batches(d.x_test, d.y_test, 256, mean=d.mean, std=d.std, train=False,
-                                              device=self.device):
+        for images, labels in self.data.test_batches(256, self.device):
             with self.autocast():
                 correct += (model(images).argmax(1) == labels).sum().item()
-        return correct / len(d.y_test)
+        return correct / self.data.num_test
 
     def autocast(self):
         """Mixed precision for the forward (``precision``); the regularisers stay in fp32."""
@@ -429,8 +430,7 @@ class Trainer:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the data's images."""
-        _, height, width, channels = self.data.x_test.shape
-        return channels, height, width
+        return self.data.input_shape
 
     def inference_ms(self, model, batch: int = 256) -> float:
         model.eval()
