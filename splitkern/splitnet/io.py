@@ -17,9 +17,24 @@ DENSE_FORMAT = "splitkern-dense-v1"
 
 
 def _builders():
+    """Model class name -> constructor called as ``builder(**config)`` or ``builder(**config, split=spec)``.
+
+    The torchvision-backed classes (:mod:`splitkern.models.torchvision`) import torchvision only when built.
+    """
     from splitkern.models import AlexNet, WideResNet
 
-    return {"WideResNet": WideResNet, "AlexNet": AlexNet}
+    return {"WideResNet": WideResNet, "AlexNet": AlexNet,
+            "SplitReadyResNet": _lazy("SplitReadyResNet"), "SplitReadyAlexNet": _lazy("SplitReadyAlexNet")}
+
+
+def _lazy(name: str):
+    """A builder for ``splitkern.models.<name>`` that imports it (and torchvision) when called."""
+    def build(**config):
+        import splitkern.models as models
+
+        return getattr(models, name)(**config)
+
+    return build
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, int, int] | None = None) -> Path:
@@ -32,9 +47,12 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, i
     """
     meta = getattr(model, "split_meta", None)
     if meta is None:
-        if type(model).__name__ not in _builders() or hasattr(model, "assignments"):
-            raise ValueError("save() takes a model returned by splitkern.splitnet.split() or a dense "
-                             f"WideResNet/AlexNet without assignments, got {type(model).__name__}")
+        ours = type(model).__name__ in _builders() and type(model).__module__.startswith("splitkern.")
+        if not ours or hasattr(model, "assignments") or not hasattr(model, "config"):
+            raise ValueError("save() takes a model returned by splitkern.splitnet.split() or a dense model of "
+                             "splitkern.models without assignments (WideResNet, AlexNet, or a torchvision model made "
+                             f"splittable: splitkern.models.splittable), got {type(model).__module__}."
+                             f"{type(model).__name__}")
         meta = {"format": DENSE_FORMAT, "model": type(model).__name__, "config": dict(model.config)}
     else:
         meta = {"format": FORMAT, **meta}

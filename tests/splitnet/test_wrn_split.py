@@ -125,7 +125,7 @@ def test_spec_parsing():
     assert SplitSpec.parse("2-4-8").groups == (2, 4, 8) and str(SplitSpec.parse(4)) == "4"
     assert parse_model_name("wrn16-8") == {"depth": 16, "widen": 8}
     with pytest.raises(ValueError, match="wrn16-8"):
-        parse_model_name("resnet50")
+        parse_model_name("vgg16")
     with pytest.raises(ValueError, match="6n\\+4"):
         wrn(12, 1, 10)
 
