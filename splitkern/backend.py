@@ -181,17 +181,30 @@ def check_device(spec, name: str = "device") -> torch.device:
     """``spec`` as a ``torch.device`` that this process can use, else a ``ValueError`` naming ``name``
     (checked before any data is loaded or model built: a missing GPU is the first thing a user hears)."""
     try:
-        device = torch.device(spec)
+        device = spec if isinstance(spec, torch.device) else torch.device(spec)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"{name}: {spec!r} is not a device (e.g. 'cpu', 'cuda', 'cuda:1'): {exc}") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"{name}: {spec!r} asks for a GPU, but this machine has no usable CUDA device "
+            raise ValueError(f"{name}: '{spec}' asks for a GPU, but this machine has no usable CUDA device "
                              "(torch.cuda.is_available() is False); use 'cpu'")
         if device.index is not None and device.index >= count:
-            raise ValueError(f"{name}: {spec!r} asks for GPU {device.index}, but this machine has {count} "
+            raise ValueError(f"{name}: '{spec}' asks for GPU {device.index}, but this machine has {count} "
                              f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
     elif device.type not in ("cpu", "meta"):
-        raise ValueError(f"{name}: {spec!r}: splitkern runs on 'cpu' and 'cuda' devices")
+        raise ValueError(f"{name}: '{spec}': splitkern runs on 'cpu' and 'cuda' devices")
+    return device
+
+
+def rank_device(spec, env):
+    """The device this process should use: ``cuda`` without an index means ``cuda:LOCAL_RANK`` under
+    torchrun (NCCL needs one GPU per rank; ``env`` holds torchrun's variables); anything else,
+    malformed names included, as given (:func:`check_device` judges it)."""
+    try:
+        device = spec if isinstance(spec, torch.device) else torch.device(spec)
+    except (RuntimeError, TypeError):
+        return spec
+    if device.type == "cuda" and device.index is None and int(env.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
     return device

@@ -142,7 +142,8 @@ def _train_parser(sub) -> None:
                       help="ImageFolder data: crop size (default: 224)")
     data.add_argument("--workers", type=non_negative_int, default=2, help="ImageFolder data: loader processes")
     data.add_argument("--model", default="wrn10-2", type=_model_name,
-                      help="wrn{depth}-{widen} (e.g. wrn16-8) or alexnet")
+                      help="wrn{depth}-{widen} (e.g. wrn16-8), alexnet (32x32), or torchvision's resnet18, "
+                           "resnet34, resnet50, resnet101, resnet152, wide_resnet50_2, tv-alexnet (224x224)")
     data.add_argument("--split", default="4", type=_split_spec,
                       help="groups per split level, lowest first: 4 (logits only), 4-4, 2-2-2, 2-4-8")
     epochs = train.add_argument_group("schedule (one curve for every arm)")
@@ -155,7 +156,8 @@ def _train_parser(sub) -> None:
                         help="epochs after the split (default: round(epochs / 3))")
     epochs.add_argument("--warmup-epochs", type=non_negative_int, default=None,
                         help="dense epochs before the groups learn (default: half of stage 1; 0 with --init-from)")
-    epochs.add_argument("--batch-size", type=positive_int, default=128, help="training batch")
+    epochs.add_argument("--batch-size", type=positive_int, default=128,
+                        help="training batch per process (under torchrun: per rank; the global batch is N times it)")
     epochs.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one schedule")
     epochs.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                         help="per-step curve over all epochs: cosine to 0, or x0.1 at 50%% and 75%%")
@@ -190,6 +192,8 @@ def _train_parser(sub) -> None:
                      help="also write TensorBoard events (pip install 'splitkern[tensorboard]')")
     run.add_argument("--no-tensorboard", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
     run.add_argument("--no-progress", action="store_true", help="no progress bars and no per-epoch lines")
+    run.add_argument("--sync-bn", action="store_true",
+                     help="under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm; GPUs only)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -283,7 +287,7 @@ def _train_config(args):
                        init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init,
                        gammas=tuple(args.gammas), assign_confidence=args.assign_confidence, precision=args.precision,
                        baselines=tuple(args.baselines), device=args.device, seed=args.seed, out=args.out,
-                       resume=args.resume, overwrite=args.overwrite,
+                       resume=args.resume, overwrite=args.overwrite, sync_bn=args.sync_bn,
                        tensorboard=args.tensorboard and not args.no_tensorboard, progress=not args.no_progress)
 
 
@@ -335,17 +339,6 @@ def _plan(args) -> None:
     print(format_cost_model(cost_model(model, example, args.workers, batch=args.batch_size)))
 
 
-def _rank_device(spec: str, env):
-    """The device of this process: ``cuda`` without an index means ``cuda:LOCAL_RANK`` under torchrun
-    (NCCL needs one GPU per rank); anything else as given."""
-    import torch
-
-    device = torch.device(spec)
-    if device.type == "cuda" and device.index is None and int(env.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
-    return device
-
-
 def check_data_fits(info: dict, dataset, ckpt) -> None:
     """A ``ValueError`` when the checkpoint's classes or recorded input shape differ from the data's."""
     classes = info["config"].get("num_classes")
@@ -364,11 +357,11 @@ def _infer(args) -> None:
 
     import splitkern
     from splitkern import data
-    from splitkern.backend import check_device
+    from splitkern.backend import check_device, rank_device
     from splitkern.data.image_folder import is_image_folder
     from splitkern.splitnet.io import describe
 
-    device = check_device(_rank_device(args.device, os.environ), "--device")
+    device = check_device(rank_device(args.device, os.environ), "--device")
     info = describe(args.ckpt)
     recorded = info["input_shape"][1] if info["input_shape"] else None
     dataset = data.load(args.data, workers=args.workers, image_size=recorded if is_image_folder(args.data) else None)
@@ -411,11 +404,13 @@ def _export(args) -> None:
 
 
 def _train(args) -> None:
-    from splitkern.backend import check_device
+    from splitkern.backend import check_device, rank_device
     from splitkern.splitnet.train import run
 
-    check_device(args.device, "--device")
-    print(_summary(run(_train_config(args)), args.out))
+    check_device(rank_device(args.device, os.environ), "--device")
+    metrics = run(_train_config(args))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
+        print(_summary(metrics, args.out))
 
 
 def _layer_speed(args) -> None:

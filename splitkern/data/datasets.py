@@ -58,17 +58,19 @@ class ImageDataset:
         _, height, width, channels = self.x_test.shape
         return channels, height, width
 
-    def train_batches(self, batch_size: int, generator: torch.Generator,
-                      device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One shuffled, augmented epoch (order and augmentation drawn from ``generator``)."""
+    def train_batches(self, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu",
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled, augmented epoch (order and augmentation drawn from ``generator``); ``shard``
+        ``(rank, world)`` takes this rank's part of it (:func:`shard_indices`)."""
         return batches(self.x_train, self.y_train, batch_size, mean=self.mean, std=self.std, train=True,
-                       generator=generator, device=device)
+                       generator=generator, device=device, shard=shard)
 
-    def test_batches(self, batch_size: int,
-                     device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split in order, normalised, not augmented."""
+    def test_batches(self, batch_size: int, device: str | torch.device = "cpu",
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split in order, normalised, not augmented; ``shard`` ``(rank, world)``: every
+        ``world``-th image from ``rank`` (no padding: the shards add up to the test set once)."""
         return batches(self.x_test, self.y_test, batch_size, mean=self.mean, std=self.std, train=False,
-                       device=device)
+                       device=device, shard=shard)
 
 
 def _check_arrays(path, x, y_fine, y_coarse, num_fine, num_coarse):
@@ -212,34 +214,54 @@ def load(source: str | os.PathLike, *, image_size: int | None = None, workers: i
     return data
 
 
+def shard_indices(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s part of an epoch's ``order`` among ``world`` ranks, as ``DistributedSampler``
+    takes it: padded with its first indices to a multiple of ``world``, then every ``world``-th."""
+    if not 0 <= rank < world:
+        raise ValueError(f"shard: rank {rank} is not in [0, {world})")
+    if world == 1:
+        return order
+    padded = torch.cat([order, order[:(-len(order)) % world]]) if len(order) else order
+    return padded[rank::world]
+
+
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
-            train: bool, generator: torch.Generator | None = None,
-            device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            train: bool, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+            shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images, labels)``: float NCHW (channels_last) normalised, with random crop (pad 4) and
-    horizontal flip when ``train``. Shuffled when ``train`` (from ``generator``)."""
+    horizontal flip when ``train``. Shuffled when ``train``: the order and every image's crop and flip
+    come from one seed drawn from ``generator``, so ranks that share a generator agree on the epoch
+    and each takes its ``shard`` ``(rank, world)`` of it (:func:`shard_indices`)."""
     n = len(y)
-    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
+    order, crops = torch.arange(n)[shard[0]::shard[1]], None
+    if train:
+        epoch = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        order = shard_indices(torch.randperm(n, generator=epoch), *shard)
+        crops = _augment_params(n, epoch)
     mean_t = torch.tensor(mean).view(1, 3, 1, 1) * 255
     std_t = torch.tensor(std).view(1, 3, 1, 1) * 255
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size].numpy()
-        images = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        images = torch.from_numpy(x[idx.numpy()]).permute(0, 3, 1, 2).float()
         if train:
-            images = _augment(images, generator)
+            images = _augment(images, *(p[idx] for p in crops))
         images = ((images - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-        yield images.to(device), torch.from_numpy(y[idx]).to(device)
+        yield images.to(device), torch.from_numpy(y[idx.numpy()]).to(device)
 
 
-def _augment(images: torch.Tensor, generator) -> torch.Tensor:
+def _augment_params(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: crop offsets ``dy``, ``dx`` in [0, 8] and a flip flag."""
+    return (torch.randint(0, 9, (n,), generator=generator), torch.randint(0, 9, (n,), generator=generator),
+            torch.rand(n, generator=generator) < 0.5)
+
+
+def _augment(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Random 4-pixel-padded crop and horizontal flip, vectorised over the batch."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 3, h, w + 8)
     cropped = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 3, h, w)
     cropped = cropped.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
     cropped[flip] = cropped[flip].flip(3)
     return cropped

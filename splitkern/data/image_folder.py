@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from splitkern.data.datasets import shard_indices
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,27 +152,31 @@ class ImageFolderData:
     def input_shape(self) -> tuple[int, int, int]:
         return 3, self.image_size, self.image_size
 
-    def _stream(self, samples, train: bool, batch_size: int, seed: int, device):
+    def _stream(self, samples, train: bool, batch_size: int, seed: int, device, shard=(0, 1)):
+        order = torch.arange(len(samples))[shard[0]::shard[1]]
+        if train:
+            order = shard_indices(torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)), *shard)
         loader = torch.utils.data.DataLoader(
-            _Images(samples, _transforms(train, self.image_size), seed), batch_size=batch_size, shuffle=train,
-            generator=torch.Generator().manual_seed(seed), num_workers=self.workers,
-            pin_memory=torch.device(device).type == "cuda")
+            _Images(samples, _transforms(train, self.image_size), seed), batch_size=batch_size,
+            sampler=order.tolist(), num_workers=self.workers, pin_memory=torch.device(device).type == "cuda")
         try:
             for images, labels in loader:
                 yield images.contiguous(memory_format=torch.channels_last).to(device), labels.to(device)
         except ValueError as exc:
             raise ValueError(_one_line(exc)) from exc
 
-    def train_batches(self, batch_size: int, generator: torch.Generator,
-                      device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One shuffled, augmented epoch: float ``(B, 3, image_size, image_size)`` and int64 labels."""
+    def train_batches(self, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu",
+                      shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled, augmented epoch: float ``(B, 3, image_size, image_size)`` and int64 labels;
+        ``shard`` ``(rank, world)`` takes this rank's part (:func:`~splitkern.data.datasets.shard_indices`)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return self._stream(self.train_samples, True, batch_size, seed, device)
+        return self._stream(self.train_samples, True, batch_size, seed, device, shard)
 
-    def test_batches(self, batch_size: int,
-                     device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The ``val`` split in order, resized and center-cropped."""
-        return self._stream(self.test_samples, False, batch_size, 0, device)
+    def test_batches(self, batch_size: int, device: str | torch.device = "cpu",
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``val`` split in order, resized and center-cropped; ``shard`` ``(rank, world)``: every
+        ``world``-th image from ``rank``."""
+        return self._stream(self.test_samples, False, batch_size, 0, device, shard)
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int = 224, workers: int = 2) -> ImageFolderData:

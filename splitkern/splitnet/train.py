@@ -34,11 +34,13 @@ printed as one line per epoch when ``progress``; TensorBoard events when ``tenso
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -52,7 +54,7 @@ from tqdm import tqdm
 
 from splitkern import data as sk_data
 from splitkern import models
-from splitkern.backend import check_device
+from splitkern.backend import check_device, rank_device
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.splitnet import convert, grouping, io
 
@@ -105,6 +107,7 @@ class TrainConfig:
     out: str = "runs/splitnet"
     resume: bool = False
     overwrite: bool = False
+    sync_bn: bool = False
     tensorboard: bool = False
     progress: bool = True
 
@@ -155,6 +158,9 @@ class TrainConfig:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
         if self.model.lower() != "alexnet":
             models.parse_model_name(self.model)
+        if self.model.lower() in models.TORCHVISION_NAMES and "thin" in self.baselines:
+            raise ValueError(f"baselines: 'thin' needs a width to shrink, which torchvision's {self.model} does not "
+                             "expose; drop it or use a wrn/alexnet model")
 
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -179,23 +185,43 @@ class Phase:
 
 
 class Trainer:
+    """Runs the arms of one :class:`TrainConfig`; data-parallel when a process group is initialised.
+
+    Under ``torchrun`` (see :func:`run`) every rank builds the same models from the same seed, draws
+    the same epoch from the same generator and trains on its shard of it (``batch_size`` per rank)
+    through ``DistributedDataParallel``; evaluation is sharded and summed; rank 0 alone writes files.
+    """
+
     def __init__(self, config: TrainConfig, dataset: sk_data.ImageDataset | None = None):
         config.validate()
         self.config = config
         self.out = Path(config.out)
-        self.device = torch.device(config.device)
-        check_device(config.device, "device")
-        prepare_out(self.out, config.resume, config.overwrite)
+        self.rank, self.world = _rank_and_world()
+        self.device = check_device(rank_device(config.device, os.environ), "device")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        check_out(self.out, config.resume, config.overwrite)
+        _barrier(self.world)  # every rank has looked before rank 0 deletes anything
+        if self.is_main:
+            prepare_out(self.out, config.resume, config.overwrite)
         self.data = dataset if dataset is not None else sk_data.load(config.data, image_size=config.image_size,
                                                                       workers=config.workers)
+        check_input_size(config.model, self.data.input_shape)
         self.start_model = load_init(config.init_from, config.model, self.data.num_classes) \
             if config.init_from is not None else None
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator().manual_seed(config.seed)
-        self.steps_per_epoch = math.ceil(self.data.num_train / config.batch_size)
+        shard = math.ceil(self.data.num_train / self.world)
+        self.steps_per_epoch = math.ceil(shard / config.batch_size)
         self.log_path = self.out / "log.csv"
-        self.writer = self._writer() if config.tensorboard else None
+        self.writer = self._writer() if config.tensorboard and self.is_main else None
         self._dense_at_split = None  # the dense arm at the split step, trained on first use
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes logs, checkpoints and results."""
+        return self.rank == 0
 
     def _writer(self):
         try:
@@ -245,10 +271,28 @@ class Trainer:
     def _ckpt(self, phase: Phase) -> Path:
         return self.out / phase.run / f"{phase.name}.ckpt"
 
+    def _data_parallel(self, model):
+        """What the training step calls: ``model`` itself, or a DDP wrapper of it on several ranks."""
+        if self.world == 1:
+            return model
+        if self.config.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _sync_buffers(self, model) -> None:
+        """Rank 0's BN statistics on every rank after an epoch (each rank's last steps updated its own):
+        evaluation, checkpoints and the split then see one model."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
     def fit(self, model, phase: Phase):
         """Train ``model`` through the phase's epochs of the schedule, resuming from its checkpoint when asked."""
-        (self.out / phase.run).mkdir(exist_ok=True)
+        if self.is_main:
+            (self.out / phase.run).mkdir(exist_ok=True)
         optimizer = self._optimizer(model, phase)
+        trained = self._data_parallel(model)
         start = 0
         path = self._ckpt(phase)
         if self.config.resume and path.exists():
@@ -262,25 +306,30 @@ class Trainer:
         for epoch in range(start, phase.epochs):
             began = time.perf_counter()
             row = {"run": phase.run, "phase": phase.name, "epoch": phase.first_epoch + epoch}
-            row.update(self._train_epoch(model, optimizer, phase, phase.first_epoch + epoch))
+            row.update(self._train_epoch(trained, model, optimizer, phase, phase.first_epoch + epoch))
+            self._sync_buffers(model)
             row["test_acc"] = self.evaluate(model)
             if hasattr(model, "assignments") and model.split_plan is not None and self.data.has_coarse:
                 row["nmi_coarse"] = self.nmi(model)
             row["seconds"] = time.perf_counter() - began
             phase.history.append(row)
-            self._log(row)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "history": phase.history}, path)
+            if self.is_main:
+                self._log(row)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                            "history": phase.history}, path)
+            _barrier(self.world)  # a rank killed now resumes from a checkpoint every rank has passed
         return model
 
-    def _train_batches(self, generator):
-        return self.data.train_batches(self.config.batch_size, generator, self.device)
+    def _train_batches(self, generator, sharded: bool = True):
+        shard = (self.rank, self.world) if sharded else (0, 1)
+        return self.data.train_batches(self.config.batch_size, generator, self.device, shard=shard)
 
-    def _train_epoch(self, model, optimizer, phase: Phase, epoch: int) -> dict:
-        """One epoch; returns the log row's training part: lr at the last step, epoch means of the
-        cross-entropy, of each unweighted regulariser (when the phase has them) and of the objective."""
-        model.train()
+    def _train_epoch(self, trained, model, optimizer, phase: Phase, epoch: int) -> dict:
+        """One epoch of ``trained`` (``model`` or its DDP wrapper); returns the log row's training part:
+        lr at the last step, epoch means of the cross-entropy, of each unweighted regulariser (when the
+        phase has them) and of the objective (means over this rank's shard)."""
+        trained.train()
         names = ("train_ce", *(t.lower() for t in REG_TERMS)) if phase.regularize else ("train_ce",)
         sums, count, lr = torch.zeros(len(names) + 1, device=self.device), 0, self.config.lr
         bar = tqdm(self._train_batches(self.gen), total=self.steps_per_epoch,
@@ -289,7 +338,7 @@ class Trainer:
         for i, (images, labels) in enumerate(bar):
             lr = self.set_lr(optimizer, epoch * self.steps_per_epoch + i)
             with self.autocast():
-                ce = F.cross_entropy(model(images), labels)
+                ce = F.cross_entropy(trained(images), labels)
             parts = [ce]
             loss = ce
             if phase.regularize:
@@ -309,11 +358,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model) -> float:
         model.eval()
-        correct = 0
-        for images, labels in self.data.test_batches(256, self.device):
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for images, labels in self.data.test_batches(256, self.device, shard=(self.rank, self.world)):
             with self.autocast():
-                correct += (model(images).argmax(1) == labels).sum().item()
-        return correct / self.data.num_test
+                correct += (model(images).argmax(1) == labels).sum()
+        if self.world > 1:
+            torch.distributed.all_reduce(correct)
+        return correct.item() / self.data.num_test
 
     def autocast(self):
         """Mixed precision for the forward (``precision``); the regularisers stay in fp32."""
@@ -324,7 +375,8 @@ class Trainer:
         """BN running statistics from ``BN_RECALIBRATION_BATCHES`` training batches (own generator:
         the training stream is not disturbed)."""
         gen = torch.Generator().manual_seed(self.config.seed + 1)
-        images = (x for _, (x, _) in zip(range(BN_RECALIBRATION_BATCHES), self._train_batches(gen)))
+        # the same batches on every rank: the statistics stay identical across ranks
+        images = (x for _, (x, _) in zip(range(BN_RECALIBRATION_BATCHES), self._train_batches(gen, sharded=False)))
         return convert.recalibrate_batchnorm(model, images, self.autocast)
 
     def nmi(self, model) -> float:
@@ -377,10 +429,12 @@ class Trainer:
             grouping.apply_groups(model, grouping.cluster_groups(model, c.seed), c.assign_confidence)
         self.fit(model, Phase("splitnet", "stage1", c.warmup_epochs, c.stage1_epochs - c.warmup_epochs,
                               regularize=True, learn_assignments=True))
-        torch.save({"config": dataclasses.asdict(c), "state_dict": model.state_dict()}, self.out / "stage1.pt")
+        if self.is_main:
+            torch.save({"config": dataclasses.asdict(c), "state_dict": model.state_dict()}, self.out / "stage1.pt")
         result = self.split_and_finish("splitnet", model)
-        io.save(result.pop("split_model"), self.out / "split.pt", input_shape=self.input_shape)
-        return result
+        if self.is_main:
+            io.save(result["split_model"], self.out / "split.pt", input_shape=self.input_shape)
+        return result | {"stage1_model": model}
 
     def dense_at_split(self, start):
         """The ``dense`` arm at epoch ``stage1_epochs``, where the split arms split (trained once, then cached)."""
@@ -398,7 +452,8 @@ class Trainer:
             model = copy.deepcopy(self.dense_at_split(start))
             if c.stage2_epochs:
                 self.fit(model, Phase("dense", "stage2", c.stage1_epochs, c.stage2_epochs))
-            io.save(model, self.out / "dense" / "dense.pt", input_shape=self.input_shape)
+            if self.is_main:
+                io.save(model, self.out / "dense" / "dense.pt", input_shape=self.input_shape)
             return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model)}
         if name == "thin":
             torch.manual_seed(c.seed)
@@ -432,6 +487,10 @@ class Trainer:
         """``(channels, height, width)`` of the data's images."""
         return self.data.input_shape
 
+    def write_metrics(self, metrics: dict) -> None:
+        if self.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
     def inference_ms(self, model, batch: int = 256) -> float:
         model.eval()
         x = torch.randn(batch, *self.input_shape, device=self.device).contiguous(memory_format=torch.channels_last)
@@ -447,6 +506,17 @@ class Trainer:
         return 1e3 * sorted(times)[len(times) // 2]
 
 
+MIN_INPUT_SIZE = {"tv-alexnet": 63}  # below it, torchvision AlexNet's features shrink the image to nothing
+
+
+def check_input_size(model: str, input_shape: tuple[int, int, int]) -> None:
+    """A ``ValueError`` when ``model`` cannot take the data's images."""
+    smallest = MIN_INPUT_SIZE.get(model.lower())
+    if smallest and min(input_shape[1:]) < smallest:
+        raise ValueError(f"model: {model} needs images of at least {smallest}x{smallest}, the data has "
+                         f"{input_shape[1]}x{input_shape[2]} (ImageFolder data: --image-size 224)")
+
+
 def epoch_line(row: dict, total_epochs: int) -> str:
     """The line printed per epoch: run/phase, epoch, lr, CE, the regularisers, accuracy, NMI, seconds."""
     parts = [f"{row['run']}/{row['phase']:<6}", f"epoch {row['epoch'] + 1:>3}/{total_epochs}", f"lr {row['lr']:.4f}",
@@ -459,17 +529,23 @@ def epoch_line(row: dict, total_epochs: int) -> str:
     return "  ".join(parts)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool) -> list[str]:
     """Refuse to mix two runs in ``out``: a folder holding a run needs ``resume`` (continue it) or
-    ``overwrite`` (delete that run's files, and only those)."""
+    ``overwrite`` (delete that run's files, and only those). Returns the run's files found there."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
     existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if not existing or resume:
-        return
-    if not overwrite:
+    if existing and not resume and not overwrite:
         raise ValueError(f"out: {out} already holds a run ({', '.join(existing)}): continue it with --resume "
                          "(resume=True), replace it with --overwrite (overwrite=True), or choose another --out")
+    return existing
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """:func:`check_out`, then with ``overwrite`` delete the run found there."""
+    existing = check_out(out, resume, overwrite)
+    if resume or not overwrite:
+        return
     for name in existing:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -522,12 +598,15 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
 
     ``dataset`` overrides ``config.data`` (tests pass a tiny one).
     """
-    trainer = Trainer(config, dataset)
+    with _process_group(config.device):
+        return _run(Trainer(config, dataset))
+
+
+def _run(trainer: Trainer) -> dict:
+    config = trainer.config
     start = trainer.starting_model()
     main = trainer.run_splitnet(start)
-    stage1 = models.build(config.model, trainer.data.num_classes, config.split, dropout=config.dropout)
-    stage1.load_state_dict(torch.load(trainer.out / "stage1.pt", weights_only=False)["state_dict"])
-    split_model = io.load(trainer.out / "split.pt")
+    stage1, split_model = main.pop("stage1_model"), main.pop("split_model")
     top = stage1.split_plan.levels[-1]
     class_ids = convert.hard_groups(stage1, stage1.split_plan.output_key, top)
     names = trainer.data.fine_names
@@ -553,11 +632,39 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
         metrics["coarse_of_groups"] = [sorted({trainer.data.coarse_names[trainer.data.fine_to_coarse[i]]
                                                for i in torch.nonzero(class_ids == g).flatten().tolist()})
                                        for g in range(len(metrics["groups"]))] if trainer.data.coarse_names else []
-    metrics_path = trainer.out / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2))
+    trainer.write_metrics(metrics)
     for name in config.baselines:  # metrics.json is rewritten after each, so a long run reports as it goes
         metrics["baselines"][name] = trainer.run_baseline(name, start, main["params"])
-        metrics_path.write_text(json.dumps(metrics, indent=2))
+        trainer.write_metrics(metrics)
     if trainer.writer is not None:
         trainer.writer.close()
     return metrics
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def _process_group(device: str):
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) with no process group yet: one for the run (gloo on
+    CPU, NCCL on CUDA), destroyed after it. Otherwise nothing (a caller's group is used as it is)."""
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    device = check_device(rank_device(device, os.environ), "device")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+        dist.barrier()  # no rank tears down while another still needs the group
+    finally:
+        dist.destroy_process_group()

@@ -254,9 +254,9 @@ def test_infer_under_torchrun_matches_one_process(tmp_path):
     ("cpu", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu"),
 ])
 def test_infer_device_per_rank(spec, env, expected):
-    from splitkern.cli import _rank_device
+    from splitkern.backend import rank_device
 
-    assert _rank_device(spec, env) == torch.device(expected)
+    assert rank_device(spec, env) == torch.device(expected)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
