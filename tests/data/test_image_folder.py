@@ -115,3 +115,26 @@ def test_splitnet_trains_on_an_image_folder(tmp_path):
     from splitkern.splitnet.io import describe
     assert describe(tmp_path / "run" / "split.pt")["input_shape"] == (3, 32, 32)
     assert splitkern.load(tmp_path / "run" / "split.pt")(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "tv-alexnet"])
+def test_torchvision_models_train_on_an_image_folder(tmp_path, model):
+    from splitkern.splitnet.train import TrainConfig, run
+
+    folder = write_image_folder(tmp_path / "imgs", train_per_class=4, size=72)
+    config = TrainConfig(data=str(folder), image_size=64, workers=0, model=model, split="2-2", stage1_epochs=2,
+                         warmup_epochs=1, stage2_epochs=1, batch_size=8, lr=0.01, out=str(tmp_path / "run"),
+                         progress=False)
+    metrics = run(config)
+    assert metrics["params_split"] < metrics["params_dense"] and 0 <= metrics["test_acc"] <= 1
+    import splitkern
+    split_model = splitkern.load(tmp_path / "run" / "split.pt").eval()
+    assert type(split_model).__name__ in ("SplitReadyResNet", "SplitReadyAlexNet")
+    assert split_model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+
+
+def test_tv_alexnet_refuses_small_images(tmp_path):
+    from splitkern.splitnet.train import Trainer, TrainConfig
+
+    with pytest.raises(ValueError, match="tv-alexnet needs images of at least 63x63"):
+        Trainer(TrainConfig(model="tv-alexnet", split="2", out=str(tmp_path / "r"), progress=False))
