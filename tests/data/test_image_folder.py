@@ -131,6 +131,16 @@ def test_torchvision_models_train_on_an_image_folder(tmp_path, model):
     split_model = splitkern.load(tmp_path / "run" / "split.pt").eval()
     assert type(split_model).__name__ in ("SplitReadyResNet", "SplitReadyAlexNet")
     assert split_model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+    if model == "resnet18":  # splitkern infer reads the same folder at the recorded size
+        import os
+        import subprocess
+        import sys
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        ckpt = str(tmp_path / "run" / "split.pt")
+        out = subprocess.run([sys.executable, "-m", "splitkern.cli", "infer", "--ckpt", ckpt, "--data", str(folder),
+                              "--workers", "0"], capture_output=True, text=True, timeout=300, env=env, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"test accuracy {100 * metrics['test_acc']:.2f}%" in out.stdout
 
 
 def test_tv_alexnet_refuses_small_images(tmp_path):
