@@ -16,8 +16,24 @@ CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
 
 
+class ClassNames:
+    """What a dataset says about its classes: ``fine_names``, and superclasses when ``fine_to_coarse``
+    gives one per class (``coarse_names`` names them)."""
+
+    fine_names: list[str]
+    fine_to_coarse: list[int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.fine_names)
+
+    @property
+    def has_coarse(self) -> bool:
+        return len(self.fine_to_coarse) == self.num_classes
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(ClassNames):
     """Train and test splits held in memory: ``x_*`` uint8 (N, H, W, 3), ``y_*`` int64 fine labels.
 
     What the trainer and ``splitkern infer`` read of any dataset (also :class:`ImageFolderData`):
@@ -35,14 +51,6 @@ class ImageDataset:
     fine_to_coarse: list[int] = field(default_factory=list)
     mean: tuple[float, ...] = CIFAR_MEAN
     std: tuple[float, ...] = CIFAR_STD
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.fine_names)
-
-    @property
-    def has_coarse(self) -> bool:
-        return len(self.fine_to_coarse) == self.num_classes
 
     @property
     def num_train(self) -> int:

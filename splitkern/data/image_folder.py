@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from splitkern.data.datasets import shard_indices
+from splitkern.data.datasets import ClassNames, shard_indices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,7 +118,7 @@ def _one_line(exc: Exception) -> str:
 
 
 @dataclass
-class ImageFolderData:
+class ImageFolderData(ClassNames):
     """An ImageFolder dataset, read lazily; the interface of :class:`~splitkern.data.ImageDataset`."""
 
     root: Path
@@ -131,14 +131,6 @@ class ImageFolderData:
     fine_to_coarse: list[int] = field(default_factory=list)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.fine_names)
-
-    @property
-    def has_coarse(self) -> bool:
-        return len(self.fine_to_coarse) == self.num_classes
 
     @property
     def num_train(self) -> int:

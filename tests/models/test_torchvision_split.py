@@ -17,6 +17,7 @@ from splitkern.parallel import SubtreeSet  # noqa: E402
 from splitkern.parallel.cost import cost_model  # noqa: E402
 from splitkern.splitnet import count_parameters, hard_groups, masked_dense, regularization, split  # noqa: E402
 from splitkern.splitnet.plan import LayerRole  # noqa: E402
+from tests.splitnet.test_wrn_split import randomise  # noqa: E402
 
 SIZE = {"resnet18": 32, "resnet50": 32, "alexnet": 64}  # tv AlexNet needs >= 63x63
 
@@ -30,19 +31,6 @@ def on_meta(build, *args, **kwargs):
     """``build(*args, **kwargs)`` on the meta device: the structure only, no memory or init time."""
     with torch.device("meta"):
         return build(*args, **kwargs)
-
-
-def randomise(model):
-    """Unequal groups and trained-looking BN statistics, in eval mode."""
-    for assignment in model.assignments.values():
-        torch.nn.init.normal_(assignment.logits, std=3.0)
-    for bn in model.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.data.uniform_(0.5, 1.5)
-            bn.bias.data.normal_()
-    return model.eval()
 
 
 def split_aware(arch, spec, classes=10):

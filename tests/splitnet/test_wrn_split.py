@@ -8,8 +8,8 @@ from splitkern.splitnet import SplitSpec, count_parameters, hard_groups, masked_
 SPECS = ["4", "4-4", "2-2-2", "2-4-8"]
 
 
-def randomised(spec, depth=10, widen=2, classes=10):
-    model = wrn(depth, widen, classes, split=spec)
+def randomise(model):
+    """Unequal groups and trained-looking BN statistics, in eval mode."""
     for assignment in model.assignments.values():
         torch.nn.init.normal_(assignment.logits, std=3.0)  # diverse, unequal groups
     for bn in model.modules():
@@ -19,6 +19,10 @@ def randomised(spec, depth=10, widen=2, classes=10):
             bn.weight.data.uniform_(0.5, 1.5)
             bn.bias.data.normal_()
     return model.eval()
+
+
+def randomised(spec, depth=10, widen=2, classes=10):
+    return randomise(wrn(depth, widen, classes, split=spec))
 
 
 @pytest.mark.parametrize("spec", SPECS)
