@@ -67,32 +67,33 @@ def test_one_step_on_two_ranks_equals_one_process_with_the_global_batch(tmp_path
 
 
 def _whole_run(rank, world, out, result, kill_after_epochs):
-    if kill_after_epochs is not None:
-        calls = {"n": 0}
-        original = Trainer._train_epoch
+    calls = {"n": 0}
+    original = Trainer._train_epoch
 
-        def dies(self, *args):
-            calls["n"] += 1
-            if calls["n"] > kill_after_epochs:
-                raise RuntimeError("killed for the test")  # (mp.spawn swallows a KeyboardInterrupt)
-            return original(self, *args)
-        Trainer._train_epoch = dies
+    def counted(self, *args):
+        calls["n"] += 1
+        if kill_after_epochs is not None and calls["n"] > kill_after_epochs:
+            raise RuntimeError("killed for the test")  # (mp.spawn swallows a KeyboardInterrupt)
+        return original(self, *args)
+    Trainer._train_epoch = counted
     cfg = config(out, world, model="wrn10-1", split="2", baselines=("dense",), resume=kill_after_epochs is None)
     trainer = Trainer(cfg, tiny())
     main = trainer.run_splitnet(trainer.starting_model())
-    torch.save(main["split_model"].state_dict(), f"{result}.{rank}")
+    torch.save({"state": main["split_model"].state_dict(), "epochs_trained": calls["n"]}, f"{result}.{rank}")
 
 
 def test_ranks_stay_identical_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
     _spawn(2, tmp_path, _whole_run, tmp_path / "a", str(tmp_path / "a.pt"), None)
-    a0, a1 = torch.load(tmp_path / "a.pt.0"), torch.load(tmp_path / "a.pt.1")
+    a0, a1 = (torch.load(tmp_path / f"a.pt.{rank}")["state"] for rank in (0, 1))
     for key in a0:  # weights and BN statistics
         assert torch.equal(a0[key], a1[key]), key
     with pytest.raises(Exception, match="killed for the test"):
-        _spawn(2, tmp_path, _whole_run, tmp_path / "b", str(tmp_path / "b.pt"), 2)  # after 2 checkpoints
-    assert (tmp_path / "b" / "splitnet" / "stage1.ckpt").exists()
+        _spawn(2, tmp_path, _whole_run, tmp_path / "b", str(tmp_path / "b.pt"), 1)  # after the first checkpoint
+    assert (tmp_path / "b" / "warmup" / "train.ckpt").exists() and not (tmp_path / "b" / "split.pt").exists()
     _spawn(2, tmp_path, _whole_run, tmp_path / "b", str(tmp_path / "b.pt"), None)
-    b0 = torch.load(tmp_path / "b.pt.0")
+    resumed = torch.load(tmp_path / "b.pt.0")
+    assert resumed["epochs_trained"] == 2  # warm-up from its checkpoint; stage 1 and stage 2 trained
+    b0 = resumed["state"]
     for key in a0:
         torch.testing.assert_close(b0[key], a0[key], atol=1e-6, rtol=0, msg=key)
 
