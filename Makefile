@@ -27,7 +27,7 @@ bench: install
 	$(VENV)/bin/python -m pytest benchmarks --benchmark-only --benchmark-enable
 
 bench-results: install
-	$(VENV)/bin/python benchmarks/run_block_diag_mm.py
+	for bench in benchmarks/bench_*.py; do $(VENV)/bin/python $$bench || exit 1; done
 
 clean:
 	rm -rf build *.egg-info splitkern/_C*.so

@@ -15,20 +15,17 @@ Nothing asserts a speed.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
 
-import splitkern  # noqa: E402
-from splitkern import backend  # noqa: E402
-from splitkern.layout import block_layout  # noqa: E402
+import splitkern
+from splitkern import backend
+from splitkern.layout import block_layout
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

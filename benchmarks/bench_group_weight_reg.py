@@ -11,19 +11,16 @@ two-GEMM formulation in PyTorch, the CPU path). Shapes: WRN-16-8 stage-3 conv we
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
 
-import splitkern  # noqa: E402
-from splitkern import backend  # noqa: E402
-from splitkern.reference.group_weight_reg import literal_group_weight_reg  # noqa: E402
+import splitkern
+from splitkern import backend
+from splitkern.reference.group_weight_reg import literal_group_weight_reg
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

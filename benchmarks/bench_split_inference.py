@@ -15,7 +15,6 @@ import copy
 import functools
 import itertools
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,13 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
 
-from splitkern.models import wrn  # noqa: E402
-from splitkern.parallel import StreamParallel  # noqa: E402
-from splitkern.parallel.subtrees import _flops  # noqa: E402
-from splitkern.splitnet import count_parameters, split  # noqa: E402
+from splitkern.models import wrn
+from splitkern.parallel import StreamParallel
+from splitkern.parallel.subtrees import _flops
+from splitkern.splitnet import count_parameters, split
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
