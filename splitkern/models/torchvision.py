@@ -18,7 +18,7 @@ Split levels, lowest first (a spec with L levels splits the last L):
 * AlexNet: ``fc6``, ``fc7``, ``fc8`` (``classifier.1``, ``classifier.4``, ``classifier.6``).
 
 As in :class:`~splitkern.models.wrn.WideResNet`, the BN scales inside split stages are frozen
-while the groups are learned (DESIGN.md, stage 1); :func:`~splitkern.splitnet.split` unfreezes them.
+while the groups are learned (docs/design.md §1.2); :func:`~splitkern.splitnet.split` unfreezes them.
 ResNeXt's grouped 3x3 convolutions cannot be expressed by SplitConv2d and are refused.
 """
 

@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
+from splitkern._dense import masked_dense_weight
 from splitkern.backend import prepare_layout
 from splitkern.layout import block_layout, check_sizes
 from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation
-from splitkern.reference.block_diag_mm import masked_dense_weight
 
 
 def _after_load_state_dict(module: "BlockDiagonalLayer", incompatible_keys) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from splitkern._reg_math import finish
 from splitkern.ops._dispatch import kernels
 from splitkern.ops._checks import check_shape, check_tensor
-from splitkern.reference.group_weight_reg import finish
 
 _OP = "group_weight_reg"
 
@@ -53,7 +53,7 @@ _gemms.register_autograd(_backward, setup_context=_setup_context)
 
 
 def group_weight_reg(weight: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """SplitNet's group weight regulariser R_W of one weight (DESIGN.md §1; Kim et al. 2017, eq. 4).
+    """SplitNet's group weight regulariser R_W of one weight (docs/design.md §1.2; Kim et al. 2017, eq. 4).
 
     With ``M = W**2`` (conv: the mean of ``W**2`` over the kernel)::
 

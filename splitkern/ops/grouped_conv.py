@@ -7,10 +7,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from splitkern._conv import grouped_conv_grad_bias, new_activation, output_shape
 from splitkern.layout import BlockLayout, check_sizes
 from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
-from splitkern.reference.grouped_conv import grouped_conv_grad_bias, new_activation, output_shape
 
 _OP = "grouped_conv"
 

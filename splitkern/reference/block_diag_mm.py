@@ -10,23 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from splitkern._dense import masked_dense_weight  # noqa: F401  (re-exported: the tests' oracle reads it here)
 from splitkern.layout import BlockLayout
-
-
-def _gather_columns(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    return t if index is None else t.index_select(1, index)
-
-
-def _scatter_columns(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """``out[:, index[j]] = t[:, j]`` for a permutation ``index``."""
-    return t if index is None else torch.zeros_like(t).index_copy(1, index, t)
-
-
-def _equal_groups(layout: BlockLayout) -> tuple[int, int, int] | None:
-    """(G, k, n) when every group has k inputs and n outputs (batched GEMMs apply)."""
-    if len(set(layout.in_sizes)) == 1 and len(set(layout.out_sizes)) == 1 and layout.weight_numel:
-        return layout.groups, layout.in_sizes[0], layout.out_sizes[0]
-    return None
+from splitkern.reference._common import equal_groups, gather_columns, scatter_columns
 
 
 def _batched(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -41,8 +27,8 @@ def _unbatched(t: torch.Tensor) -> torch.Tensor:
 
 def block_diag_mm(x, weight, bias, layout: BlockLayout, in_index=None, out_index=None):
     """``y[:, out_g] = x[:, in_g] @ W_g.T + b[out_g]`` for x of shape (M, K); y (M, N)."""
-    x = _gather_columns(x, in_index)
-    equal = _equal_groups(layout)
+    x = gather_columns(x, in_index)
+    equal = equal_groups(layout)
     if equal:
         g, k, n = equal
         blocks_t = weight.view(g, n, k).transpose(1, 2)
@@ -50,7 +36,7 @@ def block_diag_mm(x, weight, bias, layout: BlockLayout, in_index=None, out_index
             y = torch.bmm(_batched(x, g), blocks_t)
         else:
             y = torch.baddbmm(bias.view(g, 1, n), _batched(x, g), blocks_t)
-        return _scatter_columns(_unbatched(y), out_index)
+        return scatter_columns(_unbatched(y), out_index)
     pieces = []
     for g in range(layout.groups):
         xg = x[:, layout.in_offsets[g]:layout.in_offsets[g + 1]]
@@ -59,27 +45,27 @@ def block_diag_mm(x, weight, bias, layout: BlockLayout, in_index=None, out_index
             pieces.append(xg @ wg.t())
         else:
             pieces.append(torch.addmm(bias[layout.out_offsets[g]:layout.out_offsets[g + 1]], xg, wg.t()))
-    return _scatter_columns(torch.cat(pieces, dim=1), out_index)
+    return scatter_columns(torch.cat(pieces, dim=1), out_index)
 
 
 def block_diag_mm_grad_input(grad_out, weight, layout: BlockLayout, in_index=None, out_index=None):
     """dL/dx of shape (M, K): ``dx[:, in_g] = dy[:, out_g] @ W_g``."""
-    grad_out = _gather_columns(grad_out, out_index)
-    equal = _equal_groups(layout)
+    grad_out = gather_columns(grad_out, out_index)
+    equal = equal_groups(layout)
     if equal:
         g, k, n = equal
         grad_x = _unbatched(torch.bmm(_batched(grad_out, g), weight.view(g, n, k)))
-        return _scatter_columns(grad_x, in_index)
+        return scatter_columns(grad_x, in_index)
     pieces = [grad_out[:, layout.out_offsets[g]:layout.out_offsets[g + 1]] @ layout.block(weight, g)
               for g in range(layout.groups)]
-    return _scatter_columns(torch.cat(pieces, dim=1), in_index)
+    return scatter_columns(torch.cat(pieces, dim=1), in_index)
 
 
 def block_diag_mm_grad_weight(grad_out, x, layout: BlockLayout, in_index=None, out_index=None):
     """dL/dW, packed like the weight: block g is ``dy[:, out_g].T @ x[:, in_g]``."""
-    grad_out = _gather_columns(grad_out, out_index)
-    x = _gather_columns(x, in_index)
-    equal = _equal_groups(layout)
+    grad_out = gather_columns(grad_out, out_index)
+    x = gather_columns(x, in_index)
+    equal = equal_groups(layout)
     if equal:
         g = equal[0]
         return torch.bmm(_batched(grad_out, g).transpose(1, 2), _batched(x, g)).reshape(-1)
@@ -91,22 +77,4 @@ def block_diag_mm_grad_weight(grad_out, x, layout: BlockLayout, in_index=None, o
 
 def block_diag_mm_grad_bias(grad_out, out_index=None):
     """dL/db in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``."""
-    return _gather_columns(grad_out.sum(0, keepdim=True), out_index).squeeze(0)
-
-
-def masked_dense_weight(weight, layout: BlockLayout, in_index=None, out_index=None, kernel_size=()):
-    """The equivalent dense ``(N, K, *kernel_size)`` weight in the caller's feature order.
-
-    ``F.linear(x, masked_dense_weight(...), bias_in_output_order)`` equals
-    :func:`block_diag_mm` (``F.conv2d`` likewise for a conv ``kernel_size``);
-    entries between different groups are zero.
-    """
-    dense = weight.new_zeros(layout.out_features, layout.in_features, *kernel_size)
-    for g in range(layout.groups):
-        dense[layout.out_offsets[g]:layout.out_offsets[g + 1],
-              layout.in_offsets[g]:layout.in_offsets[g + 1]] = layout.block(weight, g, kernel_size)
-    if in_index is not None:
-        dense = torch.zeros_like(dense).index_copy(1, in_index, dense)
-    if out_index is not None:
-        dense = torch.zeros_like(dense).index_copy(0, out_index, dense)
-    return dense
+    return gather_columns(grad_out.sum(0, keepdim=True), out_index).squeeze(0)

@@ -1,4 +1,4 @@
-"""SplitNet's group weight regulariser R_W in pure PyTorch (DESIGN.md §1).
+"""SplitNet's group weight regulariser R_W in pure PyTorch (docs/design.md §1.2).
 
 For a weight W with M[o, i] = W[o, i]^2 (conv: the mean of W[o, i, :, :]^2 over the
 kernel), input assignment P (G x D_in) and output assignment Q (G x D_out)::
@@ -8,13 +8,13 @@ kernel), input assignment P (G x D_in) and output assignment Q (G x D_out)::
     R_W   = sum_g (row_g + col_g) / (2 (G - 1) sigma0 / G),
     sigma0 = sqrt(1 / D_in) (FC) or sqrt(1 / (k^2 D_in)) (conv)
 
-(DESIGN.md writes W as (D_in, D_out); PyTorch weights are (D_out, D_in, ...), as
+(the original design (docs/design.md §1.2) wrote W as (D_in, D_out); PyTorch weights are (D_out, D_in, ...), as
 here.) :func:`literal_group_weight_reg` is the formula as written, with the G masked
 copies ``(I - P_g) W Q_g`` and ``P_g W (I - Q_g)``: the test oracle.
 :func:`group_weight_reg` is the same value from two small GEMMs on M
 (``A = (Q∘Q) M`` and ``B = (P∘P) M^T``): the CPU path. Only those two GEMMs touch
 W; they are the custom op (:func:`group_weight_reg_gemms` and its backward), the
-rest is a few G x D elementwise ops shared by every backend (:func:`finish`).
+rest is a few G x D elementwise ops shared by every backend (:func:`splitkern._reg_math.finish`).
 """
 
 from __future__ import annotations
@@ -23,43 +23,7 @@ import math
 
 import torch
 
-# sqrt is clamped here: its gradient at an all-zero row (a pruned feature) would be inf.
-_TINY = 1e-30
-
-
-def acc(t: torch.Tensor) -> torch.Tensor:
-    """The accumulation dtype: fp32 for fp32/fp16/bf16, fp64 kept (for gradcheck)."""
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def weight_energy(weight: torch.Tensor) -> torch.Tensor:
-    """M: ``W**2`` for a (D_out, D_in) weight, the mean of ``W**2`` over the kernel for a conv weight."""
-    return _energy(acc(weight))
-
-
-def normaliser(weight: torch.Tensor, groups: int) -> float:
-    """``2 (G - 1) sigma0 / G`` with ``sigma0 = sqrt(1 / (taps * D_in))``."""
-    taps = math.prod(weight.shape[2:])
-    sigma0 = math.sqrt(1.0 / (taps * weight.shape[1]))
-    return 2.0 * (groups - 1) * sigma0 / groups
-
-
-def term_scales(weight: torch.Tensor) -> tuple[float, float]:
-    """Divisors of the row and column terms: ``D_in sqrt(D_out)`` and ``sqrt(D_in) D_out``."""
-    d_out, d_in = weight.shape[:2]
-    return d_in * math.sqrt(d_out), math.sqrt(d_in) * d_out
-
-
-def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    return t.clamp_min(_TINY).sqrt()
-
-
-def finish(weight, p, q, a, b) -> torch.Tensor:
-    """R_W from the two GEMM results ``a = (Q∘Q) M`` (G x D_in) and ``b = (P∘P) M^T`` (G x D_out)."""
-    row_scale, col_scale = term_scales(weight)
-    row = ((1 - acc(p)) * safe_sqrt(a)).sum() / row_scale
-    col = ((1 - acc(q)) * safe_sqrt(b)).sum() / col_scale
-    return (row + col) / normaliser(weight, p.shape[0])
+from splitkern._reg_math import acc, energy, finish, normaliser, safe_sqrt, term_scales, weight_energy
 
 
 def group_weight_reg_gemms(weight, p, q):
@@ -97,12 +61,7 @@ def literal_group_weight_reg(weight: torch.Tensor, p: torch.Tensor, q: torch.Ten
         q_g = acc(q[g]).view(-1, 1, *kernel)
         row_copy = (1 - p_g) * w * q_g  # (I - P_g) W Q_g
         col_copy = p_g * w * (1 - q_g)  # P_g W (I - Q_g)
-        row_norms = safe_sqrt(_energy(row_copy).sum(0))  # one per input feature
-        col_norms = safe_sqrt(_energy(col_copy).sum(1))  # one per output feature
+        row_norms = safe_sqrt(energy(row_copy).sum(0))  # one per input feature
+        col_norms = safe_sqrt(energy(col_copy).sum(1))  # one per output feature
         total = total + row_norms.sum() / row_scale + col_norms.sum() / col_scale
     return total / normaliser(weight, p.shape[0])
-
-
-def _energy(w: torch.Tensor) -> torch.Tensor:
-    w2 = w.square()
-    return w2 if w.dim() == 2 else w2.flatten(2).mean(2)

@@ -10,39 +10,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from splitkern._conv import memory_format, output_shape  # output_shape: benchmarks also read it here
 from splitkern.layout import BlockLayout
+from splitkern.reference._common import equal_groups
 # dim 1 holds the features of a (M, K) matrix and the channels of an (N, C, H, W) image alike
-from splitkern.reference.block_diag_mm import _equal_groups
-from splitkern.reference.block_diag_mm import _gather_columns as _gather_channels
-from splitkern.reference.block_diag_mm import _scatter_columns as _scatter_channels
-
-
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when x is (strictly) channels_last, else contiguous: the output's format."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def new_activation(x: torch.Tensor, shape) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` with x's dtype, device and memory format."""
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
-
-
-def output_shape(x_shape, out_channels: int, kernel_size, stride, padding, dilation) -> tuple[int, ...]:
-    n, _, h, w = x_shape
-    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
-    return (n, out_channels, ho, wo)
+from splitkern.reference._common import gather_columns as gather_channels
+from splitkern.reference._common import scatter_columns as scatter_channels
 
 
 def grouped_conv(x, weight, bias, layout: BlockLayout, kernel_size, stride, padding, dilation,
                  in_index=None, out_index=None):
     """``y[:, out_g] = conv2d(x[:, in_g], W_g) + b[out_g]``; x (N, C_in, H, W) -> y (N, C_out, Ho, Wo)."""
     fmt = memory_format(x)
-    x = _gather_channels(x, in_index)
+    x = gather_channels(x, in_index)
     conv = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
-    equal = _equal_groups(layout)
+    equal = equal_groups(layout)
     if equal and x.shape[0] > 0:
         g, k, n = equal
         y = F.conv2d(x, weight.view(g * n, k, *kernel_size), bias, groups=g, **conv)
@@ -59,16 +41,16 @@ def grouped_conv(x, weight, bias, layout: BlockLayout, kernel_size, stride, padd
                 piece = x.new_zeros((shape[0], hi - lo, *shape[2:]))
                 pieces.append(piece if b is None else piece + b.view(1, -1, 1, 1))
         y = torch.cat(pieces, dim=1)
-    return _scatter_channels(y, out_index).contiguous(memory_format=fmt)
+    return scatter_channels(y, out_index).contiguous(memory_format=fmt)
 
 
 def _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
                    in_index, out_index, mask):
     """Per-group ``aten.convolution_backward`` (one call with groups=G when groups are equal)."""
-    grad_out = _gather_channels(grad_out, out_index)
-    x = _gather_channels(x, in_index)
+    grad_out = gather_channels(grad_out, out_index)
+    x = gather_channels(x, in_index)
     conv = (list(stride), list(padding), list(dilation), False, [0, 0])
-    equal = _equal_groups(layout)
+    equal = equal_groups(layout)
     if equal:
         g, k, n = equal
         w = weight.view(g * n, k, *kernel_size)
@@ -94,7 +76,7 @@ def grouped_conv_grad_input(grad_out, weight, x, layout: BlockLayout, kernel_siz
     """dL/dx, shaped and laid out like x (only x's shape and layout are read)."""
     grad_x, _ = _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
                                in_index, out_index, [True, False, False])
-    return _scatter_channels(grad_x, in_index).contiguous(memory_format=memory_format(x))
+    return scatter_channels(grad_x, in_index).contiguous(memory_format=memory_format(x))
 
 
 def grouped_conv_grad_weight(grad_out, x, weight, layout: BlockLayout, kernel_size, stride, padding,
@@ -103,8 +85,3 @@ def grouped_conv_grad_weight(grad_out, x, weight, layout: BlockLayout, kernel_si
     _, grad_w = _conv_backward(grad_out, x, weight, layout, kernel_size, stride, padding, dilation,
                                in_index, out_index, [False, True, False])
     return grad_w
-
-
-def grouped_conv_grad_bias(grad_out, out_index=None):
-    """dL/db in grouped order."""
-    return _gather_channels(grad_out.sum((0, 2, 3)).unsqueeze(0), out_index).squeeze(0)

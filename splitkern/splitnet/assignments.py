@@ -1,4 +1,4 @@
-"""Group assignments of features and classes (DESIGN.md §1).
+"""Group assignments of features and classes (docs/design.md §1.1).
 
 An assignment of d items (features or classes) to G groups is softmax-
 reparameterised: logits ``alpha`` (G, d) initialised N(0, 0.01^2), probabilities

@@ -1,4 +1,4 @@
-"""From a model trained with assignments to the physically split model (DESIGN.md §1, stage 2).
+"""From a model trained with assignments to the physically split model (docs/design.md §1.4).
 
 * :func:`regularization`: gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E) of a split-aware model, R_W the
   official code's value-weighted mean over the split layers (:func:`regularization_terms`: the three
@@ -21,8 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from splitkern._conv import memory_format
 from splitkern.nn import SplitConv2d, SplitLinear
-from splitkern.reference.grouped_conv import memory_format
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
 DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
@@ -85,7 +85,7 @@ def regularization_terms(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def regularization(model: nn.Module, gammas: Sequence[float] = DEFAULT_GAMMAS) -> torch.Tensor:
-    """``gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E)`` (DESIGN.md §1) of a split-aware model,
+    """``gamma1 mean(R_D) + gamma2 R_W + gamma3 mean(R_E)`` (docs/design.md §1.2) of a split-aware model,
     R_W the value-weighted mean over split layers (:func:`weighted_layer_mean`)."""
     return weigh_terms(regularization_terms(model), gammas)
 
@@ -220,7 +220,7 @@ def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor],
 
 
 def count_parameters(model: nn.Module, *, include_assignments: bool = False) -> int:
-    """Weights of conv/linear layers (BN and assignments excluded, as in DESIGN.md's counts)."""
+    """Weights of conv/linear layers (BN and assignments excluded, docs/design.md §1.6)."""
     total = 0
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear, SplitConv2d, SplitLinear)):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from splitkern.reference.group_weight_reg import weight_energy
+from splitkern._reg_math import weight_energy
 
 
 def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""SplitNet's regularisers (DESIGN.md §1; Kim et al., ICML 2017, section 3).
+"""SplitNet's regularisers (docs/design.md §1.2; Kim et al., ICML 2017, section 3).
 
 * :func:`disjoint_reg` R_D: overlap between groups of one assignment,
   ``sum_{g > g'} <q_g, q_g'> / (d (G - 1) / (2G))`` (= 1 for uniform, 0 for disjoint).

@@ -1,4 +1,4 @@
-"""Split specs: how many groups each split level has (DESIGN.md §1)."""
+"""Split specs: how many groups each split level has (docs/design.md §1.3)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ ONE learning-rate curve over the run's total epochs (``stage1_epochs + stage2_ep
 warm-up included): cosine from ``lr`` to 0 per step (or ``schedule="step"``: x0.1 at 50% and
 75%). Phases and the split do not restart it; baselines branch off at a step and continue it.
 Every arm has the same ``dropout`` (placed as in :func:`splitkern.models.build`) and weight decay
-on conv/linear weights only. (DESIGN.md §1, "Fair comparisons".)
+on conv/linear weights only. (docs/design.md §1.5.)
 
 Epochs ``[0, W)``: the shared dense warm-up (``warmup_epochs``; skipped with ``init_from``,
 which starts from a trained dense model saved by :func:`splitkern.save`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from splitkern.triton import block_diag_mm, grouped_conv
-from splitkern.triton.block_diag_mm import INTERPRETED
+from splitkern.triton._common import INTERPRETED
 
 __all__ = ["INTERPRETED", "prepare_layout", "table_shapes"]
 

@@ -15,31 +15,14 @@ over the batch for every weight tile.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 
 import torch
 import triton
 import triton.language as tl
 
-from splitkern.precision import input_precision
+from splitkern.triton._common import checked_grid, group_range, index_or_dummy, input_precision, on_input_device
 from splitkern.triton.configs import CONFIGS, MMConfig
-
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-
-
-def on_input_device(fn):
-    """Run ``fn`` with its first argument's CUDA device current. Triton launches on the current
-    device (and its current stream), not on the device of the tensors it is given: a layer on
-    cuda:1 called while cuda:0 is current would otherwise run on the wrong GPU."""
-    @functools.wraps(fn)
-    def run(first, *args, **kwargs):
-        if first.device.type != "cuda":
-            return fn(first, *args, **kwargs)
-        with torch.cuda.device(first.device):
-            return fn(first, *args, **kwargs)
-    return run
-
 
 # The dispatcher picks only from these (by batch bucket, dtype and whether every group size is a
 # multiple of 8), read from kernel_configs.json (splitkern.triton.configs); the static kernel report
@@ -72,17 +55,6 @@ def weight_grad_config(dtype: torch.dtype) -> MMConfig:
 
 
 @triton.jit
-def _group_range(offsets_ptr, g, ALIGNED: tl.constexpr):
-    """(start, size) of group g in an offsets table; multiples of 8 when ALIGNED."""
-    lo = tl.load(offsets_ptr + g)
-    size = tl.load(offsets_ptr + g + 1) - lo
-    if ALIGNED:
-        lo = tl.multiple_of(lo, 8)
-        size = tl.multiple_of(size, 8)
-    return lo, size
-
-
-@triton.jit
 def _mm_tile(
     pid_m, tile,
     a_ptr, w_ptr, bias_ptr, c_ptr,
@@ -103,9 +75,9 @@ def _mm_tile(
     """
     g = tl.load(tiles_ptr + 2 * tile)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    red_lo, red_size = _group_range(red_offsets_ptr, g, ALIGNED)
-    out_lo, out_size = _group_range(out_offsets_ptr, g, ALIGNED)
-    w_lo = _group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
+    red_lo, red_size = group_range(red_offsets_ptr, g, ALIGNED)
+    out_lo, out_size = group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
     # W_g's rows are k_g long: k_g is the reduction size forward, the output size backward.
     if W_AS_IS:
         stride_wr = out_size
@@ -231,9 +203,9 @@ def grouped_mm_weight_grad_kernel(
     g = tl.load(tiles_ptr + 3 * tile)
     row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
-    in_lo, in_size = _group_range(in_offsets_ptr, g, ALIGNED)
-    out_lo, out_size = _group_range(out_offsets_ptr, g, ALIGNED)
-    w_lo = _group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
+    in_lo, in_size = group_range(in_offsets_ptr, g, ALIGNED)
+    out_lo, out_size = group_range(out_offsets_ptr, g, ALIGNED)
+    w_lo = group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
 
     offs_n = row0 + tl.arange(0, BLOCK_N)
     offs_k = col0 + tl.arange(0, BLOCK_K)
@@ -288,7 +260,7 @@ BIAS_GRAD_CONFIG = MMConfig(64, 128, 0, 4, 1)  # (rows per step, columns per pro
 def bias_grad_launch(grad_out, db, out_index, cfg: MMConfig = BIAS_GRAD_CONFIG):
     """(grid, args, kwargs) of the bias-gradient launch writing ``db``."""
     m, n = grad_out.shape
-    args = (grad_out, db, _index_or_dummy(out_index, db), m, n, grad_out.stride(0), grad_out.stride(1))
+    args = (grad_out, db, index_or_dummy(out_index, db), m, n, grad_out.stride(0), grad_out.stride(1))
     kwargs = dict(GATHER=out_index is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return (triton.cdiv(n, cfg.block_n),), args, kwargs
@@ -302,27 +274,6 @@ def block_diag_mm_grad_bias(grad_out, out_index=None):
         grid, args, kwargs = bias_grad_launch(grad_out, db, out_index)
         column_sum_kernel[grid](*args, **kwargs)
     return db
-
-
-def _input_precision(dtype: torch.dtype, kind: str = "matmul") -> str:
-    return input_precision(dtype, kind, interpreted=INTERPRETED)
-
-
-GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's maximum grid size per axis
-
-
-def checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """``grid`` unchanged, or a ``ValueError`` naming ``what`` when an axis exceeds CUDA's limit
-    (a launch past it fails with an opaque driver error, or not at all under the interpreter)."""
-    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS)):
-        if size > limit:
-            raise ValueError(f"{what}: {size:,} program tiles on grid axis {axis} exceed CUDA's limit of "
-                             f"{limit:,}; split the batch or the layer")
-    return grid
-
-
-def _index_or_dummy(index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return like if index is None else index.contiguous()
 
 
 def mm_kernel(cfg: MMConfig):
@@ -349,12 +300,12 @@ def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg
     tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
     grid = checked_grid((triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0]), "block_diag_mm")
     args = (a, weight, weight if bias is None else bias, c,
-            _index_or_dummy(a_index, tiles), _index_or_dummy(c_index, tiles),
+            index_or_dummy(a_index, tiles), index_or_dummy(c_index, tiles),
             tiles, offsets[red_over], offsets[out_over], w_offsets,
             a.shape[0], a.stride(0), a.stride(1), c.stride(0), c.stride(1))
     kwargs = dict(W_AS_IS=w_as_is, HAS_BIAS=bias is not None,
                   GATHER_A=a_index is not None, SCATTER_C=c_index is not None, SWAP_AB=cfg.swap_ab,
-                  ALIGNED=layout.aligned, INPUT_PRECISION=_input_precision(a.dtype),
+                  ALIGNED=layout.aligned, INPUT_PRECISION=input_precision(a.dtype),
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.persistent:
@@ -370,11 +321,11 @@ def weight_grad_launch(grad_out, x, dw, layout, in_index, out_index, cfg: MMConf
     in_offsets, out_offsets, w_offsets = layout.offsets(x.device)
     tiles = layout.block_tiles(x.device, cfg.block_n, cfg.block_k)
     args = (grad_out, x, dw,
-            _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+            index_or_dummy(out_index, tiles), index_or_dummy(in_index, tiles),
             tiles, in_offsets, out_offsets, w_offsets,
             x.shape[0], grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1))
     kwargs = dict(GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
-                  ALIGNED=layout.aligned, INPUT_PRECISION=_input_precision(x.dtype),
+                  ALIGNED=layout.aligned, INPUT_PRECISION=input_precision(x.dtype),
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return (tiles.shape[0],), args, kwargs

@@ -1,4 +1,4 @@
-"""Triton kernels for the group weight regulariser's passes over W (DESIGN.md §1).
+"""Triton kernels for the group weight regulariser's passes over W (docs/design.md §1.2).
 
 R_W needs only ``a = (Q∘Q) M`` (G x D_in) and ``b = (P∘P) M^T`` (G x D_out) of
 ``M = mean_taps(W**2)``. The forward kernel reads every W tile once, forms its M tile
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from splitkern.triton.block_diag_mm import _input_precision, on_input_device
+from splitkern.triton._common import input_precision, on_input_device
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # (block_m unused, block_n = output-feature tile, block_k = input-feature tile)
@@ -94,7 +94,7 @@ def _common(weight, groups, cfg):
     d_out, d_in = weight.shape[:2]
     taps = weight[0, 0].numel() if weight.numel() else 1
     grid = (triton.cdiv(d_out, cfg.block_n), triton.cdiv(d_in, cfg.block_k))
-    meta = dict(TAPS=taps, INPUT_PRECISION=_input_precision(torch.float32), BLOCK_G=_block_g(groups),
+    meta = dict(TAPS=taps, INPUT_PRECISION=input_precision(torch.float32), BLOCK_G=_block_g(groups),
                 BLOCK_O=cfg.block_n, BLOCK_I=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return grid, (groups, d_out, d_in, weight.stride(0), weight.stride(1)), meta
 

@@ -24,10 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from splitkern.reference.grouped_conv import new_activation, output_shape
-from splitkern.triton.configs import CONFIGS
-from splitkern.triton.block_diag_mm import (MMConfig, _group_range, _index_or_dummy, _input_precision, checked_grid,
-                                            on_input_device)
+from splitkern._conv import new_activation, output_shape
+from splitkern.triton._common import checked_grid, group_range, index_or_dummy, input_precision, on_input_device
+from splitkern.triton.configs import CONFIGS, MMConfig
 
 # Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
 # the weight is read with per-element addresses (taps are innermost in the packed
@@ -88,8 +87,8 @@ def grouped_conv_kernel(
     tile = tl.program_id(1)
     g = tl.load(tiles_ptr + 2 * tile)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
     offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -137,8 +136,8 @@ def grouped_conv_grad_input_kernel(
     tile = tl.program_id(1)
     g = tl.load(tiles_ptr + 2 * tile)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
     offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -188,8 +187,8 @@ def grouped_conv_grad_weight_kernel(
     g = tl.load(tiles_ptr + 3 * tile)
     row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
     col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
-    ci_lo, ci_size = _group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = _group_range(out_offsets_ptr, g, ALIGNED)
+    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
+    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
     offs_o = row0 + tl.arange(0, BLOCK_N)
@@ -223,7 +222,7 @@ def _geometry(kernel_size, stride, padding, dilation):
 
 
 def _meta(cfg: MMConfig, dtype: torch.dtype, aligned: bool) -> dict:
-    return dict(ALIGNED=aligned, INPUT_PRECISION=_input_precision(dtype, "conv"), BLOCK_M=cfg.block_m,
+    return dict(ALIGNED=aligned, INPUT_PRECISION=input_precision(dtype, "conv"), BLOCK_M=cfg.block_m,
                 BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -245,7 +244,7 @@ def conv_launch(x, weight, bias, y, layout, geometry, in_index, out_index, cfg: 
     _pixels(n, h, w)  # the input is addressed by pixel too
     grid = checked_grid((triton.cdiv(_pixels(n, ho, wo), cfg.block_m), tiles.shape[0]), "grouped_conv")
     args = (x, weight, weight if bias is None else bias, y,
-            _index_or_dummy(in_index, tiles), _index_or_dummy(out_index, tiles),
+            index_or_dummy(in_index, tiles), index_or_dummy(out_index, tiles),
             tiles, in_off, out_off, w_off, n * ho * wo, h, w, ho, wo, *x.stride(), *y.stride())
     kwargs = dict(**geometry, HAS_BIAS=bias is not None, GATHER_X=in_index is not None,
                   SCATTER_Y=out_index is not None, **_meta(cfg, x.dtype, layout.aligned))
@@ -259,7 +258,7 @@ def conv_grad_input_launch(grad_out, weight, dx, layout, geometry, in_index, out
     tiles = layout.column_tiles(dx.device, cfg.block_n, "in")
     in_off, out_off, w_off = layout.offsets(dx.device)
     grid = checked_grid((triton.cdiv(_pixels(n, h, w), cfg.block_m), tiles.shape[0]), "grouped_conv backward")
-    args = (grad_out, weight, dx, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+    args = (grad_out, weight, dx, index_or_dummy(out_index, tiles), index_or_dummy(in_index, tiles),
             tiles, in_off, out_off, w_off, n * h * w, h, w, ho, wo, *grad_out.stride(), *dx.stride())
     kwargs = dict(**geometry, GATHER_DY=out_index is not None, SCATTER_DX=in_index is not None,
                   **_meta(cfg, dx.dtype, layout.aligned))
@@ -274,7 +273,7 @@ def conv_grad_weight_launch(grad_out, x, dw, layout, geometry, in_index, out_ind
     in_off, out_off, w_off = layout.offsets(x.device)
     _pixels(n, h, w)
     grid = (tiles.shape[0], geometry["KH"] * geometry["KW"])
-    args = (grad_out, x, dw, _index_or_dummy(out_index, tiles), _index_or_dummy(in_index, tiles),
+    args = (grad_out, x, dw, index_or_dummy(out_index, tiles), index_or_dummy(in_index, tiles),
             tiles, in_off, out_off, w_off, _pixels(n, ho, wo), h, w, ho, wo, *grad_out.stride(), *x.stride())
     kwargs = dict(**geometry, GATHER_DY=out_index is not None, GATHER_X=in_index is not None,
                   **_meta(cfg, x.dtype, layout.aligned))
@@ -335,7 +334,6 @@ def static_variants():
     (kernel, label, args, kwargs, needs_tensor_cores) from the real launch helpers.
     """
     from splitkern.layout import block_layout
-    from splitkern.reference.grouped_conv import output_shape
 
     layouts = {"aligned": block_layout((64,) * 4, (64,) * 4),
                "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}
@@ -378,7 +376,6 @@ def _nchw_odd_variants():
     """NCHW activations (unit stride along width, not channels) at an odd size (3 x 7 x 7 pixels:
     no stride is 16-divisible), 16-bit and both fp32 precisions, all three passes."""
     from splitkern.layout import block_layout
-    from splitkern.reference.grouped_conv import output_shape
 
     layouts = {"aligned": block_layout((64,) * 4, (64,) * 4),
                "ragged": block_layout((60, 68, 63, 65), (65, 63, 68, 60))}

@@ -38,7 +38,7 @@ def test_split_model_equals_masked_dense(spec):
 @pytest.mark.parametrize("spec, expected", [(None, 11_000_340), ("2-2-2", 5_731_860), ("4-4-4", 3_097_620),
                                             ("2-4-8", 3_615_508)])
 def test_wrn16_8_parameter_counts_match_the_official_code(spec, expected):
-    # DESIGN.md: WRN-16-8 11,000,340; deep 2-2-2 5.73M; 4-4-4 3.10M; 2-4-8 3.62M (balanced groups, BN excluded)
+    # docs/design.md §1.6: WRN-16-8 11,000,340; 2-2-2 5.73M; 4-4-4 3.10M; 2-4-8 3.62M (balanced, BN excluded)
     model = wrn(16, 8, 100, split=spec)
     if spec is not None:
         for assignment in model.assignments.values():
