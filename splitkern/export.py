@@ -537,10 +537,12 @@ def _dense_twin(split_model: nn.Module) -> nn.Module:
     """The unsplit model of the same class and config (fresh weights): for size and speed only."""
     import splitkern.models as models
 
-    meta = getattr(split_model, "split_meta", None)
-    if not meta or not isinstance(getattr(models, meta.get("model", ""), None), type):
-        raise ValueError("the checkpoint's model carries no split_meta naming a splitkern.models class")
-    return getattr(models, meta["model"])(**meta["config"], split=None).eval()
+    from splitkern.splitnet.plan import is_split, split_record
+
+    record = split_record(split_model) if is_split(split_model) else None
+    if record is None or not isinstance(getattr(models, record.model, None), type):
+        raise ValueError("the checkpoint's model carries no split record naming a splitkern.models class")
+    return getattr(models, record.model)(**record.config, split=None).eval()
 
 
 def export_report(ckpt, fmt: str, out, image_size: int = 32, batch_size: int = 64, repeats: int = 5) -> str:
@@ -565,9 +567,11 @@ def export_report(ckpt, fmt: str, out, image_size: int = 32, batch_size: int = 6
         _require_onnx()
         _require_onnx(runtime=True)
     split_model = splitkern.load(ckpt).eval()
-    if getattr(split_model, "split_meta", None) is None:
+    from splitkern.splitnet.plan import is_split, split_record
+
+    if not is_split(split_model):
         raise ValueError(f"ckpt {str(ckpt)!r} holds a dense model, not a split one (export takes split.pt)")
-    meta = split_model.split_meta
+    meta = split_record(split_model).meta()
     example = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     path = export(split_model, fmt, out, example)

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("splitkern.models.torchvision needs torchvision: pip install torchvision") from exc
 
 from splitkern.splitnet.assignments import GroupAssignment
-from splitkern.splitnet.plan import LayerRole, SplitPlan
+from splitkern.splitnet.plan import LayerRole, SplitPlan, is_split
 from splitkern.splitnet.spec import SplitSpec
 
 RESNET_LEVELS = ("layer2", "layer3", "layer4", "logits")
@@ -116,7 +116,7 @@ def splittable(model: nn.Module, split=None, *, arch: str | None = None) -> nn.M
     Raises ``ValueError`` for an unsupported model (another type, a ResNeXt, a non-standard
     architecture), a model that is already split-aware or split, or a spec that does not fit.
     """
-    if hasattr(model, "split_structure"):
+    if is_split(model):
         raise ValueError("model is already split (returned by splitkern.splitnet.split()); splittable() takes a "
                          "dense torchvision model")
     if hasattr(model, "assignments"):

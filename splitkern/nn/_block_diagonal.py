@@ -79,6 +79,16 @@ class BlockDiagonalLayer(nn.Module):
             check_permutation(index, name, index.numel(), torch.device("cpu"))
             setattr(self, f"_{name}_is_identity", torch.equal(index, torch.arange(index.numel())))
 
+    @property
+    def grouped_input(self) -> bool:
+        """Whether the layer reads its inputs in grouped order (``in_index`` is the identity)."""
+        return self._in_index_is_identity
+
+    @property
+    def grouped_output(self) -> bool:
+        """Whether the layer writes its outputs in grouped order (``out_index`` is the identity)."""
+        return self._out_index_is_identity
+
     def reset_parameters(self) -> None:
         """Per block, as PyTorch initialises a dense layer of that block's size."""
         taps = math.prod(self.kernel_size)
@@ -107,20 +117,84 @@ class BlockDiagonalLayer(nn.Module):
         return self._run(x, None, None)
 
     @staticmethod
-    def _grouping(dense_weight, in_groups, out_groups, num_groups):
-        return grouping(in_groups, out_groups, dense_weight.shape[1], dense_weight.shape[0], num_groups)
+    def _grouping(dense_weight, in_groups, out_groups, num_groups, in_order=None, out_order=None):
+        """Sizes and grouped -> original permutations; ``in_order``/``out_order`` (when given) replace the
+        stable group sort, checked to be permutations that list the features group by group."""
+        in_sizes, out_sizes, in_index, out_index = grouping(in_groups, out_groups, dense_weight.shape[1],
+                                                            dense_weight.shape[0], num_groups)
+        orders = []
+        for order, default, ids, name in ((in_order, in_index, in_groups, "in_order"),
+                                          (out_order, out_index, out_groups, "out_order")):
+            if order is None:
+                orders.append(default)
+                continue
+            order = check_permutation(torch.as_tensor(order).cpu(), name, default.numel(), torch.device("cpu"))
+            order = order if order is not None else torch.arange(default.numel())
+            grouped_ids = ids.detach().cpu().to(torch.int64)[order]
+            if grouped_ids.numel() > 1 and bool((grouped_ids[1:] < grouped_ids[:-1]).any()):
+                raise ValueError(f"{name} must list the features group by group (group 0 first)")
+            orders.append(order)
+        return in_sizes, out_sizes, orders[0], orders[1]
 
-    def _load_dense(self, dense_weight: torch.Tensor, dense_bias: torch.Tensor | None) -> None:
-        """Copy the within-group blocks of a dense ``(out, in, *kernel)`` weight (original order)."""
+    def _load_dense(self, dense_weight: torch.Tensor, dense_bias: torch.Tensor | None, in_index=None,
+                    out_index=None) -> None:
+        """Copy the within-group blocks of a dense ``(out, in, *kernel)`` weight (original order);
+        ``in_index``/``out_index``: its grouped -> original maps (default: this layer's)."""
         device = dense_weight.device
-        grouped = dense_weight.detach()[self.out_index.to(device)][:, self.in_index.to(device)]
+        in_index = self.in_index if in_index is None else in_index
+        out_index = self.out_index if out_index is None else out_index
+        grouped = dense_weight.detach()[out_index.to(device)][:, in_index.to(device)]
         lay = self.layout
         with torch.no_grad():
             for g in range(lay.groups):
                 self.block(g).copy_(grouped[lay.out_offsets[g]:lay.out_offsets[g + 1],
                                             lay.in_offsets[g]:lay.in_offsets[g + 1]])
             if dense_bias is not None:
-                self.bias.copy_(dense_bias.detach()[self.out_index.to(device)])
+                self.bias.copy_(dense_bias.detach()[out_index.to(device)])
+
+    def group_slice(self, lo: int, hi: int) -> tuple[slice, slice]:
+        """Grouped positions ``(inputs, outputs)`` of groups ``lo..hi-1``.
+
+        ``self.in_index[inputs]`` are the original input features those groups read and
+        ``self.out_index[outputs]`` the original output features they write.
+        """
+        lo, hi = self._check_group_range(lo, hi)
+        lay = self.layout
+        return slice(lay.in_offsets[lo], lay.in_offsets[hi]), slice(lay.out_offsets[lo], lay.out_offsets[hi])
+
+    def _check_group_range(self, lo: int, hi: int) -> tuple[int, int]:
+        groups = self.layout.groups
+        for value, name in ((lo, "lo"), (hi, "hi")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not 0 <= lo < hi <= groups:
+            raise ValueError(f"group range [{lo}, {hi}) must be non-empty and within [0, {groups})")
+        return lo, hi
+
+    def _same_kind(self, in_sizes, out_sizes, **factory) -> "BlockDiagonalLayer":
+        """A fresh layer of this class and geometry with other group sizes (grouped layout)."""
+        raise NotImplementedError
+
+    def narrow_groups(self, lo: int, hi: int) -> "BlockDiagonalLayer":
+        """A new layer of the same kind and geometry holding groups ``lo..hi-1`` (weights, bias), grouped layout.
+
+        Its inputs are this layer's grouped inputs ``group_slice(lo, hi)[0]`` and its outputs
+        the grouped outputs ``group_slice(lo, hi)[1]`` (identity ``in_index``/``out_index``): on
+        an original-order input ``x``, ``narrow_groups(lo, hi)(x[..., self.in_index[inputs]])``
+        equals ``self(x)[..., self.out_index[outputs]]``. Groups may be empty (no features);
+        the range must hold at least one group.
+        """
+        inputs, outputs = self.group_slice(lo, hi)
+        w = self.weight
+        part = self._same_kind(self.in_sizes[lo:hi], self.out_sizes[lo:hi], bias=self.bias is not None,
+                               device=w.device, dtype=w.dtype)
+        taps = math.prod(self.kernel_size)
+        with torch.no_grad():
+            part.weight.copy_(w[self.layout.w_offsets[lo] * taps:self.layout.w_offsets[hi] * taps])
+            if self.bias is not None:
+                part.bias.copy_(self.bias[outputs])
+        part.train(self.training)
+        return part
 
     def masked_dense_weight(self) -> torch.Tensor:
         """The dense ``(out, in, *kernel_size)`` weight (zeros between groups), original order."""

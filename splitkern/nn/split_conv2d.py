@@ -61,23 +61,31 @@ class SplitConv2d(BlockDiagonalLayer):
                             kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                             dilation=self.dilation, in_index=in_index, out_index=out_index)
 
+    def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitConv2d":
+        return SplitConv2d(in_sizes, out_sizes, self.kernel_size, self.stride, self.padding, self.dilation,
+                           **factory)
+
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, in_groups: torch.Tensor, out_groups: torch.Tensor,
-                   num_groups: int | None = None) -> "SplitConv2d":
+                   num_groups: int | None = None, *, in_order=None, out_order=None, grouped_input: bool = False,
+                   grouped_output: bool = False) -> "SplitConv2d":
         """Split a dense conv: keep ``W[o, i]`` where ``out_groups[o] == in_groups[i]``.
 
         The result computes exactly ``F.conv2d(x, W * mask, b, ...)`` with the conv's
-        stride, padding and dilation, in the original channel order.
+        stride, padding and dilation, in the original channel order. ``in_order``,
+        ``out_order``, ``grouped_input``, ``grouped_output``: as :meth:`SplitLinear.from_dense`.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1:
             raise ValueError(f"conv must have groups=1 (a dense conv), got groups={conv.groups}")
-        in_sizes, out_sizes, in_index, out_index = cls._grouping(conv.weight, in_groups, out_groups, num_groups)
+        in_sizes, out_sizes, in_index, out_index = cls._grouping(conv.weight, in_groups, out_groups, num_groups,
+                                                                 in_order, out_order)
         layer = cls(in_sizes, out_sizes, conv.kernel_size, conv.stride, _resolve_padding(conv), conv.dilation,
-                    bias=conv.bias is not None, in_index=in_index, out_index=out_index,
+                    bias=conv.bias is not None, in_index=None if grouped_input else in_index,
+                    out_index=None if grouped_output else out_index,
                     device=conv.weight.device, dtype=conv.weight.dtype)
-        layer._load_dense(conv.weight, conv.bias)
+        layer._load_dense(conv.weight, conv.bias, in_index, out_index)
         return layer
 
     def to_dense(self) -> nn.Conv2d:

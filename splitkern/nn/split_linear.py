@@ -40,21 +40,32 @@ class SplitLinear(BlockDiagonalLayer):
         return block_diag_mm(x, self.weight, self.bias, in_sizes=self.in_sizes, out_sizes=self.out_sizes,
                              in_index=in_index, out_index=out_index)
 
+    def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitLinear":
+        return SplitLinear(in_sizes, out_sizes, **factory)
+
     @classmethod
     def from_dense(cls, linear: nn.Linear, in_groups: torch.Tensor, out_groups: torch.Tensor,
-                   num_groups: int | None = None) -> "SplitLinear":
+                   num_groups: int | None = None, *, in_order=None, out_order=None, grouped_input: bool = False,
+                   grouped_output: bool = False) -> "SplitLinear":
         """Split a dense layer: keep ``W[o, i]`` where ``out_groups[o] == in_groups[i]``.
 
         The result computes exactly ``F.linear(x, W * mask, b)`` in the original
         feature order. ``num_groups`` defaults to ``max id + 1``; groups may be
         unequal or empty.
+
+        ``in_order``/``out_order``: the grouped -> original feature order to use (a permutation
+        listing the features group by group; default: each group's features in original order).
+        ``grouped_input``: the layer reads its inputs already in grouped order (``x[..., in_order]``,
+        identity ``in_index``); ``grouped_output``: it writes grouped order (identity ``out_index``).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        in_sizes, out_sizes, in_index, out_index = cls._grouping(linear.weight, in_groups, out_groups, num_groups)
-        layer = cls(in_sizes, out_sizes, bias=linear.bias is not None, in_index=in_index, out_index=out_index,
+        in_sizes, out_sizes, in_index, out_index = cls._grouping(linear.weight, in_groups, out_groups, num_groups,
+                                                                 in_order, out_order)
+        layer = cls(in_sizes, out_sizes, bias=linear.bias is not None,
+                    in_index=None if grouped_input else in_index, out_index=None if grouped_output else out_index,
                     device=linear.weight.device, dtype=linear.weight.dtype)
-        layer._load_dense(linear.weight, linear.bias)
+        layer._load_dense(linear.weight, linear.bias, in_index, out_index)
         return layer
 
     def to_dense(self) -> nn.Linear:

@@ -11,7 +11,6 @@ the shared trunk (as in the paper's model-parallel setting).
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.splitnet.convert import ChannelPermute, _set_module
+from splitkern.splitnet.plan import is_split, split_record
 
 
 @dataclass
@@ -31,13 +31,8 @@ class Subtree:
     flops_per_sample: int
 
 
-def _ranges(sizes, lo_group: int, hi_group: int) -> tuple[int, int]:
-    offsets = (0, *itertools.accumulate(sizes))
-    return offsets[lo_group], offsets[hi_group]
-
-
 def _native_counts(split_model) -> dict[str, torch.Tensor]:
-    hard = split_model.split_meta["hard"]
+    hard = split_record(split_model).hard
     return {key: torch.bincount(ids) for key, ids in hard.items()}
 
 
@@ -53,24 +48,6 @@ def _key_range(counts: torch.Tensor, native_groups: int, lowest: int, h: int) ->
     counts = torch.nn.functional.pad(counts, (0, native_groups - counts.numel()))
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     return int(offsets[h * per]), int(offsets[(h + 1) * per])
-
-
-def _slice_layer(layer, g_lo: int, g_hi: int):
-    """The same kind of split layer holding only groups [g_lo, g_hi), grouped layout."""
-    lay = layer.layout
-    taps = layer.weight.numel() // max(lay.weight_numel, 1) if lay.weight_numel else 1
-    in_sizes, out_sizes = lay.in_sizes[g_lo:g_hi], lay.out_sizes[g_lo:g_hi]
-    kwargs = dict(bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
-    if isinstance(layer, SplitConv2d):
-        part = SplitConv2d(in_sizes, out_sizes, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                           **kwargs)
-    else:
-        part = SplitLinear(in_sizes, out_sizes, **kwargs)
-    with torch.no_grad():
-        part.weight.copy_(layer.weight[lay.w_offsets[g_lo] * taps:lay.w_offsets[g_hi] * taps])
-        if layer.bias is not None:
-            part.bias.copy_(layer.bias[lay.out_offsets[g_lo]:lay.out_offsets[g_hi]])
-    return part
 
 
 class _Gathered(nn.Module):
@@ -109,9 +86,9 @@ def subtrees(split_model, example: torch.Tensor | None = None) -> list[Subtree]:
     ``example`` (an input batch) is used to count FLOPs per sample; without it the
     FLOP counts are 0. The union of the subtrees' logits equals the model's logits.
     """
-    plan = getattr(split_model, "split_structure", None)
-    if plan is None:
+    if not is_split(split_model):
         raise ValueError("subtrees() takes a model returned by splitkern.splitnet.split()")
+    plan = split_record(split_model).plan
     lowest = plan.spec.groups[0]
     start = plan.start[0] if plan.start else None
 
@@ -128,13 +105,12 @@ def subtrees(split_model, example: torch.Tensor | None = None) -> list[Subtree]:
             name = resolve(name)
             layer = split_model.get_submodule(name)
             ratio = plan.groups(role.level) // lowest
-            piece = _slice_layer(layer, h * ratio, (h + 1) * ratio)
-            if not layer._in_index_is_identity:
-                lo, hi = _ranges(layer.layout.in_sizes, h * ratio, (h + 1) * ratio)
-                piece = _Gathered(layer.in_index[lo:hi], piece)
+            piece = layer.narrow_groups(h * ratio, (h + 1) * ratio)
+            inputs, outputs = layer.group_slice(h * ratio, (h + 1) * ratio)
+            if not layer.grouped_input:
+                piece = _Gathered(layer.in_index[inputs], piece)
             if role.out_key == plan.output_key:
-                lo, hi = _ranges(layer.layout.out_sizes, h * ratio, (h + 1) * ratio)
-                classes = layer.out_index[lo:hi].cpu()
+                classes = layer.out_index[outputs].cpu()
             _set_module(part, name, piece)
         for name, key in plan.channels.items():
             lo, hi = _key_range(counts[key], natives[key], lowest, h)
@@ -160,7 +136,7 @@ def _slice_batchnorm(bn: nn.BatchNorm2d, lo: int, hi: int) -> None:
 
 def start_step(split_model) -> int:
     """Index in ``split_model.pipeline()`` of the first step that belongs to the subtrees."""
-    plan = split_model.split_structure
+    plan = split_record(split_model).plan
     name = plan.start[0] if plan.start else plan.gather_layer
     names = [n for n, _ in split_model.pipeline()]
     if name not in names:
@@ -200,7 +176,7 @@ def _drop_modules(model: nn.Module, keep, holder: str) -> None:
 
 def _subtree_prefixes(split_model, start: int) -> list[str]:
     """Module names that belong to the subtrees: the steps from ``start`` on and every split or sliced layer."""
-    plan = split_model.split_structure
+    plan = split_record(split_model).plan
     steps = [name for name, _ in split_model.pipeline()[start:]]
     return steps + list(plan.layers) + list(plan.channels)
 

@@ -9,7 +9,9 @@
   (sorted by the upper ids) is grouped for both levels.
 * :func:`masked_dense`: the dense model with every inter-group weight zeroed.
 * :func:`split`: the model rebuilt from SplitLinear/SplitConv2d in grouped layout; it
-  permutes activations once where the split starts and un-permutes the logits.
+  permutes activations once where the split starts and un-permutes the logits. What it was
+  split from is ``model.split_record`` (a :class:`~splitkern.splitnet.plan.SplitRecord`; read it
+  with :func:`~splitkern.splitnet.plan.split_record`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from splitkern._conv import memory_format
 from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.splitnet.plan import SplitRecord
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
 DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
@@ -132,16 +135,11 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _split_layer(module, in_ids, out_ids, perm_in, perm_out, groups, *, gather: bool, scatter: bool):
-    """A grouped-layout split layer from a dense one: rows/columns permuted into group order."""
-    permuted = copy.deepcopy(module)
-    with torch.no_grad():
-        permuted.weight.copy_(module.weight[perm_out.to(module.weight.device)][:, perm_in.to(module.weight.device)])
-        if module.bias is not None:
-            permuted.bias.copy_(module.bias[perm_out.to(module.bias.device)])
+    """A grouped-layout split layer from a dense one: blocks in the order ``perm_in``/``perm_out``; it reads
+    original-order inputs only where it ``gather``s and writes original order only where it ``scatter``s."""
     cls = SplitLinear if isinstance(module, nn.Linear) else SplitConv2d
-    layer = cls.from_dense(permuted, in_ids[perm_in], out_ids[perm_out], num_groups=groups)
-    layer.set_indices(in_index=perm_in if gather else None, out_index=perm_out if scatter else None)
-    return layer
+    return cls.from_dense(module, in_ids, out_ids, num_groups=groups, in_order=perm_in, out_order=perm_out,
+                          grouped_input=not gather, grouped_output=not scatter)
 
 
 @torch.no_grad()
@@ -170,12 +168,12 @@ def split(model: nn.Module) -> nn.Module:
     if plan.start is not None:
         name, key = plan.start
         _set_module(result, name, nn.Sequential(ChannelPermute(orders[key]), result.get_submodule(name)))
-    result.split_meta = {"model": type(model).__name__, "config": dict(getattr(model, "config", {})),
-                         "spec": str(plan.spec),
-                         "hard": {key: a.hard().cpu() for key, a in model.assignments.items()}}
+    result.split_record = SplitRecord(model=type(model).__name__, config=dict(getattr(model, "config", {})),
+                                      spec=str(plan.spec),
+                                      hard={key: a.hard().cpu() for key, a in model.assignments.items()},
+                                      plan=plan)
     del result.assignments
     result.split_plan = None  # no assignments to train any more
-    result.split_structure = plan  # which module is which split layer: for subtree extraction
     for bn in result.modules():  # stage 2 fine-tunes everything
         if isinstance(bn, nn.BatchNorm2d):
             bn.weight.requires_grad_(True)

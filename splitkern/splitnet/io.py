@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from splitkern.splitnet.plan import is_split, split_record
+
 FORMAT = "splitkern-split-v1"
 DENSE_FORMAT = "splitkern-dense-v1"
 
@@ -45,8 +47,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, i
     ``(channels, height, width)`` records the images it was trained on (``splitkern infer`` and
     ``plan`` check data against it; :func:`describe` reads it back).
     """
-    meta = getattr(model, "split_meta", None)
-    if meta is None:
+    if not is_split(model):
         ours = type(model).__name__ in _builders() and type(model).__module__.startswith("splitkern.")
         if not ours or hasattr(model, "assignments") or not hasattr(model, "config"):
             raise ValueError("save() takes a model returned by splitkern.splitnet.split() or a dense model of "
@@ -55,7 +56,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, i
                              f"{type(model).__name__}")
         meta = {"format": DENSE_FORMAT, "model": type(model).__name__, "config": dict(model.config)}
     else:
-        meta = {"format": FORMAT, **meta}
+        meta = {"format": FORMAT, **split_record(model).meta()}
     if input_shape is not None:
         if len(input_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in input_shape):
             raise ValueError(f"input_shape must be (channels, height, width) of positive ints, got {input_shape!r}")

@@ -38,3 +38,42 @@ class SplitPlan:
 
     def groups(self, level: str) -> int:
         return self.spec.groups[self.levels.index(level)]
+
+
+@dataclass(frozen=True, eq=False)
+class SplitRecord:
+    """What :func:`splitkern.splitnet.split` records on the model it returns (``model.split_record``).
+
+    ``model``: class name of the split-aware model; ``config``: its constructor arguments;
+    ``spec``: the split spec as a string (``"2-2-2"``); ``hard``: per assignment key, the (d,)
+    int64 native hard group ids (CPU) the split used; ``plan``: the :class:`SplitPlan` (which
+    module is which split layer, for subtree extraction and export). Read it with
+    :func:`split_record`.
+    """
+
+    model: str
+    config: dict
+    spec: str
+    hard: dict
+    plan: SplitPlan
+
+    def meta(self) -> dict:
+        """``{"model", "config", "spec", "hard"}``: what :func:`splitkern.save` writes next to the weights."""
+        return {"model": self.model, "config": dict(self.config), "spec": self.spec, "hard": dict(self.hard)}
+
+
+def is_split(model) -> bool:
+    """Whether ``model`` was returned by :func:`splitkern.splitnet.split` (carries a :class:`SplitRecord`)."""
+    return isinstance(getattr(model, "split_record", None), SplitRecord)
+
+
+def split_record(model) -> SplitRecord:
+    """The :class:`SplitRecord` of a model returned by :func:`splitkern.splitnet.split`.
+
+    Raises ``ValueError`` for any other model (dense, or split-aware but not yet split).
+    """
+    record = getattr(model, "split_record", None)
+    if not isinstance(record, SplitRecord):
+        raise ValueError(f"{type(model).__name__} is not a split model: it carries no split record (take a model "
+                         "returned by splitkern.splitnet.split() or loaded by splitkern.load() from split.pt)")
+    return record

@@ -57,6 +57,7 @@ from splitkern import models
 from splitkern.backend import check_device, rank_device
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.splitnet import convert, grouping, io
+from splitkern.splitnet.plan import is_split
 
 BASELINES = ("dense", "random", "cluster", "thin")
 SCHEDULES = ("cosine", "step")
@@ -573,7 +574,7 @@ def load_init(path, model_name: str, num_classes: int):
         model = io.load(path)
     except ValueError as exc:
         raise ValueError(f"init_from: {exc}") from None
-    if hasattr(model, "split_structure"):
+    if is_split(model):
         raise ValueError(f"init_from: {path} holds a split model; give a dense one (e.g. dense/dense.pt)")
     if model.config.get("num_classes") != num_classes:
         raise ValueError(f"init_from: {path} has {model.config.get('num_classes')} classes, the data has {num_classes}")
