@@ -483,8 +483,12 @@ def check_export(fmt: str, path, model: nn.Module, example: torch.Tensor, tolera
     example = _check_example(example)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return _compare(fmt, path, load_export(fmt, path), model, example, tolerance)
+
+
+def _compare(fmt: str, path, loaded, model: nn.Module, example: torch.Tensor, tolerance: float) -> float:
+    """:func:`check_export` on checked arguments and an export already loaded by :func:`load_export`."""
     expected = _eval_output(model, example.to(_module_device(model))).float().cpu()
-    loaded = load_export(fmt, path)
     with torch.no_grad():
         if fmt == "onnx":
             actual = loaded(example)
@@ -576,8 +580,8 @@ def export_report(ckpt, fmt: str, out, image_size: int = 32, batch_size: int = 6
     start = time.perf_counter()
     path = export(split_model, fmt, out, example)
     seconds = time.perf_counter() - start
-    error = check_export(fmt, path, split_model, example)
-    exported = load_export(fmt, path)
+    exported = load_export(fmt, path)  # once: checked, then timed
+    error = _compare(fmt, path, exported, split_model, example, TOLERANCE)
     dense = _dense_twin(split_model)
     exported_params = _parameter_count(to_plain(split_model))  # what the file holds (BN excluded)
     latencies = _latencies_ms([exported, split_model, dense], example, repeats)

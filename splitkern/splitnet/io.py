@@ -67,15 +67,16 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, i
     return path
 
 
-def _read(path) -> dict:
-    """The saved dict, checked to be a splitkern model file."""
+def _read(path, mmap: bool = False) -> dict:
+    """The saved dict, checked to be a splitkern model file. ``mmap``: tensors are mapped, not read
+    (for what only needs the metadata and the shapes)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the model file (e.g. {path / 'split.pt'})")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch's own message (often about weights_only) would mislead: it is kept chained
         raise ValueError(f"{path}: not a splitkern model file (torch.load cannot read it: truncated, corrupt, or "
                          "not written by splitkern.save)") from exc
@@ -89,8 +90,9 @@ def _read(path) -> dict:
 def describe(path: str | os.PathLike) -> dict:
     """What a file saved by :func:`save` holds, without building the model: ``format``, ``model``
     (class name), ``config`` (its constructor arguments, ``num_classes`` among them), ``spec`` (split
-    models), ``input_shape`` (``(C, H, W)`` or None when not recorded) and ``parameters``."""
-    blob = _read(path)
+    models), ``input_shape`` (``(C, H, W)`` or None when not recorded) and ``parameters``. The weights
+    are memory-mapped, not read: describing before :func:`load` does not read the file twice."""
+    blob = _read(path, mmap=True)
     return {"format": blob["format"], "model": blob["model"], "config": dict(blob["config"]),
             "spec": blob.get("spec"), "input_shape": tuple(blob["input_shape"]) if "input_shape" in blob else None,
             "parameters": sum(v.numel() for v in blob["state_dict"].values() if v.is_floating_point())}
