@@ -351,14 +351,13 @@ def check_data_fits(info: dict, dataset, ckpt) -> None:
 
 
 def _infer(args) -> None:
-    import time
-
     import torch
 
     import splitkern
     from splitkern import data
     from splitkern.backend import check_device, rank_device
     from splitkern.data.image_folder import is_image_folder
+    from splitkern.parallel.distributed import process_group
     from splitkern.splitnet.io import describe
 
     device = check_device(rank_device(args.device, os.environ), "--device")
@@ -369,30 +368,33 @@ def _infer(args) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     model = splitkern.load(args.ckpt).eval().to(device)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
+    with process_group(device):
+        _evaluate(model, dataset, args.batch_size, device)
+
+
+def _evaluate(model, dataset, batch_size: int, device) -> None:
+    """Test accuracy and images/s of ``model``; its subtrees across the ranks of a process group."""
+    import time
+
+    import torch
+
+    from splitkern.parallel import DistributedSplit
+
+    dist = torch.distributed
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
     if distributed:
-        import torch.distributed as dist
-
-        from splitkern.parallel import DistributedSplit
-
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank = dist.get_rank()
         model = DistributedSplit(model, example=torch.zeros(1, *dataset.input_shape, device=device))
     correct, seconds = 0, 0.0
     with torch.no_grad():
-        for images, labels in dataset.test_batches(args.batch_size, device):
+        for images, labels in dataset.test_batches(batch_size, device):
             start = time.perf_counter()
             logits = model(images)
             seconds += time.perf_counter() - start
             correct += (logits.argmax(1) == labels).sum().item()
-    if rank == 0:
-        mode = f"DistributedSplit over {os.environ['WORLD_SIZE']} ranks" if distributed else "one process"
+    if not distributed or dist.get_rank() == 0:
+        mode = f"DistributedSplit over {dist.get_world_size()} ranks" if distributed else "one process"
         print(f"test accuracy {100 * correct / dataset.num_test:.2f}% ({mode}), "
               f"{dataset.num_test / seconds:.0f} images/s")
-    if distributed:  # every rank done before any tears down (a rank leaving early aborts gloo's peers)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def _export(args) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 from torch import nn
 
@@ -139,3 +142,24 @@ def _gather_layout(classes: list[torch.Tensor], placement: list[int], world: int
             index[c] = torch.arange(column, column + len(c))
             column += len(c)
     return width, index
+
+
+@contextlib.contextmanager
+def process_group(device):
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) with no process group yet: one for the block (gloo on
+    CPU, NCCL on CUDA), torn down after a barrier (a rank leaving early aborts gloo's peers).
+    Otherwise nothing: one process, or a caller's group used as it is. ``splitkern train`` and
+    ``splitkern infer`` run inside it."""
+    from splitkern.backend import check_device, rank_device
+
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    device = check_device(rank_device(device, os.environ), "device")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+        dist.barrier()  # no rank tears down while another still needs the group
+    finally:
+        dist.destroy_process_group()

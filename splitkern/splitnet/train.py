@@ -34,7 +34,6 @@ printed as one line per epoch when ``progress``; TensorBoard events when ``tenso
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -56,6 +55,7 @@ from splitkern import data as sk_data
 from splitkern import models
 from splitkern.backend import check_device, rank_device
 from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.parallel.distributed import process_group
 from splitkern.splitnet import convert, grouping, io
 from splitkern.splitnet.plan import is_split
 
@@ -599,7 +599,7 @@ def run(config: TrainConfig, dataset: sk_data.ImageDataset | None = None) -> dic
 
     ``dataset`` overrides ``config.data`` (tests pass a tiny one).
     """
-    with _process_group(config.device):
+    with process_group(config.device):
         return _run(Trainer(config, dataset))
 
 
@@ -653,19 +653,3 @@ def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
 
-
-@contextlib.contextmanager
-def _process_group(device: str):
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1) with no process group yet: one for the run (gloo on
-    CPU, NCCL on CUDA), destroyed after it. Otherwise nothing (a caller's group is used as it is)."""
-    dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield
-        return
-    device = check_device(rank_device(device, os.environ), "device")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield
-        dist.barrier()  # no rank tears down while another still needs the group
-    finally:
-        dist.destroy_process_group()
