@@ -3,7 +3,7 @@
 # tarball plus summary.txt in $OUT, within GPU_SESSION_BUDGET seconds (default 480 of the 600 a
 # call may take). Steps, most valuable first; each has its own timeout, a failed step does not
 # stop the next:
-#   env + build  ->  GPU-marked tests (ops, nn, parallel)  ->  headline benchmarks  ->
+#   env + build  ->  every op/nn/parallel test on the GPU (xdist)  ->  headline benchmarks  ->
 #   config sweep  ->  compute-sanitizer memcheck of the op tests (if time is left)
 # Dry run on any machine (CI does this): GPU_SESSION_DRY_RUN=1 OUT=/tmp/x bash benchmarks/gpu_session.sh
 # (tiny shapes, no rebuild, whatever backends run there). Afterwards, here:
@@ -86,6 +86,18 @@ sweep() {
   fi
 }
 
+gpu_tests() {  # every op/nn/parallel test on the GPU (DEVICE is cuda there), not only the gpu-marked ones
+  local args=(-p no:cacheprovider -rfEs --junitxml="$WORK/tests.xml")
+  if [ "$DRY" = 1 ]; then  # CI's interpreter would take minutes over the whole folder: the gpu-marked ones
+    "$PY" -m pytest -q "${args[@]}" -m gpu tests/ops tests/nn tests/parallel
+    return
+  fi
+  # -v: each result is a line in the log, so a step stopped by its timeout still shows how far it got
+  "$PY" -c "import xdist" 2>/dev/null && args+=(-n "$(( $(nproc) > 12 ? 12 : $(nproc) ))")
+  "$PY" -c "import pytest_timeout" 2>/dev/null && args+=(--timeout 120)
+  "$PY" -m pytest -v "${args[@]}" tests/ops tests/nn tests/parallel
+}
+
 memcheck() {
   if ! command -v compute-sanitizer >/dev/null; then echo "no compute-sanitizer on PATH"; return 0; fi
   compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -m gpu tests/ops -p no:cacheprovider \
@@ -93,11 +105,10 @@ memcheck() {
 }
 
 export PY DRY WORK
-export -f environment build bench sweep memcheck
+export -f environment build bench gpu_tests sweep memcheck
 step env 30 environment
 step build 240 build
-step tests 150 "$PY" -m pytest -q -m gpu tests/ops tests/nn tests/parallel -p no:cacheprovider -rfEs \
-  --junitxml="$WORK/tests.xml"
+step tests 200 gpu_tests
 step bench_block_diag_mm 60 bench block_diag_mm
 step bench_grouped_conv 60 bench grouped_conv "${CONV_CASES[@]}"
 step bench_split_inference 45 bench split_inference
