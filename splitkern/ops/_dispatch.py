@@ -26,7 +26,11 @@ def autocast_operands(x: Tensor, weight: Tensor, bias):
     original fp32 parameters through the casts.
     """
     device = x.device.type
-    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+    # cpu and cuda always have autocast; asking only for other devices keeps this traceable by
+    # torch.compile(fullgraph=True) on torch < 2.14, whose dynamo cannot trace is_autocast_available
+    if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
+        return x, weight, bias
+    if not torch.is_autocast_enabled(device):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device)
 
