@@ -11,6 +11,7 @@ Environment:
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -78,12 +79,17 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     cublas = _cublas_build_args(home)
+    # A compiler that links libstdc++ statically (CXX=/opt/gcc/bin/g++ on the GPU image) puts a second
+    # copy of it in _C.so; exported, it mixes with the process's own libstdc++ and every TORCH_CHECK
+    # message that formats a number lost it (seen here) or segfaulted (seen on an H200). Keep any
+    # static archive's symbols private to the extension.
+    private_static = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
     ext = CUDAExtension(
         "splitkern._C",
         sources=sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
         define_macros=[("SPLITKERN_CUDA_ARCHS", '"%s"' % archs)] + cublas.get("define_macros", []),
         include_dirs=cublas.get("include_dirs", []),
-        extra_link_args=cublas.get("extra_link_args", []),
+        extra_link_args=cublas.get("extra_link_args", []) + private_static,
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -56,7 +56,7 @@ step() {
 
 environment() {
   nvidia-smi 2>/dev/null || echo "no nvidia-smi"
-  echo "CUDA_HOME=${CUDA_HOME:-unset} nproc=$(nproc) dry_run=$DRY"
+  echo "CUDA_HOME=${CUDA_HOME:-unset} CC=${CC:-unset} CXX=${CXX:-unset} nproc=$(nproc) dry_run=$DRY"
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
 }

@@ -235,45 +235,15 @@ def grouped_mm_weight_grad_kernel(
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_k[None, :])
 
 
-@triton.jit
-def column_sum_kernel(dy_ptr, db_ptr, cols_ptr, M, N, stride_m, stride_n,
-                      GATHER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """db[j] = sum_m dy[m, cols[j]] (cols = identity unless GATHER), fp32 accumulation."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    cols = offs_n
-    if GATHER:
-        cols = tl.load(cols_ptr + offs_n, mask=mask_n, other=0)
-    cols = cols.to(tl.int64) * stride_n
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        tile = tl.load(dy_ptr + offs_m.to(tl.int64)[:, None] * stride_m + cols[None, :],
-                       mask=(offs_m < M)[:, None] & mask_n[None, :], other=0.0)
-        acc += tl.sum(tile.to(tl.float32), axis=0)
-    tl.store(db_ptr + offs_n, acc.to(db_ptr.dtype.element_ty), mask=mask_n)
-
-
-BIAS_GRAD_CONFIG = MMConfig(64, 128, 0, 4, 1)  # (rows per step, columns per program)
-
-
-def bias_grad_launch(grad_out, db, out_index, cfg: MMConfig = BIAS_GRAD_CONFIG):
-    """(grid, args, kwargs) of the bias-gradient launch writing ``db``."""
-    m, n = grad_out.shape
-    args = (grad_out, db, index_or_dummy(out_index, db), m, n, grad_out.stride(0), grad_out.stride(1))
-    kwargs = dict(GATHER=out_index is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return (triton.cdiv(n, cfg.block_n),), args, kwargs
-
-
-@on_input_device
 def block_diag_mm_grad_bias(grad_out, out_index=None):
-    """Bias gradient in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``, one launch."""
-    db = grad_out.new_empty((grad_out.shape[1],))
-    if db.numel():
-        grid, args, kwargs = bias_grad_launch(grad_out, db, out_index)
-        column_sum_kernel[grid](*args, **kwargs)
-    return db
+    """Bias gradient in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``.
+
+    ATen's column reduction, then the gather: on an H200 a Triton column-sum kernel (one program
+    per 128 columns walking every row) took 0.24 ms for a 4096 x 4096 bf16 gradient, as long as
+    the three GEMMs of the backward together; ATen's reduction splits the rows too.
+    """
+    sums = grad_out.sum(0)
+    return sums if out_index is None else sums.index_select(0, out_index)
 
 
 def mm_kernel(cfg: MMConfig):
@@ -413,8 +383,6 @@ def static_variants():
                                       grouped_mm_launch(x, w, b, y, layout, False, ii, oi, cfg))]
                     for label, kernel, (_, args, kw) in launches:
                         yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
-                    if precision == "ieee":
-                        yield (column_sum_kernel, f"grad_bias-{tag}", *bias_grad_launch(y, b, oi)[1:], False)
     yield from _user_shape_variants()
 
 
