@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.grouped_conv import conv_geometry, grouped_conv
+from splitkern.ops.grouped_conv import conv_geometry, grouped_conv_on_layout
 
 
 def _resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -57,9 +57,9 @@ class SplitConv2d(BlockDiagonalLayer):
         return self.out_features
 
     def _run(self, x, in_index, out_index):
-        return grouped_conv(x, self.weight, self.bias, in_sizes=self.in_sizes, out_sizes=self.out_sizes,
-                            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-                            dilation=self.dilation, in_index=in_index, out_index=out_index)
+        return grouped_conv_on_layout(x, self.weight, self.bias, self.layout,
+                                      (self.kernel_size, self.stride, self.padding, self.dilation), in_index,
+                                      out_index)
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitConv2d":
         return SplitConv2d(in_sizes, out_sizes, self.kernel_size, self.stride, self.padding, self.dilation,

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.block_diag_mm import block_diag_mm
+from splitkern.ops.block_diag_mm import block_diag_mm_on_layout
 
 
 class SplitLinear(BlockDiagonalLayer):
@@ -37,8 +37,7 @@ class SplitLinear(BlockDiagonalLayer):
         super().__init__(in_sizes, out_sizes, bias, (), in_index, out_index, device, dtype)
 
     def _run(self, x, in_index, out_index):
-        return block_diag_mm(x, self.weight, self.bias, in_sizes=self.in_sizes, out_sizes=self.out_sizes,
-                             in_index=in_index, out_index=out_index)
+        return block_diag_mm_on_layout(x, self.weight, self.bias, self.layout, in_index, out_index)
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitLinear":
         return SplitLinear(in_sizes, out_sizes, **factory)

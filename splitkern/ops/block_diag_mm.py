@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from splitkern.layout import BlockLayout, check_sizes
+from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
-from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
+from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "block_diag_mm"
 
@@ -125,16 +125,34 @@ def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     """
     check_tensor(x, "x")
     check_tensor(weight, "weight")
-    in_sizes = check_sizes(in_sizes, "in_sizes")
-    out_sizes = check_sizes(out_sizes, "out_sizes")
-    layout = BlockLayout(in_sizes, out_sizes)  # sizes only; the kernels use the cached one
-    if x.dim() < 1 or x.shape[-1] != layout.in_features:
-        raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
-                         f"got {tuple(x.shape)}")
+    layout = block_layout(check_sizes(in_sizes, "in_sizes"), check_sizes(out_sizes, "out_sizes"))
+    _check_input(x, layout)
     x, weight, bias = autocast_operands(x, weight, bias)
     check_block_operands(x, weight, bias, layout.weight_numel, layout.out_features)
     in_index, out_index = check_indices(in_index, out_index, layout, x.device)
+    return _call(x, weight, bias, layout, in_index, out_index)
+
+
+def block_diag_mm_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout,
+                            in_index: Optional[Tensor] = None, out_index: Optional[Tensor] = None) -> Tensor:
+    """:func:`block_diag_mm` for a layer's own operands: ``weight``, ``bias`` and the indices were
+    validated against the cached ``layout`` when the layer was built, so only ``x`` is checked here
+    (docs/design.md §3: validation once, at the boundary)."""
+    _check_input(x, layout)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    check_like(weight, "weight", x, "x")
+    return _call(x, weight, bias, layout, in_index, out_index)
+
+
+def _check_input(x: Tensor, layout: BlockLayout) -> None:
+    check_tensor(x, "x")
+    if x.dim() < 1 or x.shape[-1] != layout.in_features:
+        raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
+                         f"got {tuple(x.shape)}")
+
+
+def _call(x, weight, bias, layout: BlockLayout, in_index, out_index) -> Tensor:
     lead = x.shape[:-1]
     y = _block_diag_mm(x.reshape(lead.numel(), layout.in_features), weight, bias,
-                       list(in_sizes), list(out_sizes), in_index, out_index)
+                       list(layout.in_sizes), list(layout.out_sizes), in_index, out_index)
     return y.reshape(*lead, layout.out_features)

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from splitkern._conv import grouped_conv_grad_bias, new_activation, output_shape
-from splitkern.layout import BlockLayout, check_sizes
+from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
-from splitkern.ops._checks import check_block_operands, check_indices, check_tensor
+from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "grouped_conv"
 
@@ -138,10 +138,30 @@ def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in
     """
     check_tensor(x, "x")
     check_tensor(weight, "weight")
-    in_sizes = check_sizes(in_sizes, "in_sizes")
-    out_sizes = check_sizes(out_sizes, "out_sizes")
-    layout = BlockLayout(in_sizes, out_sizes)
-    kernel_size, stride, padding, dilation = conv_geometry(kernel_size, stride, padding, dilation)
+    layout = block_layout(check_sizes(in_sizes, "in_sizes"), check_sizes(out_sizes, "out_sizes"))
+    geometry = conv_geometry(kernel_size, stride, padding, dilation)
+    _check_input(x, layout, geometry)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    kh, kw = geometry[0]
+    check_block_operands(x, weight, bias, layout.weight_numel * kh * kw, layout.out_features)
+    in_index, out_index = check_indices(in_index, out_index, layout, x.device)
+    return _call(x, weight, bias, layout, geometry, in_index, out_index)
+
+
+def grouped_conv_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout, geometry,
+                           in_index: Optional[Tensor] = None, out_index: Optional[Tensor] = None) -> Tensor:
+    """:func:`grouped_conv` for a layer's own operands: ``weight``, ``bias``, the indices and
+    ``geometry`` (``conv_geometry``'s four pairs) were validated when the layer was built, so only
+    ``x`` is checked here (docs/design.md §3: validation once, at the boundary)."""
+    _check_input(x, layout, geometry)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    check_like(weight, "weight", x, "x")
+    return _call(x, weight, bias, layout, geometry, in_index, out_index)
+
+
+def _check_input(x: Tensor, layout: BlockLayout, geometry) -> None:
+    check_tensor(x, "x")
+    kernel_size, stride, padding, dilation = geometry
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != layout.in_features:
@@ -150,8 +170,9 @@ def grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, in
     if out_h < 1 or out_w < 1:
         raise ValueError(f"x's spatial size {tuple(x.shape[2:])} is smaller than the dilated kernel "
                          f"(kernel_size={kernel_size}, dilation={dilation}, padding={padding})")
-    x, weight, bias = autocast_operands(x, weight, bias)
-    check_block_operands(x, weight, bias, layout.weight_numel * kernel_size[0] * kernel_size[1], layout.out_features)
-    in_index, out_index = check_indices(in_index, out_index, layout, x.device)
-    return _grouped_conv(x, weight, bias, list(in_sizes), list(out_sizes), list(kernel_size), list(stride),
-                         list(padding), list(dilation), in_index, out_index)
+
+
+def _call(x, weight, bias, layout: BlockLayout, geometry, in_index, out_index) -> Tensor:
+    kernel_size, stride, padding, dilation = geometry
+    return _grouped_conv(x, weight, bias, list(layout.in_sizes), list(layout.out_sizes), list(kernel_size),
+                         list(stride), list(padding), list(dilation), in_index, out_index)

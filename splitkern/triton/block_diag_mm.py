@@ -235,6 +235,7 @@ def grouped_mm_weight_grad_kernel(
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_k[None, :])
 
 
+@on_input_device
 def block_diag_mm_grad_bias(grad_out, out_index=None):
     """Bias gradient in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``.
 
