@@ -32,8 +32,9 @@ def output_shape(x_shape, out_channels: int, kernel_size, stride, padding, dilat
     return (n, out_channels, ho, wo)
 
 
-def grouped_conv_grad_bias(grad_out: torch.Tensor, out_index: torch.Tensor | None = None) -> torch.Tensor:
-    """dL/db of shape ``(C_out,)`` in grouped order: ``db[j] = sum_{n,h,w} dy[n, out_index[j], h, w]``
-    (``out_index`` = identity when None) for ``grad_out`` of shape ``(N, C_out, H_out, W_out)``."""
-    sums = grad_out.sum((0, 2, 3)).unsqueeze(0)
-    return (sums if out_index is None else sums.index_select(1, out_index)).squeeze(0)
+def channel_grad_bias(grad_out: torch.Tensor, out_index: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/db of shape ``(C_out,)`` in grouped order: ``db[j] = sum over every dim but 1 of
+    grad_out[:, out_index[j], ...]`` (``out_index`` = identity when None). Both ops' bias gradient:
+    ``grad_out`` is ``(M, N)`` for block_diag_mm and ``(N, C_out, H_out, W_out)`` for grouped_conv."""
+    sums = grad_out.sum([d for d in range(grad_out.dim()) if d != 1])
+    return sums if out_index is None else sums.index_select(0, out_index)

@@ -138,6 +138,7 @@ def block_diag_mm_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], l
     """:func:`block_diag_mm` for a layer's own operands: ``weight``, ``bias`` and the indices were
     validated against the cached ``layout`` when the layer was built, so only ``x`` is checked here
     (docs/design.md §3: validation once, at the boundary)."""
+    check_tensor(x, "x")
     _check_input(x, layout)
     x, weight, bias = autocast_operands(x, weight, bias)
     check_like(weight, "weight", x, "x")
@@ -145,7 +146,7 @@ def block_diag_mm_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], l
 
 
 def _check_input(x: Tensor, layout: BlockLayout) -> None:
-    check_tensor(x, "x")
+    """x (a tensor) fits the layout."""
     if x.dim() < 1 or x.shape[-1] != layout.in_features:
         raise ValueError(f"x must have shape (..., {layout.in_features}) (sum of in_sizes), "
                          f"got {tuple(x.shape)}")

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from splitkern._conv import grouped_conv_grad_bias, new_activation, output_shape
+from splitkern._conv import channel_grad_bias, new_activation, output_shape
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
@@ -77,7 +77,7 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[1]:
         grad_w = _grouped_conv_grad_weight(grad_out, x, weight, *ctx.geometry, in_index, out_index)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = grouped_conv_grad_bias(grad_out, out_index)
+        grad_b = channel_grad_bias(grad_out, out_index)
     return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
@@ -153,6 +153,7 @@ def grouped_conv_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], la
     """:func:`grouped_conv` for a layer's own operands: ``weight``, ``bias``, the indices and
     ``geometry`` (``conv_geometry``'s four pairs) were validated when the layer was built, so only
     ``x`` is checked here (docs/design.md §3: validation once, at the boundary)."""
+    check_tensor(x, "x")
     _check_input(x, layout, geometry)
     x, weight, bias = autocast_operands(x, weight, bias)
     check_like(weight, "weight", x, "x")
@@ -160,7 +161,7 @@ def grouped_conv_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], la
 
 
 def _check_input(x: Tensor, layout: BlockLayout, geometry) -> None:
-    check_tensor(x, "x")
+    """x (a tensor) fits the layout and is no smaller than the dilated kernel."""
     kernel_size, stride, padding, dilation = geometry
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")

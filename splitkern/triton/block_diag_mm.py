@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from splitkern._conv import channel_grad_bias
 from splitkern.triton._common import checked_grid, group_range, index_or_dummy, input_precision, on_input_device
 from splitkern.triton.configs import CONFIGS, MMConfig
 
@@ -239,12 +240,11 @@ def grouped_mm_weight_grad_kernel(
 def block_diag_mm_grad_bias(grad_out, out_index=None):
     """Bias gradient in grouped order: ``db[j] = sum_m dy[m, out_index[j]]``.
 
-    ATen's column reduction, then the gather: on an H200 a Triton column-sum kernel (one program
-    per 128 columns walking every row) took 0.24 ms for a 4096 x 4096 bf16 gradient, as long as
-    the three GEMMs of the backward together; ATen's reduction splits the rows too.
+    ATen's column reduction, then the gather (the conv's too): on an H200 a Triton column-sum
+    kernel (one program per 128 columns walking every row) took 0.24 ms for a 4096 x 4096 bf16
+    gradient, as long as the three GEMMs of the backward together.
     """
-    sums = grad_out.sum(0)
-    return sums if out_index is None else sums.index_select(0, out_index)
+    return channel_grad_bias(grad_out, out_index)
 
 
 def mm_kernel(cfg: MMConfig):
