@@ -44,15 +44,12 @@ def kernel_times(fn) -> tuple[float, int, list[tuple[str, float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--op", default="block_diag_mm", choices=["block_diag_mm", "grouped_conv"])
-    parser.add_argument("--case", action="append", default=[])
-    parser.add_argument("--line", action="append", default=[])
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()  # --case/--line: the benchmark's own selection (common.select)
     bench = importlib.import_module(f"bench_{args.op}")
     device = bench.DEVICE
     if device.type != "cuda":
         raise SystemExit("gpu_profile.py needs a CUDA device")
-    cases = [c for c in bench.CASES if not args.case or any(s in c.name for s in args.case)]
-    lines = [ln for ln in bench.LINES if not args.line or ln in args.line]
+    _, cases, lines = common.select(args.op, bench.CASES, bench.LINES, rest)
     rows = []
     for case in cases:
         for mode in bench.MODES:
