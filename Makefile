@@ -33,4 +33,4 @@ clean:
 	rm -rf build *.egg-info splitkern/_C*.so
 
 kernels: install
-	$(VENV)/bin/splitkern kernels
+	$(VENV)/bin/splitkern report-kernels

@@ -1,4 +1,8 @@
-"""Build splitkern; compiles the C++/CUDA extension splitkern._C when nvcc is found.
+"""Build splitkern and its compiled extension splitkern._C.
+
+With nvcc (CUDA_HOME) the extension holds the C++ CPU kernels and the CUDA kernels
+(CUDAExtension); without it, the C++ CPU kernels only (CppExtension, as
+pytorch/extension-cpp does): `splitkern info` then lists no ":cuda" kernel.
 
 Environment:
   CUDA_HOME                  CUDA toolkit (default /usr/local/cuda when it exists)
@@ -6,7 +10,8 @@ Environment:
                              else the nvidia-cublas wheel torch depends on); without one the grouped
                              cuBLAS line (ext_block_diag_mm_cublas) is not built
   TORCH_CUDA_ARCH_LIST       archs to build (default "8.0;9.0a")
-  SPLITKERN_SKIP_CUDA_BUILD  =1 builds the pure-Python package only
+  SPLITKERN_CPU_ONLY_BUILD   =1 builds the C++ CPU kernels only, even where nvcc is found
+  SPLITKERN_SKIP_CUDA_BUILD  =1 builds the pure-Python package only (no extension at all)
 """
 
 import glob
@@ -66,32 +71,55 @@ def _cublas_build_args(cuda_home):
             "extra_link_args": [f"-L{os.path.dirname(lib)}", f"-l:{os.path.basename(lib)}"]}
 
 
-def _extensions():
-    if os.environ.get("SPLITKERN_SKIP_CUDA_BUILD") == "1":
-        print("splitkern: SPLITKERN_SKIP_CUDA_BUILD=1, not building splitkern._C")
-        return [], {}
-    home = _cuda_home()
-    if home is None:
-        print("splitkern: no CUDA toolchain (CUDA_HOME/nvcc) found, not building splitkern._C")
-        return [], {}
-    os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension at import
-    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
-
-    cublas = _cublas_build_args(home)
+def _link_args():
     # A compiler that links libstdc++ statically (CXX=/opt/gcc/bin/g++ on the GPU image) puts a second
     # copy of it in _C.so; exported, it mixes with the process's own libstdc++ and every TORCH_CHECK
     # message that formats a number lost it (seen here) or segfaulted (seen on an H200). Keep any
     # static archive's symbols private to the extension.
-    private_static = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
-    ext = CUDAExtension(
-        "splitkern._C",
+    return ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
+
+
+def cpu_extension(name="splitkern._C"):
+    """The extension with the C++ CPU kernels only (csrc/*.cpp; no nvcc needed)."""
+    from torch.utils.cpp_extension import CppExtension
+
+    return CppExtension(name, sources=sorted(glob.glob("csrc/*.cpp")), extra_link_args=_link_args(),
+                        extra_compile_args={"cxx": ["-O3"]})
+
+
+def cuda_extension(home, name="splitkern._C"):
+    """The extension with the C++ CPU kernels and the CUDA kernels (csrc/cuda/*.cu, built by nvcc)."""
+    os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension at import
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    from torch.utils.cpp_extension import CUDAExtension
+
+    cublas = _cublas_build_args(home)
+    return CUDAExtension(
+        name,
         sources=sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
-        define_macros=[("SPLITKERN_CUDA_ARCHS", '"%s"' % archs)] + cublas.get("define_macros", []),
+        define_macros=[("SPLITKERN_CUDA_ARCHS", '"%s"' % archs), ("SPLITKERN_WITH_CUDA", "1")]
+        + cublas.get("define_macros", []),
         include_dirs=cublas.get("include_dirs", []),
-        extra_link_args=cublas.get("extra_link_args", []) + private_static,
+        extra_link_args=cublas.get("extra_link_args", []) + _link_args(),
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
+
+
+def _extensions():
+    if os.environ.get("SPLITKERN_SKIP_CUDA_BUILD") == "1":
+        print("splitkern: SPLITKERN_SKIP_CUDA_BUILD=1, not building splitkern._C")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension
+
+    home = _cuda_home()
+    if os.environ.get("SPLITKERN_CPU_ONLY_BUILD") == "1":
+        print("splitkern: SPLITKERN_CPU_ONLY_BUILD=1, building the C++ CPU kernels only")
+        ext = cpu_extension()
+    elif home is None:
+        print("splitkern: no CUDA toolchain (CUDA_HOME/nvcc) found, building the C++ CPU kernels only")
+        ext = cpu_extension()
+    else:
+        ext = cuda_extension(home)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -49,7 +49,7 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rfEs $TESTS > "$WORK/tests.l
 note "tests rc=$?: $(tail -1 "$WORK/tests.log")"
 
 timeout 100 "$PY" benchmarks/gpu_profile.py --op block_diag_mm --case equal-M4096 --case ragged-M4096 \
-  --case equal-M32 --line dense --line loop --line splitkern-triton --line splitkern-cuda --line grouped_mm_padded \
+  --case equal-M32 --line dense --line loop --line splitkern-triton --line splitkern-extension --line grouped_mm_padded \
   > "$WORK/profile_mm.log" 2>&1
 note "profile block_diag_mm rc=$?"
 timeout 60 "$PY" benchmarks/gpu_profile.py --op grouped_conv --case wrn-256@16-N128-G4 --line dense --line groups \

@@ -24,11 +24,7 @@ Tensor unbatched(const Tensor& t) { return t.transpose(0, 1).reshape({t.size(1),
 
 Tensor block_diag_mm_aten(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                           IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
-  check_weight(weight, off);
-  check_like_weight(weight, x, "x");
-  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto off = checked_matmul(MatmulOperand::kX, x, weight, bias, in_sizes, out_sizes, in_index, out_index);
   const Tensor xg = gather_dim1(x, in_index);
   const int64_t G = off.groups();
   if (off.equal() && x.size(0) > 0) {
@@ -57,11 +53,8 @@ Tensor block_diag_mm_aten(const Tensor& x, const Tensor& weight, const OptTensor
 Tensor block_diag_mm_grad_input_aten(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes,
                                      IntArrayRef out_sizes, const OptTensor& in_index,
                                      const OptTensor& out_index) {
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
-  check_weight(weight, off);
-  check_like_weight(weight, grad_out, "grad_out");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto off = checked_matmul(MatmulOperand::kGradOut, grad_out, weight, std::nullopt, in_sizes, out_sizes,
+                                  in_index, out_index);
   const Tensor dyg = gather_dim1(grad_out, out_index);
   const int64_t G = off.groups();
   if (off.equal() && grad_out.size(0) > 0) {
@@ -82,12 +75,7 @@ Tensor block_diag_mm_grad_input_aten(const Tensor& grad_out, const Tensor& weigh
 Tensor block_diag_mm_grad_weight_aten(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes,
                                       IntArrayRef out_sizes, const OptTensor& in_index,
                                       const OptTensor& out_index) {
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
-  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
-  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
-  check_like(x, "x", grad_out, "grad_out");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
+  const auto off = checked_matmul_grad_weight(grad_out, x, in_sizes, out_sizes, in_index, out_index);
   const Tensor xg = gather_dim1(x, in_index), dyg = gather_dim1(grad_out, out_index);
   Tensor dw = at::empty({off.weight.back()}, x.options());
   for (int64_t g = 0; g < off.groups(); ++g) {
@@ -121,7 +109,9 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
   m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten);
 }
 
-// The bias gradient is one ATen column sum on CUDA too (see kernel_info()).
+// The bias gradient is one ATen column sum on CUDA too (see block_diag_mm:cuda in kernel_info()).
 TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { m.impl("ext_block_diag_mm_grad_bias", &block_diag_mm_grad_bias_aten); }
+
+const KernelInfo cpu_info("block_diag_mm:cpu", "C++: one ATen GEMM per group (one bmm when groups are equal)");
 
 }  // namespace splitkern

@@ -50,5 +50,7 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
   m.impl("ext_group_weight_reg_gemms_backward", &group_weight_reg_gemms_backward_aten);
 }
 
+const KernelInfo cpu_info("group_weight_reg:cpu", "C++: the two GEMMs on M = mean_taps(W^2) via ATen");
+
 
 }  // namespace splitkern

@@ -155,4 +155,6 @@ TORCH_LIBRARY_IMPL(splitkern, CPU, m) {
 
 // The CUDA impls are in csrc/cuda/grouped_conv.cu (calling these for fp32/fp64).
 
+const KernelInfo cpu_info("grouped_conv:cpu", "C++: one ATen conv per group");
+
 }  // namespace splitkern

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -17,6 +18,13 @@ namespace splitkern {
 using at::IntArrayRef;
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+
+// One "op:device" kernel of this build and what runs it, listed by kernels()/kernel_info(). Each
+// op's .cpp/.cu file declares its own as a static object, so a build lists what it compiled.
+struct KernelInfo {
+  KernelInfo(const char* key, const char* what);
+};
+std::vector<std::pair<std::string, std::string>> kernel_info();  // sorted by key
 
 // Prefix sums of the group sizes (G + 1 entries each) and of the packed weight blocks.
 struct GroupOffsets {
@@ -34,6 +42,17 @@ void check_like_weight(const Tensor& weight, const Tensor& t, const char* name);
 // Shapes, dtypes and devices of the optional operands (not the index values: that would sync).
 void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, const OptTensor& out_index,
                             int64_t in_features, int64_t out_features, const Tensor& weight);
+
+// A block_diag_mm call's group offsets, after checking its operands: the activation `a` (x (M, K)
+// for the forward, grad_out (M, N) for grad_input), the packed weight, the bias and the indices.
+enum class MatmulOperand { kX, kGradOut };
+GroupOffsets checked_matmul(MatmulOperand which, const Tensor& a, const Tensor& weight, const OptTensor& bias,
+                            IntArrayRef in_sizes, IntArrayRef out_sizes, const OptTensor& in_index,
+                            const OptTensor& out_index);
+// The same for grad_weight: grad_out (M, N) and x (M, K), same rows, dtype and device.
+GroupOffsets checked_matmul_grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes,
+                                        IntArrayRef out_sizes, const OptTensor& in_index,
+                                        const OptTensor& out_index);
 
 // A 2-D convolution's kernel, stride, padding and dilation (2 entries each).
 struct ConvGeometry {

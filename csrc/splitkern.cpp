@@ -1,27 +1,36 @@
-// splitkern._C: the compiled backend ("cuda" in splitkern.use_backend).
+// splitkern._C: the compiled backend ("extension" in splitkern.use_backend; "cuda" is an alias).
 //
-// This file holds the one schema list (TORCH_LIBRARY) and the Python module. Each op's
-// CPU kernel lives in csrc/<op>.cpp and its CUDA kernel in csrc/cuda/<op>.cu (or, where
-// noted in kernel_info(), the same ATen composition registered for CUDA too).
+// This file holds the shared argument checks, the kernel list and the Python module. Each op's
+// CPU kernel lives in csrc/<op>.cpp and its CUDA kernel in csrc/cuda/<op>.cu; each file registers
+// its implementations (TORCH_LIBRARY_IMPL) and describes them with a static KernelInfo. No schema
+// lives here: splitkern/registry.py holds every op's schema, and importing splitkern.extension
+// defines splitkern::ext_<kernel> (and splitkern_emulated::<kernel>) from it.
 //
-// The ext_* ops are kernels only: the public, differentiable ops are the Python custom
-// ops in splitkern/ops (schemas identical to these), which validate arguments, own the
-// autograd formulas and fake impls, and call these through splitkern.backend when the
-// "cuda" backend is selected. `kernels()` lists the "op:device" pairs built here;
-// splitkern.backend dispatches to the extension for listed pairs only, so a missing
-// kernel is an explicit BackendUnavailableError, never a silent fallback.
+// The ext_* ops are kernels only: the public, differentiable ops are the Python custom ops in
+// splitkern/ops, which validate arguments, own the autograd formulas and fake impls, and call
+// these through splitkern.backend when the extension backend is selected. `kernels()` lists the
+// "op:device" pairs built here (a build without nvcc has the CPU ones only); splitkern.backend
+// dispatches to the extension for listed pairs only, so a missing kernel is an explicit
+// BackendUnavailableError, never a silent fallback.
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "ops.h"
 
+#ifndef SPLITKERN_CUDA_ARCHS
+#define SPLITKERN_CUDA_ARCHS ""  // a C++-only build (CppExtension): no CUDA archs
+#endif
+
 namespace splitkern {
 
-int cuda_runtime_version();  // csrc/cuda/build_info.cu
+#ifdef SPLITKERN_WITH_CUDA
+int cuda_runtime_version_built();  // csrc/cuda/build_info.cu
+#endif
 
 GroupOffsets group_offsets(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t taps) {
   TORCH_CHECK(in_sizes.size() == out_sizes.size() && !in_sizes.empty(),
@@ -113,6 +122,31 @@ void check_bias_and_indices(const OptTensor& bias, const OptTensor& in_index, co
   }
 }
 
+GroupOffsets checked_matmul(MatmulOperand which, const Tensor& a, const Tensor& weight, const OptTensor& bias,
+                            IntArrayRef in_sizes, IntArrayRef out_sizes, const OptTensor& in_index,
+                            const OptTensor& out_index) {
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  const char* name = which == MatmulOperand::kX ? "x" : "grad_out";
+  if (which == MatmulOperand::kX) check_matrix(a, name, off.in.back(), "sum of in_sizes");
+  else check_matrix(a, name, off.out.back(), "sum of out_sizes");
+  check_weight(weight, off);
+  check_like_weight(weight, a, name);
+  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
+  return off;
+}
+
+GroupOffsets checked_matmul_grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes,
+                                        IntArrayRef out_sizes, const OptTensor& in_index,
+                                        const OptTensor& out_index) {
+  const auto off = group_offsets(in_sizes, out_sizes, 1);
+  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
+  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  check_like(x, "x", grad_out, "grad_out");
+  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
+  return off;
+}
+
 Tensor gather_dim1(const Tensor& t, const OptTensor& index) {
   return index.has_value() ? t.index_select(1, *index) : t;
 }
@@ -121,26 +155,16 @@ Tensor scatter_dim1(const Tensor& t, const OptTensor& index) {
   return index.has_value() ? at::empty_like(t).index_copy_(1, *index, t) : t;
 }
 
-// op -> what runs it on each device ("op:device" keys, read by splitkern.info).
+std::vector<std::pair<std::string, std::string>>& kernel_registry() {
+  static std::vector<std::pair<std::string, std::string>> entries;  // built during static initialisation
+  return entries;
+}
+
+KernelInfo::KernelInfo(const char* key, const char* what) { kernel_registry().emplace_back(key, what); }
+
 std::vector<std::pair<std::string, std::string>> kernel_info() {
-  std::vector<std::pair<std::string, std::string>> info = {
-      {"block_diag_mm:cpu", "C++: one ATen GEMM per group (one bmm when groups are equal)"},
-      {"grouped_conv:cpu", "C++: one ATen conv per group"},
-      {"group_weight_reg:cpu", "C++: the two GEMMs on M = mean_taps(W^2) via ATen"},
-      {"block_diag_mm:cuda",
-       "CUDA: fp16/bf16 forward, grad_input and grad_weight each one tensor-core (wmma) grouped-GEMM launch "
-       "with fused gather/scatter (16-row tiles for M <= 16); fp32/fp64 one cuBLAS GEMM per group; grad_bias "
-       "one column sum"},
-      {"grouped_conv:cuda",
-       "CUDA: fp16/bf16 forward, grad_input and grad_weight each one implicit-GEMM tensor-core (wmma) launch "
-       "with fused channel gather/scatter; fp32/fp64 one cuDNN call per group (groups=G when equal)"},
-      {"group_weight_reg:cuda",
-       "CUDA: fused, one pass over W for both GEMMs and one for the backward (fp32/fp16/bf16; fp64 via ATen)"},
-  };
-#ifdef SPLITKERN_WITH_CUBLAS
-  info.emplace_back("block_diag_mm_cublas:cuda",
-                    "CUDA: forward as one cublasGemmGroupedBatchedEx call (benchmark line splitkern-cuda-cublas)");
-#endif
+  auto info = kernel_registry();
+  std::sort(info.begin(), info.end());
   return info;
 }
 
@@ -150,56 +174,15 @@ std::vector<std::string> kernels() {
   return names;
 }
 
+int cuda_runtime_version() {
+#ifdef SPLITKERN_WITH_CUDA
+  return cuda_runtime_version_built();
+#else
+  return 0;  // a C++-only build (no nvcc): CPU kernels only
+#endif
+}
+
 }  // namespace splitkern
-
-TORCH_LIBRARY(splitkern, m) {
-  m.def("ext_block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("ext_block_diag_mm_cublas(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("ext_block_diag_mm_grad_input(Tensor grad_out, Tensor weight, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("ext_block_diag_mm_grad_weight(Tensor grad_out, Tensor x, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("ext_block_diag_mm_grad_bias(Tensor grad_out, Tensor? out_index) -> Tensor");
-  m.def("ext_grouped_conv(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
-        "int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("ext_grouped_conv_grad_input(Tensor grad_out, Tensor weight, Tensor x, int[] in_sizes, "
-        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("ext_grouped_conv_grad_weight(Tensor grad_out, Tensor x, Tensor weight, int[] in_sizes, "
-        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("ext_group_weight_reg_gemms(Tensor weight, Tensor p, Tensor q) -> (Tensor, Tensor)");
-  m.def("ext_group_weight_reg_gemms_backward(Tensor weight, Tensor p, Tensor q, Tensor grad_a, "
-        "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
-}
-
-// The CUDA kernels (tensor-core GEMMs, fused regulariser) run on the host, one simulated
-// thread at a time (CPU tensors only; grouped_gemm.cuh, group_weight_reg.cu): so tests check
-// the kernels' indexing, tiling and bounds on machines without a GPU. Same schemas as the
-// ext_* ops; slow, for tests only.
-TORCH_LIBRARY(splitkern_emulated, m) {
-  m.def("block_diag_mm(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("block_diag_mm_grad_input(Tensor grad_out, Tensor weight, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("block_diag_mm_grad_weight(Tensor grad_out, Tensor x, int[] in_sizes, int[] out_sizes, "
-        "Tensor? in_index, Tensor? out_index) -> Tensor");
-  m.def("grouped_conv(Tensor x, Tensor weight, Tensor? bias, int[] in_sizes, int[] out_sizes, "
-        "int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("grouped_conv_grad_input(Tensor grad_out, Tensor weight, Tensor x, int[] in_sizes, "
-        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("grouped_conv_grad_weight(Tensor grad_out, Tensor x, Tensor weight, int[] in_sizes, "
-        "int[] out_sizes, int[] kernel_size, int[] stride, int[] padding, int[] dilation, Tensor? in_index, "
-        "Tensor? out_index) -> Tensor");
-  m.def("group_weight_reg_gemms(Tensor weight, Tensor p, Tensor q) -> (Tensor, Tensor)");
-  m.def("group_weight_reg_gemms_backward(Tensor weight, Tensor p, Tensor q, Tensor grad_a, "
-        "Tensor grad_b) -> (Tensor, Tensor, Tensor)");
-}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "splitkern compiled extension";

@@ -6,8 +6,11 @@ Backends:
 * ``triton``: Triton kernels (:mod:`splitkern.triton`); CUDA tensors, or CPU tensors
   when the process was started with ``TRITON_INTERPRET=1`` (the Triton interpreter,
   for tests: fp32/fp16 only, slow).
-* ``cuda``: the compiled extension ``splitkern._C`` (its CUDA kernels on CUDA
-  tensors, its C++ kernels on CPU tensors), for the ops it implements.
+* ``extension``: the compiled extension ``splitkern._C`` (its CUDA kernels on CUDA
+  tensors, its C++ kernels on CPU tensors), for the ops it implements. ``cuda`` is
+  accepted as an alias (its name before 0.2; it never meant CUDA only).
+
+Which backends an op has, and the module that runs it on each, is :mod:`splitkern.registry`.
 
 Selection: the innermost :func:`use_backend` context, else the ``SPLITKERN_BACKEND``
 environment variable, else automatic (the fastest backend that supports the op, the
@@ -19,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import threading
 
 import torch
 
-BACKENDS = ("reference", "triton", "cuda")
+from splitkern import registry
+from splitkern.registry import BACKENDS
+
+ALIASES = {"cuda": "extension"}
 _ENV_VAR = "SPLITKERN_BACKEND"
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter has no bf16 dot
@@ -46,10 +51,12 @@ def _stack() -> list:
 
 
 def _check_name(name: str, source: str) -> str:
+    """``name`` (or the backend it is an alias of), else a TypeError/ValueError naming ``source``."""
     if not isinstance(name, str):
         raise TypeError(f"{source}: backend must be a str, got {type(name).__name__}")
+    name = ALIASES.get(name, name)
     if name not in BACKENDS:
-        raise ValueError(f"{source}: unknown backend {name!r}; choose one of {BACKENDS}")
+        raise ValueError(f"{source}: unknown backend {name!r}; choose one of {BACKENDS} (or the alias 'cuda')")
     return name
 
 
@@ -57,11 +64,12 @@ def _check_name(name: str, source: str) -> str:
 def use_backend(name: str):
     """Force backend ``name`` for splitkern ops called inside the ``with`` block.
 
+    ``name`` is one of :data:`BACKENDS` (or the alias ``"cuda"`` for ``"extension"``).
     Raises ``ValueError`` for an unknown name and :class:`BackendUnavailableError`
     when the backend is not usable in this process at all (e.g. Triton not
     installed, the extension not built).
     """
-    _check_name(name, "use_backend")
+    name = _check_name(name, "use_backend")
     reason = _unusable_reason(name)
     if reason:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
@@ -96,7 +104,7 @@ def _triton_module():
 def _extension():
     try:
         from splitkern import _C
-        import splitkern.cuda  # noqa: F401  (fake impls of the extension's ops)
+        import splitkern.extension  # noqa: F401  (defines the ext_* schemas _C implements)
     except ImportError as exc:
         return None, f"the compiled extension splitkern._C is not built ({exc})"
     return _C, ""
@@ -125,13 +133,16 @@ def prepare_layout(layout, device: torch.device) -> None:
 def _unusable_reason(name: str) -> str:
     if name == "triton":
         return _triton_module()[1]
-    if name == "cuda":
+    if name == "extension":
         return _extension()[1]
     return ""
 
 
 def unsupported_reason(name: str, op: str, device: torch.device, dtype: torch.dtype) -> str:
     """Why backend ``name`` cannot run ``op`` on (device, dtype); empty if it can."""
+    name = _check_name(name, "backend")
+    if name not in registry.get(op).modules:
+        return f"{op!r} has no {name} implementation"
     reason = _unusable_reason(name)
     if reason or name == "reference":
         return reason
@@ -169,12 +180,9 @@ def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
     return "reference"
 
 
-_PACKAGES = {"reference": "splitkern.reference", "triton": "splitkern.triton", "cuda": "splitkern.cuda"}
-
-
 def implementation(op: str, device: torch.device, dtype: torch.dtype):
-    """The module (``splitkern.<backend>.<op>``) whose functions run ``op`` for this call."""
-    return importlib.import_module(f"{_PACKAGES[select(op, device, dtype)]}.{op}")
+    """The module (``splitkern.<backend>.<op>`` for the built-in ops) whose functions run ``op`` here."""
+    return registry.get(op).implementation(select(op, device, dtype))
 
 
 def check_device(spec, name: str = "device") -> torch.device:

@@ -3,7 +3,7 @@
 Train a network that learns which classes and features belong together, split it into
 disjoint subnetworks, and run them: `splitkern train` (SplitNet and its baselines),
 `splitkern plot` (figures of a run), `splitkern infer` / `plan` / `export` (use a split model),
-`splitkern info` / `kernels` / `layer-speed` (what this install can run, and how fast).
+`splitkern info` / `report-kernels` / `layer-speed` (what this install can run, and how fast).
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("info", formatter_class=_HelpFormatter, help="list usable backends and built kernels")
-    sub.add_parser("kernels", help="static kernel report (registers, spills, smem, tensor cores) for sm_80/sm_90",
-                   add_help=False)
+    sub.add_parser("report-kernels", aliases=["kernels"], add_help=False,
+                   help="static kernel report (registers, spills, smem, tensor cores) for sm_80/sm_90 "
+                        "('kernels': its old name, until 0.3)")
 
     speed = sub.add_parser("layer-speed", formatter_class=_HelpFormatter,
                            help="speed test: SplitLinear vs nn.Linear (forward+backward) on random data",
@@ -449,9 +450,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "kernels":
-        from splitkern.kernels import main as kernels_main
-        return kernels_main(rest)
+    if args.command in ("report-kernels", "kernels"):
+        from splitkern.analysis.kernels import main as report_kernels
+        return report_kernels(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.given = _given_options(argv)

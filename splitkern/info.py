@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splitkern import backend
-
-OPS = ("block_diag_mm", "grouped_conv", "group_weight_reg")
+from splitkern import backend, registry
 
 
 def report() -> str:
@@ -22,11 +20,12 @@ def report() -> str:
     if ext is None:
         lines.append(f"extension splitkern._C: not built ({why})")
     else:
-        lines.append(f"extension splitkern._C: CUDA {ext.cuda_runtime_version()}, archs {ext.cuda_archs}, "
-                     f"{len(ext.kernels())} kernels:")
+        cuda = (f"CUDA {ext.cuda_runtime_version()}, archs {ext.cuda_archs}" if ext.cuda_runtime_version()
+                else "C++ only (built without nvcc)")
+        lines.append(f"extension splitkern._C: {cuda}, {len(ext.kernels())} kernels:")
         lines += [f"  {name}: {what}" for name, what in ext.kernel_info()]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for op in OPS:
+    for op in registry.OPS:
         for device in devices:
             usable = backend.available_backends(device, op)
             try:

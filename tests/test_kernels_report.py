@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from splitkern import kernels
+from splitkern.analysis import kernels
 from splitkern.triton import block_diag_mm as tk
 
 
@@ -109,10 +109,12 @@ def test_parse_res_usage_of_a_real_cubin(tmp_path):
     assert "axpy" in name and values["REG"] > 0 and values["STACK"] == 0
 
 
-def test_cli_entry_point_runs(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "splitkern.cli", "kernels", "--help"], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and "--arch" in out.stdout
+@pytest.mark.parametrize("command", [["-m", "splitkern.cli", "report-kernels"], ["-m", "splitkern.cli", "kernels"],
+                                     ["-m", "splitkern.analysis.kernels"], ["-m", "splitkern.kernels"]])
+def test_cli_entry_point_runs(command):
+    """The report's CLI word and module, and their old names (aliases until 0.3)."""
+    out = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--arch" in out.stdout and "splitkern report-kernels" in out.stdout
 
 
 def test_extension_kernels_have_no_spills_and_use_tensor_cores():

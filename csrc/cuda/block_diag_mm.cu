@@ -94,34 +94,22 @@ Tensor grouped_matmul(const Tensor& a, const Tensor& weight, const OptTensor& bi
 Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(x));
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
-  check_weight(weight, off);
-  check_like_weight(weight, x, "x");
-  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto off = checked_matmul(MatmulOperand::kX, x, weight, bias, in_sizes, out_sizes, in_index, out_index);
   return grouped_matmul<false>(x, weight, bias, off, in_index, out_index);
 }
 
 Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_sizes, IntArrayRef out_sizes,
                   const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(grad_out));
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
-  check_weight(weight, off);
-  check_like_weight(weight, grad_out, "grad_out");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto off = checked_matmul(MatmulOperand::kGradOut, grad_out, weight, std::nullopt, in_sizes, out_sizes,
+                                  in_index, out_index);
   return grouped_matmul<true>(grad_out, weight, std::nullopt, off, out_index, in_index);
 }
 
 Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes, IntArrayRef out_sizes,
                    const OptTensor& in_index, const OptTensor& out_index) {
   const at::OptionalDeviceGuard guard(at::device_of(x));
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
-  check_matrix(grad_out, "grad_out", off.out.back(), "sum of out_sizes");
-  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
-  check_like(x, "x", grad_out, "grad_out");
-  check_bias_and_indices(std::nullopt, in_index, out_index, off.in.back(), off.out.back(), x);
+  const auto off = checked_matmul_grad_weight(grad_out, x, in_sizes, out_sizes, in_index, out_index);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {
     using T = typename gemm::CudaType<scalar_t>::type;
@@ -134,16 +122,15 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_block_diag_mm", &gemm::ByDtype<&forward, &block_diag_mm_aten>::run);
-  m.impl("ext_block_diag_mm_grad_input", &gemm::ByDtype<&grad_input, &block_diag_mm_grad_input_aten>::run);
-  m.impl("ext_block_diag_mm_grad_weight", &gemm::ByDtype<&grad_weight, &block_diag_mm_grad_weight_aten>::run);
-}
+using BlockDiagMmPasses = gemm::Passes<&forward, &block_diag_mm_aten, &grad_input, &block_diag_mm_grad_input_aten,
+                                        &grad_weight, &block_diag_mm_grad_weight_aten>;
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { BlockDiagMmPasses::register_cuda(m, "block_diag_mm"); }
+TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) { BlockDiagMmPasses::register_emulated(m, "block_diag_mm"); }
 
-TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) {
-  m.impl("block_diag_mm", &gemm::Emulated<&forward>::run);
-  m.impl("block_diag_mm_grad_input", &gemm::Emulated<&grad_input>::run);
-  m.impl("block_diag_mm_grad_weight", &gemm::Emulated<&grad_weight>::run);
-}
+const KernelInfo cuda_info(
+    "block_diag_mm:cuda",
+    "CUDA: fp16/bf16 forward, grad_input and grad_weight each one tensor-core (wmma) grouped-GEMM launch with fused "
+    "gather/scatter (16-row tiles for M <= 16); fp32/fp64 one cuBLAS GEMM per group; grad_bias one column sum");
+const KernelInfo emulated_info("block_diag_mm:emulated", "the CUDA kernels run on the host (splitkern_emulated)");
 
 }  // namespace splitkern

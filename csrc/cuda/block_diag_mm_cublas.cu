@@ -40,11 +40,7 @@ int as_int(int64_t v, const char* what) {
 Tensor block_diag_mm_cublas(const Tensor& x, const Tensor& weight, const OptTensor& bias, IntArrayRef in_sizes,
                             IntArrayRef out_sizes, const OptTensor& in_index, const OptTensor& out_index) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto off = group_offsets(in_sizes, out_sizes, 1);
-  check_matrix(x, "x", off.in.back(), "sum of in_sizes");
-  check_weight(weight, off);
-  check_like_weight(weight, x, "x");
-  check_bias_and_indices(bias, in_index, out_index, off.in.back(), off.out.back(), weight);
+  const auto off = checked_matmul(MatmulOperand::kX, x, weight, bias, in_sizes, out_sizes, in_index, out_index);
   const cudaDataType_t type = cuda_data_type(x.scalar_type());
   const Tensor xg = gather_dim1(x, in_index).contiguous(), w = weight.contiguous();
   const int64_t M = x.size(0), K = off.in.back(), N = off.out.back();
@@ -97,6 +93,10 @@ Tensor block_diag_mm_cublas(const Tensor& x, const Tensor& weight, const OptTens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { m.impl("ext_block_diag_mm_cublas", &block_diag_mm_cublas); }
+
+const KernelInfo cuda_info(
+    "block_diag_mm_cublas:cuda",
+    "CUDA: forward as one cublasGemmGroupedBatchedEx call (benchmark line splitkern-cuda-cublas)");
 
 }  // namespace splitkern
 

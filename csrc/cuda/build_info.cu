@@ -4,6 +4,6 @@
 
 namespace splitkern {
 
-int cuda_runtime_version() { return CUDART_VERSION; }
+int cuda_runtime_version_built() { return CUDART_VERSION; }
 
 }  // namespace splitkern

@@ -257,4 +257,9 @@ TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) {
   m.impl("group_weight_reg_gemms_backward", &gemms_backward_emulated);
 }
 
+const KernelInfo cuda_info(
+    "group_weight_reg:cuda",
+    "CUDA: fused, one pass over W for both GEMMs and one for the backward (fp32/fp16/bf16; fp64 via ATen)");
+const KernelInfo emulated_info("group_weight_reg:emulated", "the CUDA kernels run on the host (splitkern_emulated)");
+
 }  // namespace splitkern

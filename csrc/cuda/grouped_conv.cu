@@ -204,16 +204,15 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) {
-  m.impl("ext_grouped_conv", &gemm::ByDtype<&forward, &grouped_conv_aten>::run);
-  m.impl("ext_grouped_conv_grad_input", &gemm::ByDtype<&grad_input, &grouped_conv_grad_input_aten>::run);
-  m.impl("ext_grouped_conv_grad_weight", &gemm::ByDtype<&grad_weight, &grouped_conv_grad_weight_aten>::run);
-}
+using GroupedConvPasses = gemm::Passes<&forward, &grouped_conv_aten, &grad_input, &grouped_conv_grad_input_aten,
+                                        &grad_weight, &grouped_conv_grad_weight_aten>;
+TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { GroupedConvPasses::register_cuda(m, "grouped_conv"); }
+TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) { GroupedConvPasses::register_emulated(m, "grouped_conv"); }
 
-TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) {
-  m.impl("grouped_conv", &gemm::Emulated<&forward>::run);
-  m.impl("grouped_conv_grad_input", &gemm::Emulated<&grad_input>::run);
-  m.impl("grouped_conv_grad_weight", &gemm::Emulated<&grad_weight>::run);
-}
+const KernelInfo cuda_info(
+    "grouped_conv:cuda",
+    "CUDA: fp16/bf16 forward, grad_input and grad_weight each one implicit-GEMM tensor-core (wmma) launch with fused "
+    "channel gather/scatter; fp32/fp64 one cuDNN call per group (groups=G when equal)");
+const KernelInfo emulated_info("grouped_conv:emulated", "the CUDA kernels run on the host (splitkern_emulated)");
 
 }  // namespace splitkern

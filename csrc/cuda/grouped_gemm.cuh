@@ -28,9 +28,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "../ops.h"
@@ -255,6 +257,23 @@ struct Emulated<Kernel> {
     TORCH_CHECK(has_tensor_core_kernel(first), "splitkern_emulated runs the fp16/bf16 tensor-core kernels only, got ",
                 first.scalar_type());
     return Kernel(first, args...);
+  }
+};
+
+// An op's three tensor-core passes, registered under the op's kernel names (splitkern/registry.py):
+// as its CUDA impls (ByDtype: the ATen composition runs the other dtypes) and as its host-emulated
+// impls (splitkern_emulated, for tests).
+template <auto Forward, auto ForwardAten, auto GradInput, auto GradInputAten, auto GradWeight, auto GradWeightAten>
+struct Passes {
+  static void register_cuda(torch::Library& m, const std::string& op) {
+    m.impl(("ext_" + op).c_str(), &ByDtype<Forward, ForwardAten>::run);
+    m.impl(("ext_" + op + "_grad_input").c_str(), &ByDtype<GradInput, GradInputAten>::run);
+    m.impl(("ext_" + op + "_grad_weight").c_str(), &ByDtype<GradWeight, GradWeightAten>::run);
+  }
+  static void register_emulated(torch::Library& m, const std::string& op) {
+    m.impl(op.c_str(), &Emulated<Forward>::run);
+    m.impl((op + "_grad_input").c_str(), &Emulated<GradInput>::run);
+    m.impl((op + "_grad_weight").c_str(), &Emulated<GradWeight>::run);
   }
 };
 

@@ -1,7 +1,12 @@
-"""Public ops (``torch.library`` custom ops under ``torch.ops.splitkern``)."""
+"""Public ops (``torch.library`` custom ops under ``torch.ops.splitkern``).
 
-from splitkern.ops.block_diag_mm import block_diag_mm
-from splitkern.ops.group_weight_reg import group_weight_reg
-from splitkern.ops.grouped_conv import grouped_conv
+One function per op of :mod:`splitkern.registry` (``splitkern.ops.<op>``), each defined in its own
+module ``splitkern/ops/<op>.py`` with its custom ops, fakes and autograd formula.
+"""
 
-__all__ = ["block_diag_mm", "group_weight_reg", "grouped_conv"]
+from splitkern import registry as _registry
+
+__all__ = sorted(op.name for op in _registry.OPS.values() if op.public.startswith(f"{__name__}."))
+for _name in __all__:
+    globals()[_name] = _registry.OPS[_name].function()  # imports splitkern.ops.<op>, rebinds the name
+del _name

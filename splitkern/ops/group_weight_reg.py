@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from splitkern._reg_math import finish
+from splitkern.registry import custom_op
 from splitkern.ops._dispatch import kernels
 from splitkern.ops._checks import check_shape, check_tensor
 
@@ -16,12 +17,12 @@ def _kernels(t: Tensor):
     return kernels(_OP, t)
 
 
-@torch.library.custom_op("splitkern::group_weight_reg_gemms", mutates_args=())
+@custom_op("group_weight_reg_gemms")
 def _gemms(weight: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return _kernels(weight).group_weight_reg_gemms(weight, p, q)
 
 
-@torch.library.custom_op("splitkern::group_weight_reg_gemms_backward", mutates_args=())
+@custom_op("group_weight_reg_gemms_backward")
 def _gemms_backward(weight: Tensor, p: Tensor, q: Tensor, grad_a: Tensor,
                     grad_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _kernels(weight).group_weight_reg_gemms_backward(weight, p, q, grad_a, grad_b)

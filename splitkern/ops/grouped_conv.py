@@ -9,6 +9,7 @@ from torch import Tensor
 
 from splitkern._conv import channel_grad_bias, new_activation, output_shape
 from splitkern.layout import BlockLayout, block_layout, check_sizes
+from splitkern.registry import custom_op
 from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
@@ -19,7 +20,7 @@ def _kernels(t: Tensor):
     return kernels(_OP, t)
 
 
-@torch.library.custom_op("splitkern::grouped_conv", mutates_args=())
+@custom_op("grouped_conv")
 def _grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int], out_sizes: list[int],
                   kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
                   in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
@@ -27,7 +28,7 @@ def _grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: l
                                     dilation, in_index, out_index)
 
 
-@torch.library.custom_op("splitkern::grouped_conv_grad_input", mutates_args=())
+@custom_op("grouped_conv_grad_input")
 def _grouped_conv_grad_input(grad_out: Tensor, weight: Tensor, x: Tensor, in_sizes: list[int],
                              out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                              dilation: list[int], in_index: Optional[Tensor],
@@ -36,7 +37,7 @@ def _grouped_conv_grad_input(grad_out: Tensor, weight: Tensor, x: Tensor, in_siz
                                                       kernel_size, stride, padding, dilation, in_index, out_index)
 
 
-@torch.library.custom_op("splitkern::grouped_conv_grad_weight", mutates_args=())
+@custom_op("grouped_conv_grad_weight")
 def _grouped_conv_grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, in_sizes: list[int],
                               out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                               dilation: list[int], in_index: Optional[Tensor],

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import splitkern
+from splitkern import registry
 from splitkern.backend import available_backends
 from splitkern.nn import SplitConv2d, SplitLinear
 
-OPS = ("block_diag_mm", "grouped_conv", "group_weight_reg")
+OPS = tuple(registry.OPS)
 
 
 def _entry_points(op: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""Offline analysis of what splitkern compiles: :mod:`splitkern.analysis.kernels` (static kernel report)."""
