@@ -5,7 +5,7 @@ Lines: ``dense`` (cuBLAS/MKL ``F.linear`` on the full weight), ``loop`` (one
 (``torch._grouped_mm`` on blocks zero-padded to (k_max, n_max); bf16 on sm90),
 ``splitkern-<backend>`` for every backend usable on the device, and ``splitkern-cuda-cublas``
 (forward only: the extension's ``cublasGemmGroupedBatchedEx`` path, to compare with its wmma
-kernel, ``splitkern-cuda``).
+kernel, ``splitkern-extension``).
 
 ``pytest benchmarks --benchmark-only`` times them with pytest-benchmark;
 ``python benchmarks/bench_block_diag_mm.py`` writes ``results/block_diag_mm-*.csv``
@@ -17,17 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
+from common import DEVICE
 
 import splitkern
 from splitkern import backend
 from splitkern.layout import block_layout
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -114,17 +112,10 @@ def _grouped_mm_padded(case, x, w, b):
     return lambda: torch._grouped_mm(pad_x, pad_w)
 
 
-def _splitkern(name):
-    def build(case, x, w, b):
-        if backend.unsupported_reason(name, "block_diag_mm", DEVICE, case.dtype):
-            return None
-        lay = case.layout
-
-        def run():
-            with splitkern.use_backend(name):
-                return splitkern.ops.block_diag_mm(x, w, b, in_sizes=lay.in_sizes, out_sizes=lay.out_sizes)
-        return run
-    return build
+def _call_block_diag_mm(case, x, w, b):
+    """The ``splitkern.ops.block_diag_mm`` call on ``case``'s tensors that the ``splitkern-<backend>`` lines time."""
+    lay = case.layout
+    return lambda: splitkern.ops.block_diag_mm(x, w, b, in_sizes=lay.in_sizes, out_sizes=lay.out_sizes)
 
 
 def _cublas_grouped(case, x, w, b):
@@ -132,12 +123,12 @@ def _cublas_grouped(case, x, w, b):
     ext = backend._extension()[0]
     if DEVICE.type != "cuda" or ext is None or "block_diag_mm_cublas:cuda" not in ext.kernels():
         return None
-    from splitkern.cuda.block_diag_mm import block_diag_mm_cublas
+    from splitkern.extension.block_diag_mm import block_diag_mm_cublas
     return lambda: block_diag_mm_cublas(x, w, b, case.layout)
 
 
 LINES = {"dense": _dense, "loop": _loop, "bmm": _bmm, "grouped_mm_padded": _grouped_mm_padded}
-LINES.update({f"splitkern-{name}": _splitkern(name) for name in backend.BACKENDS})
+LINES.update(common.splitkern_lines("block_diag_mm", _call_block_diag_mm))
 LINES["splitkern-cuda-cublas"] = _cublas_grouped
 FWD_ONLY = {"bmm", "grouped_mm_padded", "splitkern-cuda-cublas"}
 
@@ -155,15 +146,7 @@ def make_runner(case: Case, line: str, mode: str):
     return lambda: fn().backward(grad)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("line", list(LINES))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_block_diag_mm(benchmark, case, line, mode):
-    fn = make_runner(case, line, mode)
-    if fn is None:
-        pytest.skip(f"{line} does not run {case.name} {mode} on {DEVICE}")
-    benchmark.group = f"block_diag_mm {case.name} {mode}"
-    benchmark(common.synchronized(fn, DEVICE))
+test_block_diag_mm = common.benchmark_test("block_diag_mm", CASES, LINES, MODES, make_runner)
 
 
 def describe(case: Case, mode: str):
@@ -176,8 +159,7 @@ def describe(case: Case, mode: str):
 
 
 def main() -> None:
-    name, cases, lines = common.select("block_diag_mm", CASES, LINES)
-    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE)
+    common.select_and_report("block_diag_mm", CASES, LINES, MODES, make_runner, describe)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
 import torch
 
 import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
+from common import DEVICE
 
 import splitkern
-from splitkern import backend
 from splitkern.reference.group_weight_reg import literal_group_weight_reg
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -40,20 +37,13 @@ if common.TINY:
 MODES = ("fwd", "fwd+bwd")
 
 
-def _splitkern(name):
-    def build(case, w, p, q):
-        if backend.unsupported_reason(name, "group_weight_reg", DEVICE, case.dtype):
-            return None
-
-        def run():
-            with splitkern.use_backend(name):
-                return splitkern.ops.group_weight_reg(w, p, q)
-        return run
-    return build
+def _call_group_weight_reg(case, w, p, q):
+    """The ``splitkern.ops.group_weight_reg`` call on ``case``'s tensors that the ``splitkern-<backend>`` lines time."""
+    return lambda: splitkern.ops.group_weight_reg(w, p, q)
 
 
 LINES = {"literal": lambda case, w, p, q: (lambda: literal_group_weight_reg(w, p, q))}
-LINES.update({f"splitkern-{name}": _splitkern(name) for name in backend.BACKENDS})
+LINES.update(common.splitkern_lines("group_weight_reg", _call_group_weight_reg))
 
 
 def make_runner(case: Case, line: str, mode: str):
@@ -72,6 +62,9 @@ def make_runner(case: Case, line: str, mode: str):
     return step
 
 
+test_group_weight_reg = common.benchmark_test("group_weight_reg", CASES, LINES, MODES, make_runner)
+
+
 def describe(case: Case, mode: str):
     d_out, d_in = case.shape[:2]
     numel = torch.Size(case.shape).numel()
@@ -81,20 +74,8 @@ def describe(case: Case, mode: str):
     return case.dtype, case.groups, d_out, d_in, case.groups, flops, traffic
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("line", list(LINES))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_group_weight_reg(benchmark, case, line, mode):
-    fn = make_runner(case, line, mode)
-    if fn is None:
-        pytest.skip(f"{line} does not run on {DEVICE}")
-    benchmark.group = f"group_weight_reg {case.name} {mode}"
-    benchmark(common.synchronized(fn, DEVICE))
-
-
 def main() -> None:
-    name, cases, lines = common.select("group_weight_reg", CASES, LINES)
-    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE, baseline="literal")
+    common.select_and_report("group_weight_reg", CASES, LINES, MODES, make_runner, describe, baseline="literal")
 
 
 if __name__ == "__main__":

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
+from common import DEVICE
 
 import splitkern
-from splitkern import backend
 from splitkern.layout import block_layout
 from splitkern.reference.grouped_conv import output_shape
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -128,22 +125,15 @@ def _loop(case, x, w, b):
     return run
 
 
-def _splitkern(name):
-    def build(case, x, w, b):
-        if backend.unsupported_reason(name, "grouped_conv", DEVICE, case.dtype):
-            return None
-        lay = case.layout
-
-        def run():
-            with splitkern.use_backend(name):
-                return splitkern.ops.grouped_conv(x, w, b, in_sizes=lay.in_sizes, out_sizes=lay.out_sizes,
-                                                  kernel_size=case.kernel, **case.conv)
-        return run
-    return build
+def _call_grouped_conv(case, x, w, b):
+    """The ``splitkern.ops.grouped_conv`` call on ``case``'s tensors that the ``splitkern-<backend>`` lines time."""
+    lay = case.layout
+    return lambda: splitkern.ops.grouped_conv(x, w, b, in_sizes=lay.in_sizes, out_sizes=lay.out_sizes,
+                                              kernel_size=case.kernel, **case.conv)
 
 
 LINES = {"dense": _dense, "groups": _groups, "loop": _loop}
-LINES.update({f"splitkern-{name}": _splitkern(name) for name in backend.BACKENDS})
+LINES.update(common.splitkern_lines("grouped_conv", _call_grouped_conv))
 
 
 def make_runner(case: Case, line: str, mode: str):
@@ -155,6 +145,9 @@ def make_runner(case: Case, line: str, mode: str):
         return fn
     grad = torch.randn_like(fn())
     return lambda: fn().backward(grad)
+
+
+test_grouped_conv = common.benchmark_test("grouped_conv", CASES, LINES, MODES, make_runner)
 
 
 def describe(case: Case, mode: str):
@@ -170,20 +163,8 @@ def describe(case: Case, mode: str):
     return case.dtype, pixels, lay.in_features * taps, lay.out_features, lay.groups, useful, traffic
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("line", list(LINES))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_grouped_conv(benchmark, case, line, mode):
-    fn = make_runner(case, line, mode)
-    if fn is None:
-        pytest.skip(f"{line} does not run {case.name} {mode} on {DEVICE}")
-    benchmark.group = f"grouped_conv {case.name} {mode}"
-    benchmark(common.synchronized(fn, DEVICE))
-
-
 def main() -> None:
-    name, cases, lines = common.select("grouped_conv", CASES, LINES)
-    common.run_and_report(name, cases, lines, MODES, make_runner, describe, DEVICE)
+    common.select_and_report("grouped_conv", CASES, LINES, MODES, make_runner, describe)
 
 
 if __name__ == "__main__":

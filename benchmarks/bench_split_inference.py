@@ -24,13 +24,12 @@ import pytest
 import torch
 
 import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
+from common import DEVICE
 
 from splitkern.models import wrn
 from splitkern.parallel import StreamParallel
 from splitkern.parallel.subtrees import _flops
 from splitkern.splitnet import count_parameters, split
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)

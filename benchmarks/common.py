@@ -21,6 +21,8 @@ import torch
 # SPLITKERN_BENCH_TINY=1 swaps every benchmark's cases for tiny ones (the session script's dry run).
 RESULTS = Path(os.environ.get("SPLITKERN_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 TINY = os.environ.get("SPLITKERN_BENCH_TINY") == "1"
+# The device every benchmark times on.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # (dense bf16/fp16 tensor-core TFLOP/s, dense fp32 TFLOP/s (no tf32), HBM TB/s), public spec sheets.
 PEAKS = {
@@ -115,6 +117,55 @@ def synchronized(fn, device: torch.device):
         torch.cuda.synchronize(device)
         return out
     return run
+
+
+def splitkern_lines(op: str, bind) -> dict:
+    """``{"splitkern-<backend>": builder}`` for every backend splitkern knows.
+
+    ``bind(case, *tensors)`` returns the zero-argument call of ``op`` on those tensors; each
+    builder returns that call run under its backend, or None where the backend cannot run ``op``
+    in the case's dtype on :data:`DEVICE`.
+    """
+    from splitkern import backend
+
+    return {f"splitkern-{name}": _backend_line(op, name, bind) for name in backend.BACKENDS}
+
+
+def _backend_line(op: str, name: str, bind):
+    """The line builder of :func:`splitkern_lines` for the backend ``name``."""
+    import splitkern
+    from splitkern import backend
+
+    def build(case, *tensors):
+        if backend.unsupported_reason(name, op, DEVICE, case.dtype):
+            return None
+        call = bind(case, *tensors)
+
+        def run():
+            with splitkern.use_backend(name):
+                return call()
+        return run
+    return build
+
+
+def benchmark_test(op: str, cases, lines, modes, make_runner):
+    """The pytest-benchmark test of a benchmark, named ``test_<op>``: one run per (case, line, mode),
+    timing ``make_runner(case, line, mode)`` in the group ``"<op> <case> <mode>"``; skipped where
+    ``make_runner`` returns None."""
+    import pytest
+
+    @pytest.mark.parametrize("mode", modes)
+    @pytest.mark.parametrize("line", list(lines))
+    @pytest.mark.parametrize("case", cases, ids=lambda c: c.name)
+    def test(benchmark, case, line, mode):
+        fn = make_runner(case, line, mode)
+        if fn is None:
+            pytest.skip(f"{line} does not run {case.name} {mode} on {DEVICE}")
+        benchmark.group = f"{op} {case.name} {mode}"
+        benchmark(synchronized(fn, DEVICE))
+
+    test.__name__ = test.__qualname__ = f"test_{op}"
+    return test
 
 
 def add_speedups(rows: list[Row], baseline: str = "dense") -> None:
@@ -221,3 +272,10 @@ def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: 
     png = plot_speedups(rows, path, f"{op} on {device_label(device)}")
     print(f"wrote {path} and {png}")
     return rows
+
+
+def select_and_report(op: str, cases, lines, modes, make_runner, describe, baseline: str = "dense") -> list[Row]:
+    """A benchmark's command line: the subset :func:`select` picks from ``sys.argv``, timed on
+    :data:`DEVICE`, printed and written by :func:`run_and_report`."""
+    name, cases, lines = select(op, cases, lines)
+    return run_and_report(name, cases, lines, modes, make_runner, describe, DEVICE, baseline)

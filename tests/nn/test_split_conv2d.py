@@ -1,5 +1,3 @@
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +5,7 @@ from torch import nn
 
 import splitkern
 from splitkern.nn import SplitConv2d
-from tests.helpers import DEVICE, assert_close, fast_backends
+from tests.helpers import DEVICE, assert_close, assert_error_names, fast_backends, reload_state_dict
 
 BACKENDS = ["reference", *fast_backends("grouped_conv")]
 
@@ -66,11 +64,7 @@ def test_unequal_and_empty_groups_sizes():
 def test_state_dict_roundtrip():
     conv, in_ids, out_ids = dense_and_ids()
     split = SplitConv2d.from_dense(conv, in_ids, out_ids, num_groups=3)
-    buffer = io.BytesIO()
-    torch.save(split.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = SplitConv2d(split.in_sizes, split.out_sizes, 3, padding=1).to(DEVICE)
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh = reload_state_dict(split, SplitConv2d(split.in_sizes, split.out_sizes, 3, padding=1).to(DEVICE))
     x = torch.randn(2, 10, 5, 5, device=DEVICE)
     assert_close(fresh(x), split(x))
 
@@ -98,10 +92,8 @@ def test_extra_repr():
 ])
 def test_from_dense_bad_input(kwargs, error, name):
     conv, in_ids, out_ids = dense_and_ids()
-    args = dict(conv=conv, in_groups=in_ids, out_groups=out_ids)
-    args.update(kwargs)
-    with pytest.raises(error, match=name):
-        SplitConv2d.from_dense(**args)
+    defaults = dict(conv=conv, in_groups=in_ids, out_groups=out_ids)
+    assert_error_names(error, name, SplitConv2d.from_dense, **(defaults | kwargs))
 
 
 @pytest.mark.parametrize("kwargs, error, name", [
@@ -110,5 +102,4 @@ def test_from_dense_bad_input(kwargs, error, name):
     (dict(kernel_size=3, padding=-1), ValueError, "padding"),
 ])
 def test_constructor_bad_input(kwargs, error, name):
-    with pytest.raises(error, match=name):
-        SplitConv2d((2, 2), (2, 2), **kwargs)
+    assert_error_names(error, name, SplitConv2d, (2, 2), (2, 2), **kwargs)

@@ -1,5 +1,3 @@
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +5,7 @@ from torch import nn
 
 import splitkern
 from splitkern.nn import SplitLinear
-from tests.helpers import DEVICE, fast_backends
+from tests.helpers import DEVICE, assert_error_names, fast_backends, reload_state_dict
 
 BACKENDS = ["reference", *fast_backends("block_diag_mm")]
 
@@ -76,11 +74,7 @@ def test_forward_grouped_chains_without_permutation():
 def test_state_dict_roundtrip():
     linear, in_ids, out_ids = dense_and_ids()
     split = SplitLinear.from_dense(linear, in_ids, out_ids, num_groups=4)
-    buffer = io.BytesIO()
-    torch.save(split.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = SplitLinear(split.in_sizes, split.out_sizes).to(DEVICE)
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh = reload_state_dict(split, SplitLinear(split.in_sizes, split.out_sizes).to(DEVICE))
     x = torch.randn(4, 19, device=DEVICE)
     torch.testing.assert_close(fresh(x), split(x))
 
@@ -130,10 +124,8 @@ def test_init_like_nn_linear_per_block():
 ])
 def test_from_dense_bad_input(kwargs, error, name):
     linear, in_ids, out_ids = dense_and_ids()
-    args = dict(linear=linear, in_groups=in_ids, out_groups=out_ids)
-    args.update(kwargs)
-    with pytest.raises(error, match=name):
-        SplitLinear.from_dense(**args)
+    defaults = dict(linear=linear, in_groups=in_ids, out_groups=out_ids)
+    assert_error_names(error, name, SplitLinear.from_dense, **(defaults | kwargs))
 
 
 @pytest.mark.parametrize("kwargs, error, name", [
@@ -142,5 +134,4 @@ def test_from_dense_bad_input(kwargs, error, name):
     (dict(in_sizes=(2, 2), out_sizes=(1, 1), in_index=torch.tensor([0, 1, 1, 2])), ValueError, "in_index"),
 ])
 def test_constructor_bad_input(kwargs, error, name):
-    with pytest.raises(error, match=name):
-        SplitLinear(**kwargs)
+    assert_error_names(error, name, SplitLinear, **kwargs)

@@ -9,8 +9,9 @@ from splitkern import backend
 from splitkern.layout import block_layout
 from splitkern.ops import block_diag_mm
 from splitkern.reference import block_diag_mm as ref
-from tests.helpers import (DEVICE, assert_close, assert_compiled_matches_eager, fast_backends, random_permutation,
-                           to_original_order)
+from tests.helpers import (DEVICE, assert_all_close, assert_close, assert_compiled_matches_eager, assert_error_names,
+                           assert_within_twice_torch_error, call_with_overrides, draw_group_sizes, fast_backends,
+                           opcheck_under, random_permutation, to_original_order)
 from tests.helpers import forward_and_grads as _forward_and_grads
 
 FAST = fast_backends("block_diag_mm")
@@ -87,8 +88,7 @@ def test_backend_matches_reference_forward_and_grads(backend_name, name, m, indi
     y, g = forward_and_grads(backend_name, x, w, b, layout, ii, oi, grad_out)
     assert_close(y, y_ref)
     assert len(g) == len(g_ref)
-    for actual, expected in zip(g, g_ref):
-        assert_close(actual, expected)
+    assert_all_close(g, g_ref)
 
 
 @pytest.mark.parametrize("backend_name", FAST)
@@ -106,19 +106,16 @@ def test_non_contiguous_and_batched_inputs(backend_name):
     ws = [w.detach().clone().requires_grad_() for _ in range(2)]
     gs = [torch.autograd.grad(run(be, xr, wr, b, layout, ii, oi), (xr, wr), grad_out)
           for be, xr, wr in zip(("reference", backend_name), xs, ws)]
-    for actual, ref_grad in zip(gs[1], gs[0]):
-        assert_close(actual, ref_grad)
+    assert_all_close(gs[1], gs[0])
 
 
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_fuzz_random_layouts(data):
-    groups = data.draw(st.integers(1, 5), label="groups")
-    sizes = st.lists(st.integers(0, 40), min_size=groups, max_size=groups)
-    in_sizes, out_sizes = data.draw(sizes, label="in_sizes"), data.draw(sizes, label="out_sizes")
+    in_sizes, out_sizes = draw_group_sizes(data, max_groups=5, max_size=40)
     m = data.draw(st.integers(0, 40), label="m")
     indices = data.draw(st.booleans(), label="indices")
-    layout, x, w, b, ii, oi = make_case(tuple(in_sizes), tuple(out_sizes), m, indices=indices)
+    layout, x, w, b, ii, oi = make_case(in_sizes, out_sizes, m, indices=indices)
     expected = masked_dense_linear(x, w, b, layout, ii, oi)
     grad_out = torch.randn(m, layout.out_features, device=DEVICE)
     y_ref, g_ref = forward_and_grads("reference", x, w, b, layout, ii, oi, grad_out)
@@ -126,8 +123,7 @@ def test_fuzz_random_layouts(data):
     for name in FAST:
         y, g = forward_and_grads(name, x, w, b, layout, ii, oi, grad_out)
         assert_close(y, y_ref)
-        for actual, ref_grad in zip(g, g_ref):
-            assert_close(actual, ref_grad)
+        assert_all_close(g, g_ref)
 
 
 @pytest.mark.parametrize("indices", [False, True])
@@ -164,9 +160,7 @@ def test_opcheck(backend_name, indices):
         (torch.ops.splitkern.block_diag_mm_grad_weight.default, (grad_out, x.detach(), *sizes, ii, oi)),
         (torch.ops.splitkern.block_diag_mm_grad_bias.default, (grad_out, oi)),
     ]
-    with splitkern.use_backend(backend_name):
-        for op, args in cases:
-            torch.library.opcheck(op, args)
+    opcheck_under(backend_name, cases)
 
 
 @pytest.mark.parametrize("backend_name", ["reference", *FAST])
@@ -185,10 +179,8 @@ class TestBadInput:
     layout, x, w, b, ii, oi = make_case((3, 5), (4, 2), 6, indices=True)
 
     def call(self, **overrides):
-        kwargs = dict(x=self.x, weight=self.w, bias=self.b, in_sizes=self.layout.in_sizes,
-                      out_sizes=self.layout.out_sizes, in_index=self.ii, out_index=self.oi)
-        kwargs.update(overrides)
-        return block_diag_mm(kwargs.pop("x"), kwargs.pop("weight"), kwargs.pop("bias"), **kwargs)
+        return call_with_overrides(block_diag_mm, overrides, self.x, self.w, self.b, in_sizes=self.layout.in_sizes,
+                                   out_sizes=self.layout.out_sizes, in_index=self.ii, out_index=self.oi)
 
     @pytest.mark.parametrize("overrides, error, name", [
         (dict(x=[[1.0]]), TypeError, "x"),
@@ -213,8 +205,7 @@ class TestBadInput:
         (dict(out_index=torch.arange(6.0)), TypeError, "out_index"),
     ])
     def test_errors_name_the_argument(self, overrides, error, name):
-        with pytest.raises(error, match=name):
-            self.call(**overrides)
+        assert_error_names(error, name, self.call, **overrides)
 
     def test_device_mismatch(self):
         other = torch.device("meta")  # a second device every machine has
@@ -293,10 +284,6 @@ def run_auto(x, w, b, layout):
     return block_diag_mm(x, w, b, in_sizes=layout.in_sizes, out_sizes=layout.out_sizes)
 
 
-def _error_vs_fp32(y, y32):
-    return (y.float() - y32).abs().max().item()
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 32, 300])
@@ -310,6 +297,6 @@ def test_low_precision_within_twice_torch_error(name, m, dtype):
     for name_ in FAST:
         y, g = forward_and_grads(name_, *lo, layout, ii, oi, grad_out.to(dtype))
         assert y.dtype == dtype
-        assert _error_vs_fp32(y, y32) <= 2 * _error_vs_fp32(y_torch, y32) + 1e-6
+        assert_within_twice_torch_error(y, y_torch, y32)
         for a, t, e in zip(g, g_torch, g32):
-            assert _error_vs_fp32(a, e) <= 2 * _error_vs_fp32(t, e) + 1e-6
+            assert_within_twice_torch_error(a, t, e)

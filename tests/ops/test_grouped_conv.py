@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 import splitkern
 from splitkern.layout import block_layout
 from splitkern.ops import grouped_conv
-from tests.helpers import (DEVICE, assert_close, assert_compiled_matches_eager, fast_backends, forward_and_grads,
-                           random_permutation, to_original_order)
+from tests.helpers import (DEVICE, assert_all_close, assert_close, assert_compiled_matches_eager, assert_error_names,
+                           assert_within_twice_torch_error, call_with_overrides, draw_group_sizes, fast_backends,
+                           forward_and_grads, opcheck_under, random_permutation, to_original_order)
 
 FAST = fast_backends("grouped_conv")
 
@@ -97,8 +98,7 @@ def test_reference_equals_masked_dense_conv(name, geometry, indices, channels_la
     expected, grad_out, expected_grads = oracle(x, w, b, layout, ii, oi, conv)
     y, grads = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
     assert_close(y, expected)
-    for actual, ref in zip(grads, expected_grads):
-        assert_close(actual, ref)
+    assert_all_close(grads, expected_grads)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -129,8 +129,7 @@ def test_batch_and_spatial_edge_cases(backend_name, batch, hw):
     y, grads = grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out)
     assert y.shape == expected.shape
     assert_close(y, expected)
-    for actual, ref in zip(grads, expected_grads):
-        assert_close(actual, ref)
+    assert_all_close(grads, expected_grads)
 
 
 @pytest.mark.parametrize("backend_name", FAST)
@@ -142,16 +141,13 @@ def test_larger_channels_span_several_tiles(backend_name):
     y_ref, g_ref = grads_for("reference", x, w, b, layout, ii, oi, conv, grad_out)
     y, g = grads_for(backend_name, x, w, b, layout, ii, oi, conv, grad_out)
     assert_close(y, y_ref)
-    for actual, expected in zip(g, g_ref):
-        assert_close(actual, expected)
+    assert_all_close(g, g_ref)
 
 
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_fuzz_random_layouts_and_geometry(data):
-    groups = data.draw(st.integers(1, 4), label="groups")
-    sizes = st.lists(st.integers(0, 6), min_size=groups, max_size=groups)
-    in_sizes, out_sizes = tuple(data.draw(sizes, label="in")), tuple(data.draw(sizes, label="out"))
+    in_sizes, out_sizes = draw_group_sizes(data, max_groups=4, max_size=6)
     kh, kw = data.draw(st.integers(1, 3), label="kh"), data.draw(st.integers(1, 3), label="kw")
     stride = (data.draw(st.integers(1, 2), label="sh"), data.draw(st.integers(1, 2), label="sw"))
     padding = (data.draw(st.integers(0, 2), label="ph"), data.draw(st.integers(0, 2), label="pw"))
@@ -168,8 +164,7 @@ def test_fuzz_random_layouts_and_geometry(data):
     for name in ["reference", *FAST]:
         y, grads = grads_for(name, x, w, b, layout, ii, oi, conv, grad_out)
         assert_close(y, expected)
-        for actual, ref in zip(grads, expected_grads):
-            assert_close(actual, ref)
+        assert_all_close(grads, expected_grads)
 
 
 def test_gradcheck_float64_reference():
@@ -193,9 +188,7 @@ def test_opcheck(backend_name, channels_last):
         (torch.ops.splitkern.grouped_conv_grad_input.default, (grad_out, w.detach(), x.detach(), *geometry, ii, oi)),
         (torch.ops.splitkern.grouped_conv_grad_weight.default, (grad_out, x.detach(), w.detach(), *geometry, ii, oi)),
     ]
-    with splitkern.use_backend(backend_name):
-        for op, args in cases:
-            torch.library.opcheck(op, args)
+    opcheck_under(backend_name, cases)
 
 
 @pytest.mark.parametrize("backend_name", ["reference", *FAST])
@@ -214,10 +207,8 @@ class TestBadInput:
     layout, x, w, b, ii, oi, conv = make_case((3, 5), (4, 2), GEOMETRIES["3x3"], indices=True)
 
     def call(self, **overrides):
-        kwargs = dict(x=self.x, weight=self.w, bias=self.b, in_sizes=self.layout.in_sizes,
-                      out_sizes=self.layout.out_sizes, in_index=self.ii, out_index=self.oi, **self.conv)
-        kwargs.update(overrides)
-        return grouped_conv(kwargs.pop("x"), kwargs.pop("weight"), kwargs.pop("bias"), **kwargs)
+        return call_with_overrides(grouped_conv, overrides, self.x, self.w, self.b, in_sizes=self.layout.in_sizes,
+                                   out_sizes=self.layout.out_sizes, in_index=self.ii, out_index=self.oi, **self.conv)
 
     @pytest.mark.parametrize("overrides, error, name", [
         (dict(x="image"), TypeError, "x"),
@@ -240,16 +231,11 @@ class TestBadInput:
         (dict(out_index=torch.zeros(6, dtype=torch.int64)), ValueError, "out_index"),
     ])
     def test_errors_name_the_argument(self, overrides, error, name):
-        with pytest.raises(error, match=name):
-            self.call(**overrides)
+        assert_error_names(error, name, self.call, **overrides)
 
     def test_device_mismatch(self):
         with pytest.raises(ValueError, match="weight"):
             self.call(x=self.x.to("meta"), in_index=None, out_index=None)
-
-
-def _error_vs_fp32(y, y32):
-    return (y.float() - y32).abs().max().item()
 
 
 @pytest.mark.gpu
@@ -266,6 +252,6 @@ def test_low_precision_within_twice_torch_error(geometry, channels_last, dtype):
     y_torch, g_torch = grads_for("reference", *lo, layout, ii, oi, conv, grad_out.to(dtype))
     for name in FAST:
         y, g = grads_for(name, *lo, layout, ii, oi, conv, grad_out.to(dtype))
-        assert _error_vs_fp32(y, y32) <= 2 * _error_vs_fp32(y_torch, y32) + 1e-6
+        assert_within_twice_torch_error(y, y_torch, y32)
         for a, t, e in zip(g, g_torch, g32):
-            assert _error_vs_fp32(a, e) <= 2 * _error_vs_fp32(t, e) + 1e-6
+            assert_within_twice_torch_error(a, t, e)
