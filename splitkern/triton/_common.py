@@ -1,4 +1,4 @@
-"""Helpers every Triton kernel file shares: interpreter flag, device guard, launch checks, group ranges.
+"""Helpers every Triton kernel file shares: interpreter flag, device guard, launch checks, tile tables.
 
 Kernel files (:mod:`splitkern.triton.block_diag_mm`, ``grouped_conv``, ``group_weight_reg``)
 import these from here, never from one another.
@@ -63,3 +63,29 @@ def group_range(offsets_ptr, g, ALIGNED: tl.constexpr):
         lo = tl.multiple_of(lo, 8)
         size = tl.multiple_of(size, 8)
     return lo, size
+
+
+@triton.jit
+def column_tile(tiles_ptr, tile, red_offsets_ptr, col_offsets_ptr, ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Entry ``tile`` of a column-tile table ((group, first column) pairs, see
+    :meth:`splitkern.layout.BlockLayout.column_tiles`): its group g, first column, and g's
+    (start, size) in the reduction's and in the columns' offsets tables."""
+    g = tl.load(tiles_ptr + 2 * tile)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
+    red_lo, red_size = group_range(red_offsets_ptr, g, ALIGNED)
+    col_lo, col_size = group_range(col_offsets_ptr, g, ALIGNED)
+    return g, col0, red_lo, red_size, col_lo, col_size
+
+
+@triton.jit
+def block_tile(tiles_ptr, tile, in_offsets_ptr, out_offsets_ptr,
+               ALIGNED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Entry ``tile`` of a weight-block tile table ((group, first row, first column) triples, see
+    :meth:`splitkern.layout.BlockLayout.block_tiles`): its group g, first (output) row and first
+    (input) column, and g's (start, size) in the input and in the output offsets tables."""
+    g = tl.load(tiles_ptr + 3 * tile)
+    row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
+    col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
+    in_lo, in_size = group_range(in_offsets_ptr, g, ALIGNED)
+    out_lo, out_size = group_range(out_offsets_ptr, g, ALIGNED)
+    return g, row0, col0, in_lo, in_size, out_lo, out_size

@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 
 from splitkern._conv import channel_grad_bias
-from splitkern.triton._common import checked_grid, group_range, index_or_dummy, input_precision, on_input_device
+from splitkern.triton._common import (block_tile, checked_grid, column_tile, group_range, index_or_dummy,
+                                      input_precision, on_input_device)
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # The dispatcher picks only from these (by batch bucket, dtype and whether every group size is a
@@ -74,10 +75,8 @@ def _mm_tile(
     ALIGNED: every group size is a multiple of 8 (so are all offsets), which lets
     the compiler use 16-byte vector loads and cp.async/wgmma pipelining.
     """
-    g = tl.load(tiles_ptr + 2 * tile)
-    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    red_lo, red_size = group_range(red_offsets_ptr, g, ALIGNED)
-    out_lo, out_size = group_range(out_offsets_ptr, g, ALIGNED)
+    g, col0, red_lo, red_size, out_lo, out_size = column_tile(tiles_ptr, tile, red_offsets_ptr, out_offsets_ptr,
+                                                              ALIGNED, BLOCK_N)
     w_lo = group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
     # W_g's rows are k_g long: k_g is the reduction size forward, the output size backward.
     if W_AS_IS:
@@ -200,12 +199,8 @@ def grouped_mm_weight_grad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dW_g[rows, cols] = dY[:, out_g rows]^T @ X[:, in_g cols] for the tile this program owns."""
-    tile = tl.program_id(0)
-    g = tl.load(tiles_ptr + 3 * tile)
-    row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
-    col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
-    in_lo, in_size = group_range(in_offsets_ptr, g, ALIGNED)
-    out_lo, out_size = group_range(out_offsets_ptr, g, ALIGNED)
+    g, row0, col0, in_lo, in_size, out_lo, out_size = block_tile(tiles_ptr, tl.program_id(0), in_offsets_ptr,
+                                                                 out_offsets_ptr, ALIGNED, BLOCK_N, BLOCK_K)
     w_lo = group_range(w_offsets_ptr, g, ALIGNED)[0].to(tl.int64)
 
     offs_n = row0 + tl.arange(0, BLOCK_N)

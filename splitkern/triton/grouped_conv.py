@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from splitkern._conv import new_activation, output_shape
-from splitkern.triton._common import checked_grid, group_range, index_or_dummy, input_precision, on_input_device
+from splitkern.triton._common import (block_tile, checked_grid, column_tile, index_or_dummy, input_precision,
+                                      on_input_device)
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
@@ -45,10 +46,23 @@ def conv_weight_grad_config(dtype: torch.dtype) -> MMConfig:
 
 
 @triton.jit
-def _pixel_coords(offs_p, HO, WO):
+def _pixel_tile(p0, P, HO, WO, BLOCK_M: tl.constexpr):
+    """Pixels p0 .. p0 + BLOCK_M - 1 of P = N x HO x WO: their (n, h, w) coordinates and which are < P."""
+    offs_p = p0 + tl.arange(0, BLOCK_M)
+    mask_p = offs_p < P
     n = offs_p // (HO * WO)
     rem = offs_p % (HO * WO)
-    return n, rem // WO, rem % WO
+    return n, rem // WO, rem % WO, mask_p
+
+
+@triton.jit
+def _tap_source(ho, wo, tap, mask_p, H, W, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+                PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr):
+    """Input pixel (h, w) that kernel tap ``tap`` reads for output pixel (ho, wo), and ``mask_p`` and'ed with
+    whether (h, w) lies inside the H x W input (not in the padding)."""
+    h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
+    w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
+    return h, w, mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
 
 
 @triton.jit
@@ -83,17 +97,11 @@ def grouped_conv_kernel(
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, out_g, ho, wo] = sum_{r,s,c in in_g} x[n, c, ho*S-P+r*D, wo*S-P+s*D] W_g[o, c, r, s] (+ b)."""
-    pid_m = tl.program_id(0)
-    tile = tl.program_id(1)
-    g = tl.load(tiles_ptr + 2 * tile)
-    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
+    g, col0, ci_lo, ci_size, co_lo, co_size = column_tile(tiles_ptr, tl.program_id(1), in_offsets_ptr, out_offsets_ptr,
+                                                          ALIGNED, BLOCK_N)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_p = offs_p < P
-    n, ho, wo = _pixel_coords(offs_p, HO, WO)
+    n, ho, wo, mask_p = _pixel_tile(tl.program_id(0) * BLOCK_M, P, HO, WO, BLOCK_M)
     offs_o = col0 + tl.arange(0, BLOCK_N)
     mask_o = offs_o < co_size
     w_rows = w_lo + offs_o.to(tl.int64) * ci_size * (KH * KW)
@@ -103,9 +111,7 @@ def grouped_conv_kernel(
         tap = t // n_chunks
         offs_c = (t % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_c = offs_c < ci_size
-        h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
-        w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
-        valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        h, w, valid = _tap_source(ho, wo, tap, mask_p, H, W, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W)
         pix = _pixel_offsets(n, h, w, sxn, sxh, sxw)
         chan = _channels(ci_lo, offs_c, mask_c, x_chan_ptr, GATHER_X)
         a = tl.load(x_ptr + pix[:, None] + chan[None, :] * sxc, mask=valid[:, None] & mask_c[None, :], other=0.0)
@@ -132,17 +138,11 @@ def grouped_conv_grad_input_kernel(
 ):
     """dx[n, in_g, h, w] = sum over taps (r, s) with h = ho*S-P+r*D (same for w) and o in out_g of
     dy[n, o, ho, wo] W_g[o, c, r, s]."""
-    pid_m = tl.program_id(0)
-    tile = tl.program_id(1)
-    g = tl.load(tiles_ptr + 2 * tile)
-    col0 = tl.multiple_of(tl.load(tiles_ptr + 2 * tile + 1), BLOCK_N)
-    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
+    g, col0, co_lo, co_size, ci_lo, ci_size = column_tile(tiles_ptr, tl.program_id(1), out_offsets_ptr, in_offsets_ptr,
+                                                          ALIGNED, BLOCK_N)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
-    offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_p = offs_p < P
-    n, h, w = _pixel_coords(offs_p, H, W)
+    n, h, w, mask_p = _pixel_tile(tl.program_id(0) * BLOCK_M, P, H, W, BLOCK_M)
     offs_c = col0 + tl.arange(0, BLOCK_N)
     mask_c = offs_c < ci_size
     n_chunks = tl.cdiv(co_size, BLOCK_K)
@@ -182,13 +182,9 @@ def grouped_conv_grad_weight_kernel(
     INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dW_g[o, c, r, s] = sum over output pixels of dy[n, o, ho, wo] x[n, c, ho*S-P+r*D, wo*S-P+s*D]."""
-    tile = tl.program_id(0)
     tap = tl.program_id(1)
-    g = tl.load(tiles_ptr + 3 * tile)
-    row0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 1), BLOCK_N)
-    col0 = tl.multiple_of(tl.load(tiles_ptr + 3 * tile + 2), BLOCK_K)
-    ci_lo, ci_size = group_range(in_offsets_ptr, g, ALIGNED)
-    co_lo, co_size = group_range(out_offsets_ptr, g, ALIGNED)
+    g, row0, col0, ci_lo, ci_size, co_lo, co_size = block_tile(tiles_ptr, tl.program_id(0), in_offsets_ptr,
+                                                               out_offsets_ptr, ALIGNED, BLOCK_N, BLOCK_K)
     w_lo = tl.load(w_offsets_ptr + g).to(tl.int64) * (KH * KW)
 
     offs_o = row0 + tl.arange(0, BLOCK_N)
@@ -199,12 +195,8 @@ def grouped_conv_grad_weight_kernel(
     chan_x = _channels(ci_lo, offs_c, mask_c, x_chan_ptr, GATHER_X) * sxc
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for p0 in range(0, P, BLOCK_M):
-        offs_p = p0 + tl.arange(0, BLOCK_M)
-        mask_p = offs_p < P
-        n, ho, wo = _pixel_coords(offs_p, HO, WO)
-        h = ho * STRIDE_H - PAD_H + (tap // KW) * DIL_H
-        w = wo * STRIDE_W - PAD_W + (tap % KW) * DIL_W
-        valid = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        n, ho, wo, mask_p = _pixel_tile(p0, P, HO, WO, BLOCK_M)
+        h, w, valid = _tap_source(ho, wo, tap, mask_p, H, W, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W)
         pix_dy = _pixel_offsets(n, ho, wo, syn, syh, syw)
         pix_x = _pixel_offsets(n, h, w, sxn, sxh, sxw)
         dy_t = tl.load(dy_ptr + chan_dy[:, None] + pix_dy[None, :], mask=mask_o[:, None] & mask_p[None, :],
