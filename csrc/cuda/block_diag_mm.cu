@@ -15,10 +15,6 @@
 namespace splitkern {
 namespace {
 
-using gemm::from_float;
-using gemm::Group;
-using gemm::to_float;
-
 // A strided (M, C) matrix whose column j is read at index[j] when an index is given.
 template <typename T>
 struct Columns {
@@ -79,12 +75,11 @@ Tensor grouped_matmul(const Tensor& a, const Tensor& weight, const OptTensor& bi
   const Tensor w = weight.contiguous();
   const OptTensor b = bias.has_value() ? OptTensor(bias->contiguous()) : std::nullopt;
   Tensor out = at::empty({a.size(0), W_TRANSPOSED ? off.in.back() : off.out.back()}, a.options());
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(a.scalar_type(), "splitkern_block_diag_mm_cuda", [&] {
-    using T = typename gemm::CudaType<scalar_t>::type;
-    const MatmulProblem<T, W_TRANSPOSED> problem{
-        columns<const T>(a, a_index), reinterpret_cast<const T*>(w.data_ptr()),
-        b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr, columns<T>(out, c_index)};
-    gemm::launch<T>(problem, gemm::pass_groups(pass, off, a.size(0), 1), !a.is_cuda());
+  gemm::launch_pass(a, pass, off, a.size(0), 1, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    return MatmulProblem<T, W_TRANSPOSED>{columns<const T>(a, a_index), reinterpret_cast<const T*>(w.data_ptr()),
+                                          b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr,
+                                          columns<T>(out, c_index)};
   });
   return out;
 }
@@ -111,11 +106,10 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
   const at::OptionalDeviceGuard guard(at::device_of(x));
   const auto off = checked_matmul_grad_weight(grad_out, x, in_sizes, out_sizes, in_index, out_index);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_block_diag_mm_grad_weight_cuda", [&] {
-    using T = typename gemm::CudaType<scalar_t>::type;
-    const GradWeightProblem<T> problem{columns<const T>(grad_out, out_index), columns<const T>(x, in_index),
-                                       reinterpret_cast<T*>(grad_w.data_ptr())};
-    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradWeight, off, x.size(0), 1), !x.is_cuda());
+  gemm::launch_pass(x, gemm::Pass::kGradWeight, off, x.size(0), 1, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    return GradWeightProblem<T>{columns<const T>(grad_out, out_index), columns<const T>(x, in_index),
+                                reinterpret_cast<T*>(grad_w.data_ptr())};
   });
   return grad_w;
 }
@@ -124,13 +118,9 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
 
 using BlockDiagMmPasses = gemm::Passes<&forward, &block_diag_mm_aten, &grad_input, &block_diag_mm_grad_input_aten,
                                         &grad_weight, &block_diag_mm_grad_weight_aten>;
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { BlockDiagMmPasses::register_cuda(m, "block_diag_mm"); }
-TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) { BlockDiagMmPasses::register_emulated(m, "block_diag_mm"); }
-
-const KernelInfo cuda_info(
-    "block_diag_mm:cuda",
+SPLITKERN_REGISTER_TENSOR_CORE_PASSES(
+    block_diag_mm, BlockDiagMmPasses,
     "CUDA: fp16/bf16 forward, grad_input and grad_weight each one tensor-core (wmma) grouped-GEMM launch with fused "
     "gather/scatter (16-row tiles for M <= 16); fp32/fp64 one cuBLAS GEMM per group; grad_bias one column sum");
-const KernelInfo emulated_info("block_diag_mm:emulated", "the CUDA kernels run on the host (splitkern_emulated)");
 
 }  // namespace splitkern

@@ -16,10 +16,6 @@
 namespace splitkern {
 namespace {
 
-using gemm::from_float;
-using gemm::Group;
-using gemm::to_float;
-
 // An (N, C, H, W) tensor with any strides; channel c is read at index[c] when an index is given.
 template <typename T>
 struct Image {
@@ -155,12 +151,11 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
   const Tensor w = weight.contiguous();
   const OptTensor b = bias.has_value() ? OptTensor(bias->contiguous()) : std::nullopt;
   Tensor y = at::empty({x.size(0), off.out.back(), ho, wo}, x.options().memory_format(x.suggest_memory_format()));
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_grouped_conv_cuda", [&] {
-    using T = typename gemm::CudaType<scalar_t>::type;
-    const ForwardProblem<T> problem{image<const T>(x, in_index), reinterpret_cast<const T*>(w.data_ptr()),
-                                    b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr,
-                                    image<T>(y, out_index), window(geo)};
-    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kForward, off, pixels, geo.taps()), !x.is_cuda());
+  gemm::launch_pass(x, gemm::Pass::kForward, off, pixels, geo.taps(), [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    return ForwardProblem<T>{image<const T>(x, in_index), reinterpret_cast<const T*>(w.data_ptr()),
+                             b.has_value() ? reinterpret_cast<const T*>(b->data_ptr()) : nullptr,
+                             image<T>(y, out_index), window(geo)};
   });
   return y;
 }
@@ -174,12 +169,10 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, const Tensor& x,
   const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
   const Tensor w = weight.contiguous();
   Tensor dx = at::empty(x.sizes(), grad_out.options().memory_format(x.suggest_memory_format()));
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(grad_out.scalar_type(), "splitkern_grouped_conv_grad_input_cuda", [&] {
-    using T = typename gemm::CudaType<scalar_t>::type;
-    const GradInputProblem<T> problem{image<const T>(grad_out, out_index), reinterpret_cast<const T*>(w.data_ptr()),
-                                      image<T>(dx, in_index), window(geo)};
-    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradInput, off, pixels, geo.taps()),
-                    !grad_out.is_cuda());
+  gemm::launch_pass(grad_out, gemm::Pass::kGradInput, off, pixels, geo.taps(), [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    return GradInputProblem<T>{image<const T>(grad_out, out_index), reinterpret_cast<const T*>(w.data_ptr()),
+                               image<T>(dx, in_index), window(geo)};
   });
   return dx;
 }
@@ -192,12 +185,10 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
                                            dilation, in_index, out_index);
   const int64_t pixels = grad_out.size(0) * grad_out.size(2) * grad_out.size(3);
   Tensor grad_w = at::empty({off.weight.back()}, x.options());
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "splitkern_grouped_conv_grad_weight_cuda", [&] {
-    using T = typename gemm::CudaType<scalar_t>::type;
-    const GradWeightProblem<T> problem{image<const T>(grad_out, out_index), image<const T>(x, in_index),
-                                       reinterpret_cast<T*>(grad_w.data_ptr()), window(geo)};
-    gemm::launch<T>(problem, gemm::pass_groups(gemm::Pass::kGradWeight, off, pixels, geo.taps()),
-                    !x.is_cuda());
+  gemm::launch_pass(x, gemm::Pass::kGradWeight, off, pixels, geo.taps(), [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    return GradWeightProblem<T>{image<const T>(grad_out, out_index), image<const T>(x, in_index),
+                                reinterpret_cast<T*>(grad_w.data_ptr()), window(geo)};
   });
   return grad_w;
 }
@@ -206,13 +197,9 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& weight
 
 using GroupedConvPasses = gemm::Passes<&forward, &grouped_conv_aten, &grad_input, &grouped_conv_grad_input_aten,
                                         &grad_weight, &grouped_conv_grad_weight_aten>;
-TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { GroupedConvPasses::register_cuda(m, "grouped_conv"); }
-TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) { GroupedConvPasses::register_emulated(m, "grouped_conv"); }
-
-const KernelInfo cuda_info(
-    "grouped_conv:cuda",
+SPLITKERN_REGISTER_TENSOR_CORE_PASSES(
+    grouped_conv, GroupedConvPasses,
     "CUDA: fp16/bf16 forward, grad_input and grad_weight each one implicit-GEMM tensor-core (wmma) launch with fused "
     "channel gather/scatter; fp32/fp64 one cuDNN call per group (groups=G when equal)");
-const KernelInfo emulated_info("grouped_conv:emulated", "the CUDA kernels run on the host (splitkern_emulated)");
 
 }  // namespace splitkern

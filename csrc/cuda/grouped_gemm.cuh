@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -231,6 +232,17 @@ void launch(const Problem& problem, const std::vector<Group>& groups, bool on_ho
   }
 }
 
+// One pass's grouped GEMM in the 16-bit CUDA type T of `like` (fp16/bf16): make_problem((T*)nullptr)
+// builds the Problem (the pointer only carries T), run on the GPU, or on the host for CPU tensors.
+template <typename MakeProblem>
+void launch_pass(const at::Tensor& like, Pass pass, const GroupOffsets& off, int64_t pixels, int64_t taps,
+                 MakeProblem make_problem) {
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(like.scalar_type(), "splitkern_grouped_gemm", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    launch<T>(make_problem(static_cast<T*>(nullptr)), pass_groups(pass, off, pixels, taps), !like.is_cuda());
+  });
+}
+
 inline bool has_tensor_core_kernel(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
@@ -276,6 +288,23 @@ struct Passes {
     m.impl((op + "_grad_weight").c_str(), &Emulated<GradWeight>::run);
   }
 };
+
+}  // namespace gemm
+
+// What every op's Problem (csrc/cuda/<op>.cu) is written in.
+using gemm::from_float;
+using gemm::Group;
+using gemm::to_float;
+
+// Registers an op's gemm::Passes under its kernel names (CUDA, and emulated on the host) and lists
+// "<op>:cuda" (described by `what`) and "<op>:emulated" in kernel_info(). At namespace scope.
+#define SPLITKERN_REGISTER_TENSOR_CORE_PASSES(op, passes, what)                                 \
+  TORCH_LIBRARY_IMPL(splitkern, CUDA, m) { passes::register_cuda(m, #op); }                     \
+  TORCH_LIBRARY_IMPL(splitkern_emulated, CPU, m) { passes::register_emulated(m, #op); }        \
+  const KernelInfo op##_cuda_info(#op ":cuda", what);                                          \
+  const KernelInfo op##_emulated_info(#op ":emulated", "the CUDA kernels run on the host (splitkern_emulated)")
+
+namespace gemm {
 
 inline const int64_t* index_ptr(const OptTensor& index) {
   return index.has_value() ? index->data_ptr<int64_t>() : nullptr;
