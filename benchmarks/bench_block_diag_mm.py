@@ -120,7 +120,7 @@ def _call_block_diag_mm(case, x, w, b):
 
 def _cublas_grouped(case, x, w, b):
     """The extension's forward as one cublasGemmGroupedBatchedEx call (vs its wmma kernel)."""
-    ext = backend._extension()[0]
+    ext = backend.extension()[0]
     if DEVICE.type != "cuda" or ext is None or "block_diag_mm_cublas:cuda" not in ext.kernels():
         return None
     from splitkern.extension.block_diag_mm import block_diag_mm_cublas

@@ -101,7 +101,8 @@ def _triton_module():
 
 
 @functools.lru_cache(maxsize=None)
-def _extension():
+def extension():
+    """``(splitkern._C, "")`` when the compiled extension is usable, else ``(None, why not)``."""
     try:
         from splitkern import _C
         import splitkern.extension  # noqa: F401  (defines the ext_* schemas _C implements)
@@ -134,7 +135,7 @@ def _unusable_reason(name: str) -> str:
     if name == "triton":
         return _triton_module()[1]
     if name == "extension":
-        return _extension()[1]
+        return extension()[1]
     return ""
 
 
@@ -153,7 +154,7 @@ def unsupported_reason(name: str, op: str, device: torch.device, dtype: torch.dt
             ok = dtype in _INTERPRETER_DTYPES
             return "" if ok else f"the Triton interpreter takes {_INTERPRETER_DTYPES}, got {dtype}"
         return f"triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for CPU), got {device}"
-    ext = _extension()[0]
+    ext = extension()[0]
     if f"{op}:{device.type}" not in ext.kernels():
         return f"the compiled extension has no {device.type} kernel for {op!r} yet"
     return ""

@@ -16,7 +16,7 @@ def report() -> str:
                      + (" (interpreter: TRITON_INTERPRET=1)" if backend.triton_interpreted() else ""))
     except ImportError:
         lines.append("triton: not installed")
-    ext, why = backend._extension()
+    ext, why = backend.extension()
     if ext is None:
         lines.append(f"extension splitkern._C: not built ({why})")
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from splitkern.parallel.distributed import balanced_placement, logit_exchange
-from splitkern.parallel.subtrees import SubtreeSet, _flops
+from splitkern.parallel.subtrees import SubtreeSet, count_flops
 
 
 class _Trunk(torch.nn.Module):
@@ -40,7 +40,7 @@ def cost_model(split_model, example: torch.Tensor, workers=(1, 2, 4, 8), batch: 
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     subtree_set = SubtreeSet(split_model, example)
-    trunk = _flops(_Trunk(subtree_set), example)
+    trunk = count_flops(_Trunk(subtree_set), example)
     with torch.no_grad():
         features = subtree_set.trunk(example[:1])
     cut_bytes = features.numel() * features.element_size()

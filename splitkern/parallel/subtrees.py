@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from splitkern.nn import SplitConv2d, SplitLinear
-from splitkern.splitnet.convert import ChannelPermute, _set_module
+from splitkern.splitnet.convert import ChannelPermute
 from splitkern.splitnet.plan import is_split, split_record
 
 
@@ -62,7 +62,7 @@ class _Gathered(nn.Module):
         return self.layer(self.gather(x))
 
 
-def _flops(module: nn.Module, example: torch.Tensor) -> int:
+def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     """Multiply-adds x2 of the split layers, measured with forward hooks on one sample."""
     total = 0
 
@@ -111,7 +111,7 @@ def subtrees(split_model, example: torch.Tensor | None = None) -> list[Subtree]:
                 piece = _Gathered(layer.in_index[inputs], piece)
             if role.out_key == plan.output_key:
                 classes = layer.out_index[outputs].cpu()
-            _set_module(part, name, piece)
+            part.set_submodule(name, piece)
         for name, key in plan.channels.items():
             lo, hi = _key_range(counts[key], natives[key], lowest, h)
             _slice_batchnorm(part.get_submodule(resolve(name)), lo, hi)
@@ -120,7 +120,7 @@ def subtrees(split_model, example: torch.Tensor | None = None) -> list[Subtree]:
             lo, hi = _key_range(counts[key], natives[key], lowest, h)
             permute = part.get_submodule(name)[0]
             permute.index = permute.index[lo:hi].clone()
-        flops = _flops(part, example) if example is not None else 0
+        flops = count_flops(part, example) if example is not None else 0
         result.append(Subtree(h, part, classes, flops))
     return result
 
@@ -171,7 +171,7 @@ def _drop_modules(model: nn.Module, keep, holder: str) -> None:
     :class:`_HeldElsewhere` (children before parents, so every name still resolves)."""
     for name, module in reversed(list(model.named_modules())):
         if name and _owns_state(module) and not keep(name):
-            _set_module(model, name, _HeldElsewhere(name, holder))
+            model.set_submodule(name, _HeldElsewhere(name, holder))
 
 
 def _subtree_prefixes(split_model, start: int) -> list[str]:

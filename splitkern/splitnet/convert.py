@@ -25,28 +25,21 @@ from torch import nn
 
 from splitkern._conv import memory_format
 from splitkern.nn import SplitConv2d, SplitLinear
-from splitkern.splitnet.plan import SplitRecord
+from splitkern.splitnet.plan import SplitRecord, plan_of
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
 DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
 
 
-def _plan(model):
-    plan = getattr(model, "split_plan", None)
-    if plan is None or not hasattr(model, "assignments"):
-        raise ValueError("model has no split assignments: build it with split=SPEC (e.g. wrn(16, 8, split='2-2-2'))")
-    return plan
-
-
 def level_probs(model, key: str, level: str) -> torch.Tensor:
     """(G_level, d) probabilities of assignment ``key`` at ``level`` (merged in a tree)."""
-    return model.assignments[key].probs(_plan(model).groups(level))
+    return model.assignments[key].probs(plan_of(model).groups(level))
 
 
 def hard_groups(model: nn.Module, key: str, level: str) -> torch.Tensor:
     """(d,) int64 group ids of assignment ``key`` at ``level``."""
     assignment = model.assignments[key]
-    return assignment.hard() // (assignment.groups // _plan(model).groups(level))
+    return assignment.hard() // (assignment.groups // plan_of(model).groups(level))
 
 
 def group_sizes(model) -> dict[str, list[int]]:
@@ -77,7 +70,7 @@ def weighted_layer_mean(values: torch.Tensor) -> torch.Tensor:
 def regularization_terms(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unweighted ``{"R_D": mean(R_D), "R_W": weighted_layer_mean(R_W), "R_E": mean(R_E)}`` of a
     split-aware model (R_D and R_E over its assignments, R_W over its split layers)."""
-    plan = _plan(model)
+    plan = plan_of(model)
     modules = dict(model.named_modules())
     r_w = torch.stack([group_weight_reg(modules[name].weight, level_probs(model, role.in_key, role.level),
                                         level_probs(model, role.out_key, role.level))
@@ -106,7 +99,7 @@ def channel_orders(model) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def masked_dense(model: nn.Module) -> nn.Module:
     """A copy of the model with every weight between different hard groups set to zero."""
-    plan = _plan(model)
+    plan = plan_of(model)
     dense = copy.deepcopy(model)
     modules = dict(dense.named_modules())
     for name, role in plan.layers.items():
@@ -129,11 +122,6 @@ class ChannelPermute(nn.Module):
         return x.index_select(1, self.index).contiguous(memory_format=memory_format(x))  # keep channels_last
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def _split_layer(module, in_ids, out_ids, perm_in, perm_out, groups, *, gather: bool, scatter: bool):
     """A grouped-layout split layer from a dense one: blocks in the order ``perm_in``/``perm_out``; it reads
     original-order inputs only where it ``gather``s and writes original order only where it ``scatter``s."""
@@ -148,7 +136,7 @@ def split(model: nn.Module) -> nn.Module:
 
     In eval mode it computes what :func:`masked_dense` computes (to fp32 rounding).
     """
-    plan = _plan(model)
+    plan = plan_of(model)
     orders = channel_orders(model)
     result = copy.deepcopy(model)
     modules = dict(model.named_modules())
@@ -159,7 +147,7 @@ def split(model: nn.Module) -> nn.Module:
         layer = _split_layer(modules[name], in_ids, out_ids, orders[role.in_key], orders[role.out_key], groups,
                              gather=name == plan.gather_layer,
                              scatter=role.out_key == plan.output_key)
-        _set_module(result, name, layer)
+        result.set_submodule(name, layer)
     for name, key in plan.channels.items():
         bn = result.get_submodule(name)
         index = orders[key].to(bn.weight.device)
@@ -167,7 +155,7 @@ def split(model: nn.Module) -> nn.Module:
             tensor.copy_(tensor[index])
     if plan.start is not None:
         name, key = plan.start
-        _set_module(result, name, nn.Sequential(ChannelPermute(orders[key]), result.get_submodule(name)))
+        result.set_submodule(name, nn.Sequential(ChannelPermute(orders[key]), result.get_submodule(name)))
     result.split_record = SplitRecord(model=type(model).__name__, config=dict(getattr(model, "config", {})),
                                       spec=str(plan.spec),
                                       hard={key: a.hard().cpu() for key, a in model.assignments.items()},

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from splitkern._reg_math import weight_energy
+from splitkern.splitnet.plan import plan_of
 
 
 def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> torch.Tensor:
@@ -47,9 +48,7 @@ def random_balanced(n: int, k: int, seed: int = 0) -> torch.Tensor:
 def cluster_groups(model, seed: int = 0) -> dict[str, torch.Tensor]:
     """The clustering init of every assignment: k-means of the classes' rows of the last split
     layer, propagated down the split tree (:func:`propagate_groups`)."""
-    from splitkern.splitnet.convert import _plan
-
-    plan = _plan(model)
+    plan = plan_of(model)
     last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
     classes = kmeans(model.get_submodule(last).weight, plan.groups(plan.layers[last].level), seed=seed)
     return propagate_groups(model, classes)
@@ -64,9 +63,7 @@ def propagate_groups(model, class_groups: torch.Tensor) -> dict[str, torch.Tenso
     outputs (``d_in * n_g / n``, largest remainder). Without the quota a large group wins
     every feature by sheer size and leaves the others empty.
     """
-    from splitkern.splitnet.convert import _plan
-
-    plan = _plan(model)
+    plan = plan_of(model)
     modules = dict(model.named_modules())
     known = {plan.output_key: class_groups.cpu()}
     while len(known) < len(model.assignments):

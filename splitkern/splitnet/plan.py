@@ -77,3 +77,12 @@ def split_record(model) -> SplitRecord:
         raise ValueError(f"{type(model).__name__} is not a split model: it carries no split record (take a model "
                          "returned by splitkern.splitnet.split() or loaded by splitkern.load() from split.pt)")
     return record
+
+
+def plan_of(model) -> SplitPlan:
+    """The split plan of a split-aware model (one built with ``split=SPEC`` and not yet split), else a
+    ``ValueError`` saying how to build one."""
+    plan = getattr(model, "split_plan", None)
+    if plan is None or not hasattr(model, "assignments"):
+        raise ValueError("model has no split assignments: build it with split=SPEC (e.g. wrn(16, 8, split='2-2-2'))")
+    return plan

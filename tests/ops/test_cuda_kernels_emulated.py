@@ -31,7 +31,7 @@ ROWS = (0, 1, 16, 17, 70)  # 16-row small-M tiles up to 16, 64 x 64 tiles beyond
 
 
 def emulated():
-    ext, why = backend._extension()
+    ext, why = backend.extension()
     assert ext is not None, why  # CI builds the extension
     if not ext.cuda_runtime_version():  # tests/ops/test_extension_ops.py fails such a build where nvcc exists
         pytest.skip("the extension was built without nvcc (C++ CPU kernels only): no CUDA kernels to emulate")

@@ -22,7 +22,7 @@ def _nvcc_found() -> bool:
 
 
 def test_extension_is_built_with_a_cpu_and_a_cuda_kernel_per_op():
-    ext, why = backend._extension()
+    ext, why = backend.extension()
     assert ext is not None, why  # CI builds it (setup.py finds nvcc); a failed build must not pass quietly
     assert bool(ext.cuda_runtime_version()) == _nvcc_found()  # no quiet C++-only build where nvcc is
     for op in OPS:
@@ -94,7 +94,7 @@ def _reg_args(_):
 @pytest.mark.parametrize("make_args", [_mm_args, _conv_args, _reg_args])
 @pytest.mark.parametrize("indices", [False, True])
 def test_opcheck_extension_ops(make_args, indices):
-    backend._extension()  # loads the library and the fake impls
+    backend.extension()  # loads the library and the fake impls
     for op, args in make_args(indices):
         torch.library.opcheck(op, args)
 
@@ -102,7 +102,7 @@ def test_opcheck_extension_ops(make_args, indices):
 def test_extension_op_rejects_mismatched_sizes():
     """The numbers are in the message: a second, exported libstdc++ in _C.so (a compiler that links it
     statically) formatted them as nothing here and crashed the process on the GPU image."""
-    backend._extension()
+    backend.extension()
     with pytest.raises(RuntimeError, match=r"in_sizes and out_sizes .* got 1 and 2"):
         torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(6), None, [3], [2, 1], None, None)
     with pytest.raises(RuntimeError, match=r"weight must have shape \(6,\) .* got \[5\]"):
@@ -115,7 +115,7 @@ def test_extension_keeps_its_cxx_runtime_private():
     import shutil
     import subprocess
 
-    ext, why = backend._extension()
+    ext, why = backend.extension()
     assert ext is not None, why
     if shutil.which("nm") is None:
         pytest.skip("no nm on PATH")
@@ -172,7 +172,7 @@ def _replace(args, position, tensor):
 
 def test_every_entry_point_rejects_an_operand_of_another_dtype():
     """A float64 operand beside float32 ones is named in the error (it used to be read as float32 bits)."""
-    backend._extension()
+    backend.extension()
     for op, args in _all_entry_points():
         if "group_weight_reg" in op._schema.name:  # p, q and the gradients are fp32 whatever the weight's dtype
             continue
@@ -189,7 +189,7 @@ def test_every_entry_point_rejects_an_operand_of_another_dtype():
 @pytest.mark.gpu
 def test_every_entry_point_rejects_an_operand_on_another_device():
     """A CPU operand beside CUDA ones is named in the error, before any kernel reads host memory."""
-    backend._extension()
+    backend.extension()
     for op, args in _all_entry_points():
         for i, arg in enumerate(args):
             if isinstance(arg, torch.Tensor) and i > 0:
@@ -199,7 +199,7 @@ def test_every_entry_point_rejects_an_operand_on_another_device():
 
 
 def test_regulariser_entry_points_name_misshapen_gradients():
-    backend._extension()
+    backend.extension()
     w, p, q = torch.randn(8, 6), torch.rand(2, 6), torch.rand(2, 8)
     op = torch.ops.splitkern.ext_group_weight_reg_gemms_backward
     with pytest.raises(RuntimeError, match="grad_a must have shape"):
