@@ -9,7 +9,7 @@ from splitkern import backend
 from splitkern.layout import BlockLayout, block_layout
 
 
-def kernels(op: str, t: Tensor):
+def implementation(op: str, t: Tensor):
     """The ``splitkern.<backend>.<op>`` module chosen for tensors like ``t``."""
     return backend.implementation(op, t.device, t.dtype)
 

@@ -8,40 +8,41 @@ from torch import Tensor
 
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.registry import custom_op
-from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
+from splitkern.ops._dispatch import autocast_operands, cached_layout, implementation
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "block_diag_mm"
 
 
-def _kernels(t: Tensor):
-    return kernels(_OP, t)
+def _backend(t: Tensor):
+    """The backend module that runs this op for tensors like ``t``."""
+    return implementation(_OP, t)
 
 
 @custom_op("block_diag_mm")
 def _block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int],
                    out_sizes: list[int], in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
     layout = cached_layout(in_sizes, out_sizes)
-    return _kernels(x).block_diag_mm(x, weight, bias, layout, in_index, out_index)
+    return _backend(x).block_diag_mm(x, weight, bias, layout, in_index, out_index)
 
 
 @custom_op("block_diag_mm_grad_input")
 def _block_diag_mm_grad_input(grad_out: Tensor, weight: Tensor, in_sizes: list[int], out_sizes: list[int],
                               in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
     layout = cached_layout(in_sizes, out_sizes)
-    return _kernels(grad_out).block_diag_mm_grad_input(grad_out, weight, layout, in_index, out_index)
+    return _backend(grad_out).block_diag_mm_grad_input(grad_out, weight, layout, in_index, out_index)
 
 
 @custom_op("block_diag_mm_grad_weight")
 def _block_diag_mm_grad_weight(grad_out: Tensor, x: Tensor, in_sizes: list[int], out_sizes: list[int],
                                in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
     layout = cached_layout(in_sizes, out_sizes)
-    return _kernels(x).block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index)
+    return _backend(x).block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index)
 
 
 @custom_op("block_diag_mm_grad_bias")
 def _block_diag_mm_grad_bias(grad_out: Tensor, out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(grad_out).block_diag_mm_grad_bias(grad_out, out_index)
+    return _backend(grad_out).block_diag_mm_grad_bias(grad_out, out_index)
 
 
 @_block_diag_mm_grad_bias.register_fake

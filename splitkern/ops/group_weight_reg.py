@@ -7,25 +7,26 @@ from torch import Tensor
 
 from splitkern._reg_math import finish
 from splitkern.registry import custom_op
-from splitkern.ops._dispatch import kernels
+from splitkern.ops._dispatch import implementation
 from splitkern.ops._checks import check_shape, check_tensor
 
 _OP = "group_weight_reg"
 
 
-def _kernels(t: Tensor):
-    return kernels(_OP, t)
+def _backend(t: Tensor):
+    """The backend module that runs this op for tensors like ``t``."""
+    return implementation(_OP, t)
 
 
 @custom_op("group_weight_reg_gemms")
 def _gemms(weight: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-    return _kernels(weight).group_weight_reg_gemms(weight, p, q)
+    return _backend(weight).group_weight_reg_gemms(weight, p, q)
 
 
 @custom_op("group_weight_reg_gemms_backward")
 def _gemms_backward(weight: Tensor, p: Tensor, q: Tensor, grad_a: Tensor,
                     grad_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernels(weight).group_weight_reg_gemms_backward(weight, p, q, grad_a, grad_b)
+    return _backend(weight).group_weight_reg_gemms_backward(weight, p, q, grad_a, grad_b)
 
 
 @_gemms.register_fake

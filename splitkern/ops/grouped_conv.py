@@ -10,21 +10,22 @@ from torch import Tensor
 from splitkern._conv import channel_grad_bias, new_activation, output_shape
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.registry import custom_op
-from splitkern.ops._dispatch import autocast_operands, cached_layout, kernels
+from splitkern.ops._dispatch import autocast_operands, cached_layout, implementation
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "grouped_conv"
 
 
-def _kernels(t: Tensor):
-    return kernels(_OP, t)
+def _backend(t: Tensor):
+    """The backend module that runs this op for tensors like ``t``."""
+    return implementation(_OP, t)
 
 
 @custom_op("grouped_conv")
 def _grouped_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_sizes: list[int], out_sizes: list[int],
                   kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
                   in_index: Optional[Tensor], out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(x).grouped_conv(x, weight, bias, cached_layout(in_sizes, out_sizes), kernel_size, stride, padding,
+    return _backend(x).grouped_conv(x, weight, bias, cached_layout(in_sizes, out_sizes), kernel_size, stride, padding,
                                     dilation, in_index, out_index)
 
 
@@ -33,7 +34,7 @@ def _grouped_conv_grad_input(grad_out: Tensor, weight: Tensor, x: Tensor, in_siz
                              out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                              dilation: list[int], in_index: Optional[Tensor],
                              out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(grad_out).grouped_conv_grad_input(grad_out, weight, x, cached_layout(in_sizes, out_sizes),
+    return _backend(grad_out).grouped_conv_grad_input(grad_out, weight, x, cached_layout(in_sizes, out_sizes),
                                                       kernel_size, stride, padding, dilation, in_index, out_index)
 
 
@@ -42,7 +43,7 @@ def _grouped_conv_grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, in_si
                               out_sizes: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                               dilation: list[int], in_index: Optional[Tensor],
                               out_index: Optional[Tensor]) -> Tensor:
-    return _kernels(x).grouped_conv_grad_weight(grad_out, x, weight, cached_layout(in_sizes, out_sizes), kernel_size,
+    return _backend(x).grouped_conv_grad_weight(grad_out, x, weight, cached_layout(in_sizes, out_sizes), kernel_size,
                                                 stride, padding, dilation, in_index, out_index)
 
 

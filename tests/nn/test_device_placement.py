@@ -23,9 +23,9 @@ OPS = tuple(registry.OPS)
 
 
 def _entry_points(op: str) -> list[str]:
-    """Names that ``splitkern/ops/<op>.py`` calls on the backend module (``_kernels(t).<name>(``)."""
+    """Names that ``splitkern/ops/<op>.py`` calls on the backend module (``_backend(t).<name>(``)."""
     source = inspect.getsource(importlib.import_module(f"splitkern.ops.{op}"))
-    return sorted(set(re.findall(r"_kernels\(\w+\)\.(\w+)\(", source)))
+    return sorted(set(re.findall(r"_backend\(\w+\)\.(\w+)\(", source)))
 
 
 def test_on_input_device_makes_the_tensors_device_current(monkeypatch):
@@ -53,6 +53,7 @@ def test_every_triton_entry_point_runs_on_its_tensors_device(op):
 
     names = _entry_points(op)
     assert names, f"no backend calls found in splitkern/ops/{op}.py"
+    assert names == sorted(k.name for k in registry.get(op).kernels if k.public)  # the registry lists them all
     module = importlib.import_module(f"splitkern.triton.{op}")
     wrapper_code = on_input_device(lambda t: t).__code__
     undecorated = [n for n in names if getattr(module, n).__code__ is not wrapper_code]

@@ -4,13 +4,13 @@ import torch
 from torch import Tensor
 
 from splitkern.ops._checks import check_tensor
-from splitkern.ops._dispatch import kernels
+from splitkern.ops._dispatch import implementation
 from splitkern.registry import custom_op
 
 
 @custom_op("toy_scale")
 def _toy_scale(x: Tensor, alpha: float) -> Tensor:
-    return kernels("toy_scale", x).toy_scale(x, alpha)
+    return implementation("toy_scale", x).toy_scale(x, alpha)
 
 
 @_toy_scale.register_fake
