@@ -28,7 +28,7 @@ from common import DEVICE
 
 from splitkern.models import wrn
 from splitkern.parallel import StreamParallel
-from splitkern.parallel.subtrees import _flops
+from splitkern.parallel.subtrees import count_flops
 from splitkern.splitnet import count_parameters, split
 
 
@@ -95,7 +95,7 @@ def describe(case: Case, mode: str):
 
 @functools.lru_cache(maxsize=None)
 def flops_per_image(widen: int) -> int:
-    return _flops(copy.deepcopy(models(widen)[1]).float().cpu(), torch.zeros(1, 3, 32, 32))
+    return count_flops(copy.deepcopy(models(widen)[1]).float().cpu(), torch.zeros(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize("line", list(LINES))

@@ -19,7 +19,7 @@ timeout 200 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$WORK/bu
 note "build rc=$?"
 
 # Each bad-argument call in its own process, so one crash does not hide the next.
-PRE="import faulthandler, torch; faulthandler.enable(); from splitkern import backend; backend._extension()"
+PRE="import faulthandler, torch; faulthandler.enable(); from splitkern import backend; backend.extension()"
 CALLS=(
   "torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(6), None, [3], [2, 1], None, None)"
   "torch.ops.splitkern.ext_block_diag_mm(torch.randn(2, 3), torch.randn(5), None, [3], [2], None, None)"
