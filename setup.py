@@ -2,7 +2,8 @@
 
 With nvcc (CUDA_HOME) the extension holds the C++ CPU kernels and the CUDA kernels
 (CUDAExtension); without it, the C++ CPU kernels only (CppExtension, as
-pytorch/extension-cpp does): `splitkern info` then lists no ":cuda" kernel.
+pytorch/extension-cpp does): `splitkern info` then lists no ":cuda" kernel. If that C++-only
+build fails (no compiler), the package installs without the extension and says so.
 
 Environment:
   CUDA_HOME                  CUDA toolkit (default /usr/local/cuda when it exists)
@@ -88,8 +89,8 @@ def cpu_extension(name="splitkern._C"):
 
 
 def cuda_extension(home, name="splitkern._C"):
-    """The extension with the C++ CPU kernels and the CUDA kernels (csrc/cuda/*.cu, built by nvcc)."""
-    os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension at import
+    """The extension with the C++ CPU kernels and the CUDA kernels (csrc/cuda/*.cu, built by nvcc).
+    ``CUDA_HOME`` must already name ``home`` when torch.utils.cpp_extension is first imported."""
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import CUDAExtension
 
@@ -105,29 +106,45 @@ def cuda_extension(home, name="splitkern._C"):
     )
 
 
+def _optional(build_ext):
+    """``build_ext`` that installs without the extension, saying so, when the C++-only build fails (no
+    C++ compiler or Python headers): splitkern then runs on its reference and Triton backends, and
+    ``splitkern info`` says the extension is not built. A CUDA build that fails stays an error."""
+
+    class OptionalBuild(build_ext):
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # any compiler or linker failure
+                print(f"splitkern: WARNING: could not build the C++ extension splitkern._C ({exc}); installing "
+                      "without it (set SPLITKERN_SKIP_CUDA_BUILD=1 to skip the attempt)")
+
+    return OptionalBuild
+
+
 def _extensions():
     if os.environ.get("SPLITKERN_SKIP_CUDA_BUILD") == "1":
         print("splitkern: SPLITKERN_SKIP_CUDA_BUILD=1, not building splitkern._C")
         return [], {}
+    home = _cuda_home()
+    cpu_only = home is None or os.environ.get("SPLITKERN_CPU_ONLY_BUILD") == "1"
+    if not cpu_only:
+        os.environ["CUDA_HOME"] = home  # torch.utils.cpp_extension reads it once, when first imported
     from torch.utils.cpp_extension import BuildExtension
 
-    home = _cuda_home()
-    if os.environ.get("SPLITKERN_CPU_ONLY_BUILD") == "1":
-        print("splitkern: SPLITKERN_CPU_ONLY_BUILD=1, building the C++ CPU kernels only")
-        ext = cpu_extension()
-    elif home is None:
-        print("splitkern: no CUDA toolchain (CUDA_HOME/nvcc) found, building the C++ CPU kernels only")
-        ext = cpu_extension()
-    else:
-        ext = cuda_extension(home)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    build_ext = BuildExtension.with_options(use_ninja=True)
+    if not cpu_only:
+        return [cuda_extension(home)], {"build_ext": build_ext}
+    print("splitkern: " + ("SPLITKERN_CPU_ONLY_BUILD=1" if home else "no CUDA toolchain (CUDA_HOME/nvcc) found")
+          + ", building the C++ CPU kernels only")
+    return [cpu_extension()], {"build_ext": _optional(build_ext)}
 
 
 ext_modules, cmdclass = _extensions()
 
 setup(
     name="splitkern",
-    version="0.1.0",
+    version="0.2.0",
     description="Ragged block-diagonal kernels and layers for SplitNet",
     packages=find_packages(include=["splitkern", "splitkern.*"]),
     package_data={"splitkern": ["py.typed"], "splitkern.triton": ["kernel_configs.json"]},

@@ -3,8 +3,10 @@
 ``python -m splitkern.kernels`` and ``splitkern kernels`` still work; use ``splitkern report-kernels``.
 """
 
-from splitkern.analysis.kernels import *  # noqa: F401,F403
-from splitkern.analysis.kernels import main
+import sys
+
+import splitkern.analysis.kernels as _report
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_report.main())
+sys.modules[__name__] = _report  # every name, private ones included

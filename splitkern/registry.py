@@ -90,16 +90,6 @@ class Op:
         """The public, differentiable function (``splitkern.ops.<name>`` for the built-in ops)."""
         return getattr(importlib.import_module(self.public), self.name)
 
-    def kernel(self, name: str) -> Kernel:
-        for kernel in self.kernels:
-            if kernel.name == name:
-                return kernel
-        raise KeyError(f"op {self.name!r} has no kernel entry point {name!r}")
-
-    def fake(self, kernel: Kernel) -> Callable:
-        """The fake (meta) impl of ``kernel``: ``<kernel or fake_of>_fake`` in the public module."""
-        return getattr(importlib.import_module(self.public), f"{kernel.fake_of or kernel.name}_fake")
-
     def static_variants(self) -> tuple:
         """Every Triton launch variant of this op, for the static kernel report (none without Triton)."""
         if "triton" not in self.modules:

@@ -1,6 +1,8 @@
-"""The extension without nvcc: setup.py's CppExtension build (csrc/*.cpp only, as on a machine with no CUDA
-toolkit) compiles, lists only CPU kernels, and its kernels match the reference through the public ops."""
+"""The extension without nvcc: setup.py's CppExtension build (``SPLITKERN_CPU_ONLY_BUILD=1``: csrc/*.cpp only,
+what a machine without a CUDA toolkit gets) compiles, lists only CPU kernels, and its kernels match the
+reference through the public ops; a C++-only build that cannot compile installs without the extension."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +10,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 CHECK = """
-import glob, os, sys
+import glob, importlib.util, sys
 import torch
-from torch.utils.cpp_extension import load
 
-os.chdir({repo!r})
-ext = load("splitkern_cpu_only", sorted(glob.glob("csrc/*.cpp")), extra_cflags=["-O1"],
-           extra_ldflags=["-Wl,--exclude-libs,ALL"], build_directory={build!r}, verbose=False)
+path, = glob.glob({lib!r} + "/splitkern/_C*.so")
+spec = importlib.util.spec_from_file_location("splitkern._C", path)
+ext = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ext)
 sys.modules["splitkern._C"] = ext  # splitkern loads this build as its extension
 import splitkern
 from splitkern import backend, info
@@ -54,12 +56,30 @@ print("matches the reference:", len(got), "tensors")
 """
 
 
+def _build(tmp_path, **env):
+    """``setup.py build_ext`` of the C++-only extension into ``tmp_path/lib``."""
+    command = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp",
+               str(tmp_path / "tmp")]
+    environment = {**os.environ, "SPLITKERN_CPU_ONLY_BUILD": "1", **env}
+    environment.pop("SPLITKERN_SKIP_CUDA_BUILD", None)
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=900)
+
+
 def test_the_cpp_only_extension_builds_and_matches_the_reference(tmp_path):
-    code = CHECK.format(repo=str(REPO), build=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    built = _build(tmp_path)
+    assert built.returncode == 0 and "building the C++ CPU kernels only" in built.stdout, built.stdout + built.stderr
+    out = subprocess.run([sys.executable, "-c", CHECK.format(lib=str(tmp_path / "lib"))], capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "kernels ['block_diag_mm:cpu', 'group_weight_reg:cpu', 'grouped_conv:cpu']" in out.stdout
     assert "runtime 0 ''" in out.stdout
     assert "extension splitkern._C: C++ only (built without nvcc), 3 kernels:" in out.stdout
     assert "block_diag_mm on cpu (fp32): usable ['reference', " in out.stdout and "'extension'], chosen" in out.stdout
     assert "matches the reference: 10 tensors" in out.stdout
+
+
+def test_a_cpp_only_build_without_a_compiler_installs_without_the_extension(tmp_path):
+    built = _build(tmp_path, CC="/nonexistent/cc", CXX="/nonexistent/c++")
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "WARNING: could not build the C++ extension splitkern._C" in built.stdout
+    assert not list(tmp_path.glob("lib/splitkern/_C*.so"))

@@ -162,3 +162,28 @@ def test_each_seam_imports_first_in_a_fresh_interpreter(first):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "'block_diag_mm'" in out.stdout
+
+
+def test_every_kernel_the_extension_registers_has_a_registry_schema():
+    """_C registers implementations by name (gemm::Passes builds them): a name the registry does not define
+    would be an implementation nothing can call."""
+    ext, why = backend.extension()
+    assert ext is not None, why
+    dangling = [entry for entry in torch._C._dispatch_find_dangling_impls() if "splitkern" in entry]
+    assert dangling == []
+
+
+def test_the_old_package_and_module_names_still_import():
+    """splitkern.cuda (now splitkern.extension, with a DeprecationWarning) and splitkern.kernels (now
+    splitkern.analysis.kernels) stay importable, submodules and private names included, until 0.3."""
+    import splitkern.analysis.kernels as report
+
+    code = ("import splitkern.cuda.block_diag_mm as m; import splitkern.kernels as k; "
+            "print(m.block_diag_mm_cublas.__name__, callable(k._variants))")
+    out = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-c", code], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "block_diag_mm_cublas True" in out.stdout, out.stderr
+    assert "DeprecationWarning: splitkern.cuda is now splitkern.extension" in out.stderr
+    import splitkern.kernels
+
+    assert splitkern.kernels is report

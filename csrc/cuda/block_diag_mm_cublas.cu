@@ -1,7 +1,7 @@
 // block_diag_mm forward as ONE cublasGemmGroupedBatchedEx call (cuBLAS >= 12.5): the line the
 // issue asks to measure against the wmma grouped GEMM of block_diag_mm.cu. Registered as its own
 // op (ext_block_diag_mm_cublas, CUDA only, forward only), timed by the `splitkern-cuda-cublas`
-// benchmark line; the `cuda` backend keeps the wmma kernel until a GPU run says otherwise.
+// benchmark line; the `extension` backend keeps the wmma kernel until a GPU run says otherwise.
 //
 // cuBLAS has no gather/scatter, so in_index / out_index cost a separate index_select /
 // index_copy pass here, and the bias is written into Y first (beta = 1). Row-major Y_g (M x n_g) is

@@ -5,8 +5,9 @@ through :mod:`splitkern.backend` when the ``extension`` backend runs a call). Im
 package loads ``splitkern._C`` (which registers only kernel implementations) and defines, from
 :mod:`splitkern.registry`, the schemas they implement: ``splitkern::ext_<kernel>`` for every kernel
 entry point, ``splitkern_emulated::<kernel>`` for those whose CUDA kernel also runs on the host
-(tests). Each ext op's fake is its public kernel's, reached through the dispatcher, so this package
-imports no op module. Importing it without a built extension raises ``ImportError``.
+(tests). Each ext op's fake is its public kernel's, reached through the dispatcher when the fake
+runs, so this package imports no op module. An op registered after this import gets its ext
+schemas from :func:`define`. Importing it without a built extension raises ``ImportError``.
 """
 
 import torch
@@ -16,30 +17,35 @@ from splitkern import registry
 
 _LIBRARIES = {namespace: torch.library.Library(namespace, "FRAGMENT")
               for namespace in (registry.EXTENSION_NAMESPACE, registry.EMULATED_NAMESPACE)}
+_DEFINED: set[str] = set()
 
 
 def _public_fake(kernel: registry.Kernel):
-    public = getattr(torch.ops.splitkern, kernel.fake_of or kernel.name)
+    public = kernel.fake_of or kernel.name
 
-    def fake(*args):
-        return public(*args)  # under fake tensors: the public op's fake impl
+    def fake(*args, **kwargs):
+        return getattr(torch.ops.splitkern, public)(*args, **kwargs)  # under fake tensors: its fake impl
 
     return fake
 
 
-def _define(op: registry.Op) -> list[str]:
-    """Define ``op``'s extension schemas (once per process); returns the ext op names."""
+def define(op: registry.Op) -> list[str]:
+    """Define ``op``'s extension schemas and fakes (once per process); returns its ext op names."""
     names = []
     for kernel in op.kernels:
         name = f"ext_{kernel.name}"
-        if not hasattr(torch.ops.splitkern, name):
+        if name not in _DEFINED:
+            if hasattr(torch.ops.splitkern, name):  # an extension built before the registry defined its own
+                raise ImportError(f"splitkern._C defines splitkern::{name} itself: it is a stale build, "
+                                  "rebuild it (pip install -e . or make install)")
             _LIBRARIES[registry.EXTENSION_NAMESPACE].define(name + kernel.extension_schema())
             torch.library.register_fake(f"splitkern::{name}", _public_fake(kernel),
                                         lib=_LIBRARIES[registry.EXTENSION_NAMESPACE])
-        if kernel.emulated and not hasattr(torch.ops.splitkern_emulated, kernel.name):
-            _LIBRARIES[registry.EMULATED_NAMESPACE].define(kernel.name + kernel.extension_schema())
+            if kernel.emulated:
+                _LIBRARIES[registry.EMULATED_NAMESPACE].define(kernel.name + kernel.extension_schema())
+            _DEFINED.add(name)
         names.append(name)
     return names
 
 
-EXT_OPS = tuple(name for op in registry.OPS.values() if "extension" in op.modules for name in _define(op))
+EXT_OPS = tuple(name for op in registry.OPS.values() if "extension" in op.modules for name in define(op))

@@ -4,34 +4,26 @@ The op test files run every shape class through the ``extension`` backend too (`
 this file checks that they really do, and opchecks the C++ ops themselves.
 """
 
-import os
-
 import pytest
 import torch
 
 from splitkern import backend, registry
-from tests.helpers import DEVICE, random_permutation
+from tests.helpers import DEVICE, expect_cuda_build, random_permutation
 
 OPS = tuple(registry.OPS)
-
-
-def _nvcc_found() -> bool:
-    """What setup.py and the Makefile look for: nvcc under CUDA_HOME or /usr/local/cuda."""
-    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
-    return os.path.exists(os.path.join(home, "bin", "nvcc")) and os.environ.get("SPLITKERN_CPU_ONLY_BUILD") != "1"
 
 
 def test_extension_is_built_with_a_cpu_and_a_cuda_kernel_per_op():
     ext, why = backend.extension()
     assert ext is not None, why  # CI builds it (setup.py finds nvcc); a failed build must not pass quietly
-    assert bool(ext.cuda_runtime_version()) == _nvcc_found()  # no quiet C++-only build where nvcc is
+    assert bool(ext.cuda_runtime_version()) == expect_cuda_build()  # no quiet C++-only build where nvcc is
     for op in OPS:
-        device_kernels = ("cpu", "cuda", "emulated") if _nvcc_found() else ("cpu",)
+        device_kernels = ("cpu", "cuda", "emulated") if expect_cuda_build() else ("cpu",)
         assert {f"{op}:{device}" for device in device_kernels} <= set(ext.kernels())
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             assert "extension" in backend.available_backends(DEVICE, op, dtype)
     assert dict(ext.kernel_info()).keys() == set(ext.kernels())
-    if _nvcc_found():
+    if expect_cuda_build():
         assert "block_diag_mm_cublas:cuda" in ext.kernels()  # setup.py finds cuBLAS in torch's nvidia wheel
 
 
