@@ -16,6 +16,32 @@ from splitkern.splitnet.spec import SplitSpec
 LEVELS = ("fc6", "fc7", "fc8")
 
 
+def fc_split_plan(spec: SplitSpec, widths, layer_names=None, model_name: str = "AlexNet"):
+    """Assignments and plan of SplitNet's AlexNet levels: the last ``spec.levels`` of fc6, fc7, fc8.
+
+    ``widths``: the features entering fc6, fc7 and fc8, and the classes; ``layer_names``: each level's
+    linear as a module name (default: the level's own name). The features entering a level are assigned
+    at its group count, the classes at fc8's; the first split linear gathers. Used by this AlexNet and by
+    torchvision's (:mod:`splitkern.models.torchvision`).
+    """
+    spec.check_levels(LEVELS, model_name)
+    levels = LEVELS[len(LEVELS) - spec.levels:]
+    names = layer_names or {level: level for level in LEVELS}
+    groups = dict(zip(levels, spec.groups))
+    keys = ("fc6_in", "fc7_in", "fc8_in", "classes")
+    assignments = {}
+    for j in range(LEVELS.index(levels[0]), len(keys)):
+        level = LEVELS[min(j, 2)]
+        if widths[j] < groups[level]:
+            raise ValueError(f"split spec {spec}: {groups[level]} groups at level {level} do not fit {model_name}'s "
+                             f"{keys[j]} ({widths[j]} features): every group needs at least one")
+        assignments[keys[j]] = GroupAssignment(groups[level], widths[j])
+    layers = {names[level]: LayerRole(keys[i], keys[i + 1], level) for i, level in enumerate(LEVELS) if level in groups}
+    plan = SplitPlan(spec=spec, levels=levels, layers=layers, channels={}, start=None, output_key="classes",
+                     gather_layer=names[levels[0]])
+    return nn.ModuleDict(assignments), plan
+
+
 class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000, split=None, variant: str = "imagenet", hidden: int | None = None,
                  dropout: float = 0.5):
@@ -45,21 +71,8 @@ class AlexNet(nn.Module):
         self.drop7, self.fc7 = nn.Dropout(dropout), nn.Linear(hidden, hidden)
         self.fc8 = nn.Linear(hidden, num_classes)
         if split is not None:
-            spec = SplitSpec.parse(split)
-            spec.check_levels(LEVELS, "AlexNet")
-            self.assignments, self.split_plan = self._plan(spec, (flat, hidden, hidden, num_classes))
-
-    def _plan(self, spec, widths):
-        levels = LEVELS[len(LEVELS) - spec.levels:]
-        groups = dict(zip(levels, spec.groups))
-        keys = ("fc6_in", "fc7_in", "fc8_in", "classes")
-        first = LEVELS.index(levels[0])
-        # features entering a level are assigned at its group count; the classes at fc8's
-        assignments = {keys[j]: GroupAssignment(groups[LEVELS[min(j, 2)]], widths[j]) for j in range(first, 4)}
-        layers = {level: LayerRole(keys[i], keys[i + 1], level) for i, level in enumerate(LEVELS) if level in groups}
-        plan = SplitPlan(spec=spec, levels=levels, layers=layers, channels={}, start=None, output_key="classes",
-                         gather_layer=levels[0])
-        return nn.ModuleDict(assignments), plan
+            self.assignments, self.split_plan = fc_split_plan(SplitSpec.parse(split),
+                                                              (flat, hidden, hidden, num_classes))
 
     def pipeline(self):
         """The forward as named steps; a split model's subtrees start at a step boundary."""

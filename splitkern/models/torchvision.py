@@ -34,12 +34,13 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("splitkern.models.torchvision needs torchvision: pip install torchvision") from exc
 
+from splitkern.models.alexnet import LEVELS as ALEXNET_LEVELS
+from splitkern.models.alexnet import fc_split_plan
 from splitkern.splitnet.assignments import GroupAssignment
 from splitkern.splitnet.plan import LayerRole, SplitPlan, is_split
 from splitkern.splitnet.spec import SplitSpec
 
 RESNET_LEVELS = ("layer2", "layer3", "layer4", "logits")
-ALEXNET_LEVELS = ("fc6", "fc7", "fc8")
 ALEXNET_LAYERS = {"fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
 
 # arch -> (block, blocks per stage, extra ResNet arguments), as torchvision.models.<arch> builds it
@@ -297,16 +298,9 @@ def _plan_stage(model: ResNet, plan: _Plan, level: str, stage_in: str, stage_out
 
 
 def _alexnet_plan(model: AlexNet, spec: SplitSpec, arch: str):
-    """Assignments and plan for the last ``spec.levels`` of fc6, fc7, fc8; the first split linear gathers."""
-    plan = _Plan(spec, _split_levels(spec, ALEXNET_LEVELS, "AlexNet"), "AlexNet")
-    keys = ("fc6_in", "fc7_in", "fc8_in", "classes")
-    for i, level in enumerate(ALEXNET_LEVELS):
-        if level in plan.groups:
-            linear = model.get_submodule(ALEXNET_LAYERS[level])
-            plan.assign(keys[i], level, linear.in_features)
-            plan.layers[ALEXNET_LAYERS[level]] = LayerRole(keys[i], keys[i + 1], level)
-    plan.assign("classes", "fc8", model.classifier[6].out_features)
-    return plan.build(start=None, gather_layer=ALEXNET_LAYERS[plan.levels[0]])
+    """Assignments and plan for the last ``spec.levels`` of fc6, fc7, fc8 (:func:`fc_split_plan`)."""
+    widths = [model.get_submodule(ALEXNET_LAYERS[level]).in_features for level in ALEXNET_LEVELS]
+    return fc_split_plan(spec, (*widths, model.classifier[6].out_features), ALEXNET_LAYERS)
 
 
 __all__ = ["ALEXNET_LEVELS", "ARCHS", "RESNETS", "RESNET_LEVELS", "SplitReadyAlexNet", "SplitReadyResNet",

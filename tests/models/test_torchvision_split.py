@@ -274,3 +274,21 @@ def test_importing_splitkern_does_not_import_torchvision():
     code = "import sys, splitkern, splitkern.models, splitkern.splitnet.io; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("spec", ["2", "2-4", "2-2-2"])
+def test_alexnet_plans_are_one_plan_under_two_sets_of_module_names(spec):
+    """torchvision's AlexNet and ours split fc6-fc8 by the same rule (models.alexnet.fc_split_plan)."""
+    theirs = splittable(tv("alexnet", classes=10), spec)
+    ours = models.alexnet(num_classes=10, split=spec, variant="imagenet")
+    names = {"classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8"}
+    assert {names[n]: role for n, role in theirs.split_plan.layers.items()} == ours.split_plan.layers
+    assert theirs.split_plan.gather_layer == {v: k for k, v in names.items()}[ours.split_plan.gather_layer]
+    assert theirs.split_plan.levels == ours.split_plan.levels
+    assert {k: (a.groups, a.features) for k, a in theirs.assignments.items()} == \
+        {k: (a.groups, a.features) for k, a in ours.assignments.items()}
+
+
+def test_alexnet_refuses_more_groups_than_classes_up_front():
+    with pytest.raises(ValueError, match="4 groups at level fc8 do not fit AlexNet's classes"):
+        models.alexnet(num_classes=3, split="4", variant="cifar")
