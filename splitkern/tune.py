@@ -14,6 +14,10 @@ Entries not reached within ``--budget`` keep the shipped config and say so.
 
 Writes ``kernel_configs-<gpu>-<date>.json`` (the table's format: ``--install`` makes it the
 shipped table after you have read it) and ``tune-<gpu>-<date>.csv`` (every candidate's time).
+``--install`` first compiles the table with the static kernel report under the Triton installed
+where it runs (the pinned one, in this repo's venv) and refuses a table that spills there: the
+GPU machine's Triton may allocate registers differently (an H200 sweep under Triton 3.6 picked
+configs that spill under 3.8). ``--no-static-check`` skips that.
 ``--tiny`` runs the same path on tiny problems (the Triton interpreter on CPU: the dry run).
 """
 
@@ -24,8 +28,12 @@ import csv
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,16 +292,42 @@ def write(table: dict, rows: list[dict], out: Path, device: torch.device) -> tup
     return json_path, csv_path
 
 
-def install(path: Path, dest: Path = configs.TABLE) -> Path:
-    """Make the table at ``path`` the shipped one (after checking it loads and covers every entry)."""
+def static_problems(path: Path) -> list[str]:
+    """What the static kernel report (:mod:`splitkern.analysis.kernels`: sm_80 and sm_90 cubins of every
+    variant, with this process's Triton) finds wrong when the table at ``path`` is the one launched."""
+    env = {**os.environ, "SPLITKERN_KERNEL_CONFIGS": str(Path(path).resolve())}
+    env.pop("TRITON_INTERPRET", None)
+    with tempfile.TemporaryDirectory() as out:
+        run = subprocess.run([sys.executable, "-m", "splitkern.analysis.kernels", "--out", out], env=env,
+                             capture_output=True, text=True)
+    found = [line.removeprefix("PROBLEM: ") for line in run.stdout.splitlines() if line.startswith("PROBLEM: ")]
+    if run.returncode not in (0, 1) or bool(found) != (run.returncode == 1):
+        raise RuntimeError(f"the static kernel report failed (exit {run.returncode}): {run.stderr[-2000:]}")
+    return found
+
+
+def install(path: Path, dest: Path = configs.TABLE, *, static_check: bool = True) -> Path:
+    """Make the table at ``path`` the shipped one, after checking it loads, covers every entry and (unless
+    ``static_check`` is False) compiles without a problem in :func:`static_problems`."""
     new, shipped = configs.load(path), configs.load(dest)
     missing = [(op, ps, dc, sc) for op, passes in shipped.items() for ps, classes in passes.items()
                for dc, shapes in classes.items() for sc in shapes
                if sc not in new.get(op, {}).get(ps, {}).get(dc, {})]
     if missing:
         raise ValueError(f"{path}: no config for {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    found = static_problems(path) if static_check else []
+    if found:
+        raise ValueError(f"{path}: the static kernel report finds {len(found)} problems with this table under "
+                         f"Triton {_triton_version()}, e.g. {found[:3]}; pick other configs for those entries, or "
+                         "install anyway with --no-static-check")
     shutil.copy(path, dest)
     return dest
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 def main(argv=None) -> None:
@@ -302,9 +336,11 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=float, default=170.0, help="seconds of timing; later entries keep theirs")
     parser.add_argument("--tiny", action="store_true", help="tiny problems (the CPU interpreter dry run)")
     parser.add_argument("--install", type=Path, help="make this measured table the shipped one, then exit")
+    parser.add_argument("--no-static-check", action="store_true",
+                        help="with --install: skip compiling the table with the static kernel report first")
     args = parser.parse_args(argv)
     if args.install:
-        print(f"installed {install(args.install)}")
+        print(f"installed {install(args.install, static_check=not args.no_static_check)}")
         return
     from splitkern import backend
 

@@ -2,6 +2,7 @@
 config, rejected candidates never win, and the written table installs."""
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -44,13 +45,44 @@ def test_written_table_loads_and_installs(swept, tmp_path):
     assert configs.load(json_path) == table and csv_path.read_text().count("\n") == len(rows) + 1
     dest = tmp_path / "installed.json"
     dest.write_text(configs.TABLE.read_text())
-    assert configs.load(tune.install(json_path, dest)) == table
+    assert configs.load(tune.install(json_path, dest, static_check=False)) == table
     partial = json.loads(json_path.read_text())
     del partial["configs"]["grouped_conv"]
     bad = tmp_path / "partial.json"
     bad.write_text(json.dumps(partial))
     with pytest.raises(ValueError, match="no config for"):
-        tune.install(bad, dest)
+        tune.install(bad, dest, static_check=False)
+
+
+def test_install_refuses_a_table_the_static_report_finds_problems_with(monkeypatch, tmp_path):
+    dest = tmp_path / "installed.json"
+    dest.write_text(configs.TABLE.read_text())
+    candidate = tmp_path / "measured.json"
+    candidate.write_text(configs.TABLE.read_text().replace('"num_stages": 3', '"num_stages": 4', 1))
+    checked = []
+    monkeypatch.setattr(tune, "static_problems", lambda path: checked.append(path) or ["sm80 k [v]: spills (8 B)"])
+    with pytest.raises(ValueError, match="finds 1 problems .* spills"):
+        tune.install(candidate, dest)
+    assert checked == [candidate] and dest.read_text() == configs.TABLE.read_text()  # nothing installed
+    monkeypatch.setattr(tune, "static_problems", lambda path: [])
+    assert tune.install(candidate, dest).read_text() == candidate.read_text()
+
+
+def test_static_problems_reads_the_report_run_on_that_table(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen.update(command=command, table=env["SPLITKERN_KERNEL_CONFIGS"])
+        report = "table\nPROBLEM: sm90 k [v]: spills (4 B stack, 0 B local)\n"
+        return subprocess.CompletedProcess(command, 1, stdout=report, stderr="")
+
+    monkeypatch.setattr(tune.subprocess, "run", fake_run)
+    assert tune.static_problems(tmp_path / "t.json") == ["sm90 k [v]: spills (4 B stack, 0 B local)"]
+    assert seen["command"][1:3] == ["-m", "splitkern.analysis.kernels"] and seen["table"] == str(tmp_path / "t.json")
+    monkeypatch.setattr(tune.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, 2, "", "boom"))
+    with pytest.raises(RuntimeError, match="exit 2"):
+        tune.static_problems(tmp_path / "t.json")
 
 
 def test_a_candidate_that_computes_something_else_never_wins(monkeypatch):
