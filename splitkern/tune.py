@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import triton
 
 from splitkern.triton import block_diag_mm as tk
 from splitkern.triton import configs, group_weight_reg, grouped_conv
@@ -318,16 +319,10 @@ def install(path: Path, dest: Path = configs.TABLE, *, static_check: bool = True
     found = static_problems(path) if static_check else []
     if found:
         raise ValueError(f"{path}: the static kernel report finds {len(found)} problems with this table under "
-                         f"Triton {_triton_version()}, e.g. {found[:3]}; pick other configs for those entries, or "
+                         f"Triton {triton.__version__}, e.g. {found[:3]}; pick other configs for those entries, or "
                          "install anyway with --no-static-check")
     shutil.copy(path, dest)
     return dest
-
-
-def _triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 def main(argv=None) -> None:
