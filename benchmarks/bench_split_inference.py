@@ -1,17 +1,29 @@
-"""Benchmark: split WRN inference, dense vs split, sequential vs streams/graphs, and gloo processes.
+"""Benchmark: split models' inference vs the dense models they came from.
 
-Single-process lines: ``dense`` (the unsplit WRN), ``split`` (sequential split model),
-``streams`` and ``graph`` (:class:`~splitkern.parallel.StreamParallel`, GPU only).
-``python benchmarks/bench_split_inference.py`` also times :class:`DistributedSplit` over
-gloo with 1 and 2 CPU processes. GPU: WRN-16-8 ``2-2-2`` in bf16 at batch 1, 32, 256;
-CPU: WRN-16-2 ``2-2-2`` fp32 at batch 1 and 64 and WRN-16-8 at batch 1, 32 and 256 (about
-4 s per call on a 2-core machine). Writes ``results/split_inference-*.csv``.
+Models: WRN-16-2 and WRN-16-8 ``2-2-2`` and the 32x32 AlexNet ``2-2-2`` (fc6-fc8), balanced
+groups, eval mode, no autograd, channels_last. Lines per (model, batch):
+
+* ``dense``: the unsplit model.
+* ``split``: the split model, each split layer on the execution strategy it chose
+  (:mod:`splitkern.nn.strategy`, ``"auto"``: measured on the first call).
+* ``split-op``: the split model with every split layer on the splitkern op (``strategy="op"``,
+  what autograd runs; the only path before strategies existed).
+* ``streams`` and ``graph``: :class:`~splitkern.parallel.StreamParallel` (GPU only).
+
+CPU: fp32 at batch 1, 32 and 128; GPU: bf16 at batch 1, 32 and 256.
+``python benchmarks/bench_split_inference.py`` times the lines interleaved (round-robin, the
+fastest of several rounds each: a loaded machine slows every line alike), prints per case the
+speedup over dense, the FLOP bound (dense FLOPs / split FLOPs: the speedup the arithmetic allows)
+and the strategies the split layers took, writes ``results/split_inference-*.csv`` and a Markdown
+table beside it, then (CPU) times :class:`DistributedSplit` over gloo with 1 and 2 processes.
 Nothing asserts a speed.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
+import datetime
 import functools
 import itertools
 import os
@@ -26,7 +38,8 @@ import torch
 import common  # benchmarks/ is on sys.path: the script's folder, or pytest's rootdir-less prepend
 from common import DEVICE
 
-from splitkern.models import wrn
+from splitkern.models import alexnet, wrn
+from splitkern.nn import plan_strategies, set_strategy
 from splitkern.parallel import StreamParallel
 from splitkern.parallel.subtrees import count_flops
 from splitkern.splitnet import count_parameters, split
@@ -35,67 +48,94 @@ from splitkern.splitnet import count_parameters, split
 @dataclass(frozen=True)
 class Case:
     name: str
-    widen: int
+    model: str  # "wrn16-<widen>" or "alexnet"
     batch: int
     dtype: torch.dtype
 
 
-CASES = ([Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.bfloat16) for b in (1, 32, 256)] if DEVICE.type == "cuda"
-         else [Case(f"wrn16-2-2-2-2-b{b}", 2, b, torch.float32) for b in (1, 64)]
-         + [Case(f"wrn16-8-2-2-2-b{b}", 8, b, torch.float32) for b in (1, 32, 256)])
+MODELS = ("wrn16-2", "wrn16-8", "alexnet")
+BATCHES = (1, 32, 256) if DEVICE.type == "cuda" else (1, 32, 128)
+DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+CASES = [Case(f"{m}-2-2-2-b{b}", m, b, DTYPE) for m in MODELS for b in BATCHES]
 if common.TINY:
-    CASES = [Case("wrn16-1-2-2-2-b2", 1, 2, torch.float32)]
-GLOO_CASES = () if common.TINY else ((2, 64), (8, 32))  # (widen, batch) on CPU
+    CASES = [Case("wrn16-1-2-2-2-b2", "wrn16-1", 2, torch.float32)]
+GLOO_CASES = () if common.TINY else (("wrn16-2", 64), ("wrn16-8", 32))  # (model, batch) on CPU
 MODES = ("inference",)
 _MODELS: dict = {}
 
 
-def models(widen: int):
-    """(dense, split) WRN-16-k with balanced 2-2-2 groups, cached."""
-    if widen not in _MODELS:
+def _build(name: str, split_spec=None):
+    if name == "alexnet":
+        return alexnet(100, split=split_spec, variant="cifar")
+    return wrn(16, int(name.removeprefix("wrn16-")), 100, split=split_spec)
+
+
+def models(name: str):
+    """(dense, split) ``name`` with balanced 2-2-2 groups, cached (eval mode, fp32, CPU)."""
+    if name not in _MODELS:
         torch.manual_seed(0)
-        dense = wrn(16, widen, 100)
-        with_groups = wrn(16, widen, 100, split="2-2-2")
+        dense = _build(name)
+        with_groups = _build(name, "2-2-2")
         with_groups.load_state_dict(dense.state_dict(), strict=False)
         for assignment in with_groups.assignments.values():
             assignment.set_hard(torch.arange(assignment.features) % assignment.groups)
-        _MODELS[widen] = (dense.eval(), split(with_groups).eval())
-    return _MODELS[widen]
+        _MODELS[name] = (dense.eval(), split(with_groups).eval())
+    return _MODELS[name]
+
+
+def _example(case: Case) -> torch.Tensor:
+    x = torch.randn(case.batch, 3, 32, 32, device=DEVICE, dtype=case.dtype)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def make_runner(case: Case, line: str, mode: str = "inference"):
-    dense, split_model = models(case.widen)
+    dense, split_model = models(case.model)
     if line in ("streams", "graph") and DEVICE.type != "cuda":
         return None
-    model = {"dense": dense, "split": split_model}.get(line, split_model)
+    model = dense if line == "dense" else copy.deepcopy(split_model)
     model = model.to(DEVICE, case.dtype, memory_format=torch.channels_last)
-    x = torch.randn(case.batch, 3, 32, 32, device=DEVICE, dtype=case.dtype).contiguous(
-        memory_format=torch.channels_last)
+    x = _example(case)
+    if line == "split-op":
+        set_strategy(model, "op")
     if line in ("streams", "graph"):
         model = StreamParallel(model, capture=line == "graph", example=x)
     with torch.no_grad():
-        model(x)
+        model(x)  # "auto" layers choose their strategy here
 
     def run():
         with torch.no_grad():
             return model(x)
+    run.model = model
     return run
 
 
-LINES = {"dense": None, "split": None, "streams": None, "graph": None}
+LINES = {"dense": None, "split": None, "split-op": None, "streams": None, "graph": None}
 
 
 def describe(case: Case, mode: str):
     """Useful work = the split model's FLOPs (same for every line); k, n = dense and split parameter counts."""
-    dense, split_model = models(case.widen)
-    flops = float(case.batch * flops_per_image(case.widen))
+    dense, split_model = models(case.model)
+    flops = float(case.batch * flops_per_image(case.model)[1])
     traffic = 2.0 * count_parameters(split_model) * torch.finfo(case.dtype).bits / 8
     return case.dtype, case.batch, count_parameters(dense), count_parameters(split_model), 8, flops, traffic
 
 
 @functools.lru_cache(maxsize=None)
-def flops_per_image(widen: int) -> int:
-    return count_flops(copy.deepcopy(models(widen)[1]).float().cpu(), torch.zeros(1, 3, 32, 32))
+def flops_per_image(name: str) -> tuple[int, int]:
+    """(dense, split) multiply-adds x2 per 32x32 image."""
+    example = torch.zeros(1, 3, 32, 32)
+    return tuple(count_flops(copy.deepcopy(m).float().cpu(), example) for m in models(name))
+
+
+def flop_bound(name: str) -> float:
+    """The split model's speedup over dense if time were proportional to FLOPs."""
+    dense, split_flops = flops_per_image(name)
+    return dense / split_flops
+
+
+def strategy_summary(model) -> str:
+    """``"grouped:8 per_group:2"``: how many split layers took each strategy for the example's shapes."""
+    return " ".join(f"{k}:{v}" for k, v in sorted(collections.Counter(model.chosen_strategies.values()).items()))
 
 
 @pytest.mark.parametrize("line", list(LINES))
@@ -108,14 +148,68 @@ def test_split_inference(benchmark, case, line):
     benchmark(common.synchronized(fn, DEVICE))
 
 
-def _gloo_worker(rank, world, widen, batch, iters, store, result):
+def _fastest_call(fn, calls: int) -> float:
+    run = common.synchronized(fn, DEVICE)  # each call ends synchronised: none is timed with another's work
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def interleaved_ms(runners: dict, calls: int, rounds: int = 5) -> dict[str, float]:
+    """Fastest of ``calls`` calls of each runner over ``rounds`` round-robin rounds, in ms."""
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            best[name] = min(best[name], _fastest_call(fn, calls))
+    return {name: 1e3 * s for name, s in best.items()}
+
+
+def time_case(case: Case, lines) -> list[common.Row]:
+    runners = {line: fn for line in lines if (fn := make_runner(case, line)) is not None}
+    if "split" in runners:
+        model = runners["split"].model
+        model.chosen_strategies = plan_strategies(model, _example(case))
+    ms = interleaved_ms(runners, calls=max(1, 16 // case.batch))
+    dtype, m, k, n, groups, flops, traffic = describe(case, "inference")
+    rows = []
+    for line, t in ms.items():
+        note = strategy_summary(runners[line].model) if line == "split" else ""
+        rows.append(common.Row("split_inference", case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups,
+                               "inference", round(t, 4), round(flops / t / 1e9, 4),
+                               common.roofline_pct(DEVICE, dtype, flops, traffic, t / 1e3),
+                               bound=round(flop_bound(case.model), 3), note=note))
+    return rows
+
+
+def markdown_table(rows: list[common.Row]) -> str:
+    """Per case: dense ms, split ms (speedup), split-op ms (speedup), the FLOP bound, the strategies."""
+    by_case = collections.defaultdict(dict)
+    for r in rows:
+        by_case[r.case][r.line] = r
+    head = ("| model, batch | dense ms | split ms (vs dense) | split-op ms (vs dense) | FLOP bound | "
+            "split layers' strategies |\n|---|---|---|---|---|---|")
+    lines = [head]
+    for case, got in by_case.items():
+        if "dense" not in got or "split" not in got:
+            continue
+        split_row, op_row = got["split"], got.get("split-op")
+        op = f"{op_row.median_ms:.2f} ({op_row.speedup:.2f}x)" if op_row else "n/a"
+        lines.append(f"| {case} | {got['dense'].median_ms:.2f} | {split_row.median_ms:.2f} "
+                     f"(**{split_row.speedup:.2f}x**) | {op} | {split_row.bound:.2f}x | {split_row.note} |")
+    return "\n".join(lines)
+
+
+def _gloo_worker(rank, world, name, batch, iters, store, result):
     import torch.distributed as dist
 
     from splitkern.parallel import DistributedSplit
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    _, split_model = models(widen)
+    _, split_model = models(name)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     model = DistributedSplit(split_model, example=x[:1])
     with torch.no_grad():
@@ -131,27 +225,38 @@ def _gloo_worker(rank, world, widen, batch, iters, store, result):
     dist.destroy_process_group()
 
 
-def gloo_throughput(world: int, widen: int, batch: int, iters: int = 5) -> float:
-    """Images/s of DistributedSplit(WRN-16-<widen> 2-2-2) over ``world`` gloo processes on this machine."""
+def gloo_throughput(world: int, name: str, batch: int, iters: int = 5) -> float:
+    """Images/s of DistributedSplit(``name`` 2-2-2) over ``world`` gloo processes on this machine."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result")
-        mp.spawn(_gloo_worker, args=(world, widen, batch, iters, os.path.join(tmp, "store"), result), nprocs=world)
+        mp.spawn(_gloo_worker, args=(world, name, batch, iters, os.path.join(tmp, "store"), result), nprocs=world)
         return float(Path(result).read_text())
 
 
 def main() -> None:
-    rows = common.run_and_report("split_inference", CASES, LINES, MODES, make_runner, describe, DEVICE)
-    if DEVICE.type == "cpu":
-        for (widen, batch), world in itertools.product(GLOO_CASES, (1, 2)):
-            ips = gloo_throughput(world, widen, batch)
-            print(f"DistributedSplit over gloo, {world} process(es), WRN-16-{widen} 2-2-2, batch {batch}: "
-                  f"{ips:.1f} images/s")
-            rows.append(common.Row("split_inference", f"wrn16-{widen}-2-2-2-b{batch}", f"gloo-{world}proc", "float32",
+    from tqdm import tqdm
+
+    name, cases, lines = common.select("split_inference", CASES, LINES)
+    rows = []
+    for case in tqdm(cases, desc=name, unit="case"):
+        rows += time_case(case, lines)
+    common.add_speedups(rows, "dense")
+    common.print_rows(rows)
+    if DEVICE.type == "cpu" and not common.TINY:
+        for (model, batch), world in itertools.product(GLOO_CASES, (1, 2)):
+            ips = gloo_throughput(world, model, batch)
+            print(f"DistributedSplit over gloo, {world} process(es), {model} 2-2-2, batch {batch}: {ips:.1f} images/s")
+            rows.append(common.Row("split_inference", f"{model}-2-2-2-b{batch}", f"gloo-{world}proc", "float32",
                                    batch, 0, 0, 2, "inference", round(batch * 1e3 / ips, 3), 0.0, None))
         common.add_speedups(rows, "dense")
-        common.write_csv(rows, "split_inference", DEVICE)
+    path = common.write_csv(rows, name, DEVICE)
+    table = markdown_table(rows)
+    path.with_suffix(".md").write_text(f"# {common.device_label(DEVICE)}, torch {torch.__version__}, "
+                                       f"{datetime.date.today().isoformat()}\n\n{table}\n")
+    print(table)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class Row:
     pct_roofline: float | None
     baseline: str = "dense"
     speedup: float | None = None  # baseline time / this time
+    bound: float | None = None  # the speedup the useful FLOPs allow (split-model benchmarks)
+    note: str = ""  # what the line ran (e.g. the split layers' execution strategies)
 
 
 def device_label(device: torch.device) -> str:

@@ -201,7 +201,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("info", formatter_class=_HelpFormatter, help="list usable backends and built kernels")
+    info = sub.add_parser("info", formatter_class=_HelpFormatter,
+                          help="list usable backends and built kernels; with --model, the execution strategy each "
+                               "split layer of a model takes")
+    info.add_argument("--model", default=None, help="split.pt written by 'splitkern train': plan and list its "
+                                                    "layers' strategies (splitkern.nn.strategy)")
+    info.add_argument("--batch-size", type=_list_of(positive_int, what="positive integers separated by commas"),
+                      default=(1, 32), help="--model: batch sizes to plan for")
+    info.add_argument("--image-size", type=positive_int, default=None,
+                      help="--model: input height = width (default: the size the model was trained on, else 32)")
+    _device_option(info)
     sub.add_parser("report-kernels", aliases=["kernels"], add_help=False,
                    help="static kernel report (registers, spills, smem, tensor cores) for sm_80/sm_90 "
                         "('kernels': its old name, until 0.3)")
@@ -432,9 +441,17 @@ def _plot(args) -> None:
 
 
 def _info(args) -> None:
-    from splitkern.info import main as info_main
+    from splitkern.backend import check_device
+    from splitkern.info import model_report, report
 
-    info_main()
+    if args.model is None:
+        print(report())
+        return
+    from splitkern.splitnet.io import describe
+
+    device = check_device(args.device, "--device")
+    size = _image_size(describe(args.model), args.image_size)
+    print(model_report(args.model, args.batch_size, device, size))
 
 
 COMMANDS = {"info": _info, "layer-speed": _layer_speed, "train": _train, "plot": _plot, "plan": _plan,

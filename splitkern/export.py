@@ -222,8 +222,9 @@ def _replace_layers(root: nn.Module) -> int:
     for name, module in list(root.named_modules()):
         if isinstance(module, BlockDiagonalLayer):
             plain = _graph_module(_PlainBlockDiagonal(module), "Plain" + type(module).__name__)
-        elif isinstance(module, ChannelPermute):
-            plain = _graph_module(_PlainPermute(module.index), "PlainChannelPermute")
+        elif isinstance(module, ChannelPermute):  # folded (identity): nothing to run
+            plain = nn.Identity() if module.is_identity else _graph_module(_PlainPermute(module.index),
+                                                                           "PlainChannelPermute")
         else:
             continue
         plain.train(module.training)

@@ -36,6 +36,29 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def model_report(path, batch_sizes=(1, 32), device="cpu", image_size: int = 32) -> str:
+    """The execution strategy (:mod:`splitkern.nn.strategy`) every split layer of the model saved at
+    ``path`` takes, per batch size, planned on ``device`` in fp32 and channels_last: one line per layer."""
+    import splitkern
+    from splitkern.nn.strategy import plan_strategies, split_layers
+
+    model = splitkern.load(path).eval().to(device, memory_format=torch.channels_last)
+    chosen = {}
+    for batch in batch_sizes:
+        example = torch.randn(batch, 3, image_size, image_size, device=device)
+        chosen[batch] = plan_strategies(model, example.contiguous(memory_format=torch.channels_last))
+    layers = split_layers(model)
+    width = max(len(name) for name in layers)
+    lines = [f"{path}: strategy per split layer on {device}, fp32, channels_last, {image_size}x{image_size} "
+             "(auto: the fastest measured now; this machine's choice)",
+             f"{'layer':<{width}}  {'groups (in -> out)':<28}" + "".join(f"  {f'batch {b}':<13}" for b in batch_sizes)]
+    for name, layer in layers.items():
+        sizes = f"{list(layer.in_sizes)} -> {list(layer.out_sizes)}"
+        picks = "".join(f"  {str(chosen[b].get(name)):<13}" for b in batch_sizes)
+        lines.append(f"{name:<{width}}  {sizes:<28}{picks}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(report())
 

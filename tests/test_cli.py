@@ -66,6 +66,9 @@ BAD_INPUTS = [
     (("infer", "--ckpt", "{corrupt}"), ("corrupt.pt", "not a splitkern model")),
     (("infer", "--ckpt", "{tmp}"), ("is a folder",)),
     (("export", "--ckpt", "{ten}", "--format", "tflite", "--out", "{tmp}/m"), ("--format", "tflite")),
+    (("info", "--model", "{tmp}/missing.pt"), ("missing.pt", "no such file")),
+    (("info", "--model", "{small}", "--image-size", "32"), ("--image-size 32", "16x16")),
+    (("info", "--model", "{ten}", "--batch-size", "0"), ("--batch-size", "positive")),
     (("bogus",), ("bogus",)),
 ]
 
@@ -168,3 +171,15 @@ def test_export_command_writes_a_checked_model_and_reports_sizes_and_latency(tmp
     assert (tmp_path / "m.pt").exists()
     for word in ("max abs", "dense", "split", "ms"):
         assert word in out.stdout, (word, out.stdout)
+
+
+def test_info_lists_the_strategy_of_every_split_layer_per_batch(checkpoints):
+    out = cli("info", "--model", checkpoints["ten"], "--batch-size", "1,4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = splitkern.load(checkpoints["ten"])
+    names = [n for n, m in model.named_modules() if isinstance(m, splitkern.nn.SplitConv2d | splitkern.nn.SplitLinear)]
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert sorted(rows) == sorted(names)
+    for name in names:  # the last two columns: the strategies at batch 1 and 4
+        assert set(rows[name][-2:]) <= set(splitkern.nn.STRATEGIES), rows[name]
+    assert "batch 1" in out.stdout and "batch 4" in out.stdout

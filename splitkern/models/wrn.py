@@ -128,8 +128,23 @@ class WideResNet(nn.Module):
         first = split_levels[0]
         start = None if first == "logits" else (f"stages.{LEVELS.index(first) + 1}", entry[first])
         plan = SplitPlan(spec=spec, levels=tuple(split_levels), layers=layers, channels=channels, start=start,
-                         output_key="classes", gather_layer="fc" if start is None else None)
+                         output_key="classes", gather_layer="fc" if start is None else None,
+                         start_stream=self._stream_into(LEVELS.index(first) + 1) if start else ())
         return nn.ModuleDict(assignments), plan
+
+    def _stream_into(self, stage: int) -> tuple[tuple[str, str], ...]:
+        """The trunk layers that write or read the activation entering ``stages[stage]`` (the residual
+        stream: back through identity shortcuts to a projection shortcut or the stem), with their roles
+        (:attr:`SplitPlan.start_stream`)."""
+        roles = []
+        for s in reversed(range(stage)):
+            for b in reversed(range(len(self.stages[s]))):
+                prefix = f"stages.{s}.{b}"
+                roles.append((f"{prefix}.conv2", "out"))
+                if self.stages[s][b].shortcut is not None:
+                    return (*roles, (f"{prefix}.shortcut", "out"))
+                roles += [(f"{prefix}.bn1", "channels"), (f"{prefix}.conv1", "in")]
+        return (*roles, ("conv1", "out"))
 
     def pipeline(self):
         """The forward as named steps; a split model's subtrees start at a step boundary."""

@@ -10,8 +10,10 @@ from torch import nn
 from splitkern._dense import masked_dense_weight
 from splitkern.backend import prepare_layout
 from splitkern.layout import block_layout, check_sizes
+from splitkern.nn import strategy as strategies
 from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation
+from splitkern.reference._common import equal_groups
 
 
 def _after_load_state_dict(module: "BlockDiagonalLayer", incompatible_keys) -> None:
@@ -25,8 +27,14 @@ class BlockDiagonalLayer(nn.Module):
     ``weight`` packs the blocks (block g: ``(out_sizes[g], in_sizes[g], *kernel_size)``
     row-major, see :meth:`block`); ``bias`` is in grouped order; the buffers
     ``in_index``/``out_index`` map grouped positions to original feature positions.
-    Subclasses implement :meth:`_run`.
+
+    Without autograd the forward runs the layer's execution strategy (:mod:`splitkern.nn.strategy`):
+    ``strategy`` is ``"auto"`` (the fastest, measured once per input key and kept in ``chosen``) or
+    one of ``splitkern.nn.strategy.STRATEGIES``. Subclasses implement :meth:`_run` (the op),
+    :meth:`_check_input` and :meth:`_aten_runners`.
     """
+
+    _feature_dim = -1  # where the features are in an input (dim 1: the channels of an image)
 
     def __init__(self, in_sizes, out_sizes, bias: bool, kernel_size: tuple[int, ...], in_index, out_index,
                  device, dtype):
@@ -47,6 +55,10 @@ class BlockDiagonalLayer(nn.Module):
         self.register_load_state_dict_post_hook(_after_load_state_dict)
         self.reset_parameters()
         prepare_layout(self.layout, self.weight.device)
+        self._strategy = strategies.AUTO
+        self.chosen: dict[tuple, str] = {}
+        self._checked: set[tuple] = set()  # input keys already validated (each once, when first met)
+        self._runners: dict[tuple, tuple] = {}
 
     @staticmethod
     def _index(index, length: int, name: str, device) -> torch.Tensor:
@@ -66,7 +78,13 @@ class BlockDiagonalLayer(nn.Module):
         """``.to()``, ``.cuda()``, ``.half()``...: then the device tables for the new device."""
         result = super()._apply(fn, recurse)
         prepare_layout(self.layout, self.weight.device)
+        self._runners = {}
         return result
+
+    def __getstate__(self):
+        """Pickles and deep copies leave the prepared runners behind (they hold this layer's tensors)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_runners": {}}
 
     def _loaded(self) -> None:  # load_state_dict(assign=True) may move the parameters
         self._note_identity()
@@ -107,10 +125,114 @@ class BlockDiagonalLayer(nn.Module):
     def _run(self, x, in_index, out_index):
         raise NotImplementedError
 
+    @property
+    def strategy(self) -> str:
+        """``"auto"`` or the forced strategy (see :mod:`splitkern.nn.strategy`); settable."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, name: str) -> None:
+        strategies.check_strategy(name)
+        if name == "grouped" and not equal_groups(self.layout):
+            raise ValueError(f"strategy 'grouped' needs equal groups; this layer's are in_sizes={list(self.in_sizes)}, "
+                             f"out_sizes={list(self.out_sizes)}")
+        self._strategy = name
+
+    def candidates(self) -> tuple[str, ...]:
+        """The strategies this layer can run (``"grouped"`` only with equal groups)."""
+        return tuple(name for name in strategies.STRATEGIES if name != "grouped" or equal_groups(self.layout))
+
+    def strategy_for(self, key: tuple) -> str | None:
+        """The strategy this layer runs for an input key (:func:`~splitkern.nn.strategy.input_key`),
+        None when ``"auto"`` has not met that key yet."""
+        return self._strategy if self._strategy != strategies.AUTO else self.chosen.get(key)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_features and strategies.fast_path_applies(self, x):
+            return self._run_strategy(x)
+        return self._op_forward(x)
+
+    def _op_forward(self, x: torch.Tensor) -> torch.Tensor:
         in_index = None if self._in_index_is_identity else self.in_index
         out_index = None if self._out_index_is_identity else self.out_index
         return self._run(x, in_index, out_index)
+
+    def _run_strategy(self, x: torch.Tensor) -> torch.Tensor:
+        key = strategies.input_key(x)
+        name = self.strategy_for(key)
+        if name is None or key not in self._checked:
+            self._check_input(x)
+            self._checked.add(key)
+        if name is None:
+            name = self._choose(x, key)
+        return self._op_forward(x) if name == "op" else self._runner(name, key)(x)
+
+    def _choose(self, x: torch.Tensor, key: tuple) -> str:
+        runs = {name: (self._op_forward if name == "op" else self._runner(name, key)) for name in self.candidates()}
+        name, _ = strategies.fastest(runs, x)
+        self.chosen[key] = name
+        for other in runs:  # keep only the winner's prepared weights
+            if other != name:
+                self._runners.pop((other, *key[:3]), None)
+        return name
+
+    def _versions(self) -> tuple:
+        tensors = (self.weight, self.bias, self.in_index, self.out_index)
+        return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+
+    def _runner(self, name: str, key: tuple):
+        """The prepared ``run(x)`` of strategy ``name`` for inputs like ``key`` (rebuilt when a tensor changed)."""
+        slot = (name, *key[:3])
+        versions = self._versions()
+        cached = self._runners.get(slot)
+        if cached is None or cached[0] != versions:
+            with torch.no_grad():
+                cached = (versions, self._permuted(name, strategies.key_format(key)))
+            self._runners[slot] = cached
+        return cached[1]
+
+    def _permuted(self, name: str, fmt: torch.memory_format):
+        """Strategy ``name``'s run(x) on original-order features: the masked dense weight has the
+        permutations folded in; the others gather inputs and un-permute outputs around the grouped call."""
+        core = self._aten_runners(name, fmt)
+        if name == "masked_dense":
+            return core
+        dim = self._feature_dim
+        gather = None if self._in_index_is_identity else self.in_index
+        ungroup = None if self._out_index_is_identity else torch.argsort(self.out_index)
+
+        def run(x):
+            if gather is not None:
+                x = x.index_select(dim, gather).contiguous(memory_format=fmt)
+            y = core(x)
+            return y if ungroup is None else y.index_select(dim, ungroup).contiguous(memory_format=fmt)
+        return run
+
+    def _per_group(self, call, empty, fmt: torch.memory_format):
+        """``run(x)`` of a per-group loop over the groups with outputs, concatenated: ``call(x_slice, block,
+        bias)`` where a group has inputs, ``empty(x, out_size, bias)`` where not (blocks prepared in ``fmt``)."""
+        lay, bias = self.layout, (None if self.bias is None else self.bias.detach())
+        dim = self._feature_dim
+        parts = []
+        for g in range(lay.groups):
+            lo, hi = lay.out_offsets[g], lay.out_offsets[g + 1]
+            if hi == lo:
+                continue
+            b = None if bias is None else bias[lo:hi]
+            block = self.block(g).detach()
+            parts.append((lay.in_offsets[g], lay.in_sizes[g], block.contiguous(memory_format=fmt)
+                          if block.dim() == 4 else block, b, hi - lo))
+
+        def run(x):
+            return torch.cat([call(x.narrow(dim, start, size), w, b) if size else empty(x, n, b)
+                              for start, size, w, b, n in parts], dim)
+        return run
+
+    def _check_input(self, x) -> None:
+        raise NotImplementedError
+
+    def _aten_runners(self, name: str, fmt: torch.memory_format):
+        raise NotImplementedError
 
     def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """Like ``forward`` with inputs and outputs already in grouped order (no permutation)."""
@@ -212,5 +334,8 @@ class BlockDiagonalLayer(nn.Module):
         dense = self.in_features * self.out_features * taps
         params = self.weight.numel()
         share = f"{100.0 * params / dense:.1f}%" if dense else "n/a"
-        return (f"in_sizes={list(self.in_sizes)}, out_sizes={list(self.out_sizes)}, "
-                f"bias={self.bias is not None}, weights={params} ({share} of dense {dense})")
+        text = (f"in_sizes={list(self.in_sizes)}, out_sizes={list(self.out_sizes)}, "
+                f"bias={self.bias is not None}, weights={params} ({share} of dense {dense}), strategy={self.strategy}")
+        if self.strategy == strategies.AUTO and self.chosen:
+            text += " (" + ", ".join(f"{tuple(key[3])}: {name}" for key, name in self.chosen.items()) + ")"
+        return text

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from splitkern._conv import output_shape
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.grouped_conv import conv_geometry, grouped_conv_on_layout
+from splitkern.ops.grouped_conv import check_layer_input, conv_geometry, grouped_conv_on_layout
+from splitkern.reference._common import equal_groups
 
 
 def _resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -57,9 +60,33 @@ class SplitConv2d(BlockDiagonalLayer):
         return self.out_features
 
     def _run(self, x, in_index, out_index):
-        return grouped_conv_on_layout(x, self.weight, self.bias, self.layout,
-                                      (self.kernel_size, self.stride, self.padding, self.dilation), in_index,
-                                      out_index)
+        return grouped_conv_on_layout(x, self.weight, self.bias, self.layout, self._geometry, in_index, out_index)
+
+    _feature_dim = 1
+
+    @property
+    def _geometry(self):
+        return (self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def _check_input(self, x) -> None:
+        check_layer_input(x, self.weight, self.layout, self._geometry)
+
+    def _aten_runners(self, name: str, fmt: torch.memory_format):
+        """``run(x)`` of strategy ``name`` in plain aten calls (grouped channels; masked_dense: original),
+        weights prepared in the input's memory format ``fmt`` (no per-call reorder)."""
+        conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        bias = None if self.bias is None else self.bias.detach()
+        if name == "masked_dense":
+            weight, dense_bias = self.masked_dense_weight().contiguous(memory_format=fmt), self.dense_bias()
+            return lambda x: F.conv2d(x, weight, dense_bias, **conv)
+        if name == "per_group":
+            def bias_only(x, size, b):
+                out = x.new_zeros(output_shape(x.shape, size, *self._geometry)).contiguous(memory_format=fmt)
+                return out if b is None else out + b.view(1, -1, 1, 1)
+            return self._per_group(lambda x, w, b: F.conv2d(x, w, b, **conv), bias_only, fmt)
+        groups, k, n = equal_groups(self.layout)
+        weight = self.weight.detach().view(groups * n, k, *self.kernel_size).contiguous(memory_format=fmt)
+        return lambda x: F.conv2d(x, weight, bias, groups=groups, **conv)
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitConv2d":
         return SplitConv2d(in_sizes, out_sizes, self.kernel_size, self.stride, self.padding, self.dilation,

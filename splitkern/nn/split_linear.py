@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.block_diag_mm import block_diag_mm_on_layout
+from splitkern.ops.block_diag_mm import block_diag_mm_on_layout, check_layer_input
+from splitkern.reference._common import equal_groups
 
 
 class SplitLinear(BlockDiagonalLayer):
@@ -38,6 +40,27 @@ class SplitLinear(BlockDiagonalLayer):
 
     def _run(self, x, in_index, out_index):
         return block_diag_mm_on_layout(x, self.weight, self.bias, self.layout, in_index, out_index)
+
+    def _check_input(self, x) -> None:
+        check_layer_input(x, self.weight, self.layout)
+
+    def _aten_runners(self, name: str, fmt: torch.memory_format):
+        """``run(x)`` of strategy ``name`` in plain aten calls (grouped features; masked_dense: original)."""
+        bias = None if self.bias is None else self.bias.detach()
+        if name == "masked_dense":
+            weight, dense_bias = self.masked_dense_weight(), self.dense_bias()
+            return lambda x: F.linear(x, weight, dense_bias)
+        if name == "per_group":
+            return self._per_group(F.linear, lambda x, n, b: _bias_only(x, n, b), fmt)
+        groups, k, n = equal_groups(self.layout)
+        blocks_t = self.weight.detach().view(groups, n, k).transpose(1, 2)
+        bias_rows = None if bias is None else bias.view(groups, 1, n)
+
+        def grouped(x):
+            rows = x.reshape(-1, groups, k).transpose(0, 1)  # (G, M, k)
+            y = torch.bmm(rows, blocks_t) if bias_rows is None else torch.baddbmm(bias_rows, rows, blocks_t)
+            return y.transpose(0, 1).reshape(*x.shape[:-1], groups * n)
+        return grouped
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitLinear":
         return SplitLinear(in_sizes, out_sizes, **factory)
@@ -77,3 +100,9 @@ class SplitLinear(BlockDiagonalLayer):
             if self.bias is not None:
                 dense.bias.copy_(self.dense_bias())
         return dense
+
+
+def _bias_only(x: torch.Tensor, size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """The output block of a group without inputs: its bias (zeros without one), shaped ``(..., size)``."""
+    out = x.new_zeros(*x.shape[:-1], size)
+    return out if bias is None else out + bias

@@ -140,10 +140,17 @@ def block_diag_mm_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], l
     validated against the cached ``layout`` when the layer was built, so only ``x`` is checked here
     (docs/design.md §3: validation once, at the boundary)."""
     check_tensor(x, "x")
-    _check_input(x, layout)
     x, weight, bias = autocast_operands(x, weight, bias)
-    check_like(weight, "weight", x, "x")
+    check_layer_input(x, weight, layout)
     return _call(x, weight, bias, layout, in_index, out_index)
+
+
+def check_layer_input(x, weight: Tensor, layout: BlockLayout) -> None:
+    """``x`` is a tensor of ``(..., layout.in_features)`` with ``weight``'s dtype and device: what
+    :func:`block_diag_mm_on_layout` checks (after autocast's casts), without computing."""
+    check_tensor(x, "x")
+    _check_input(x, layout)
+    check_like(weight, "weight", x, "x")
 
 
 def _check_input(x: Tensor, layout: BlockLayout) -> None:

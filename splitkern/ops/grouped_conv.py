@@ -156,10 +156,18 @@ def grouped_conv_on_layout(x: Tensor, weight: Tensor, bias: Optional[Tensor], la
     ``geometry`` (``conv_geometry``'s four pairs) were validated when the layer was built, so only
     ``x`` is checked here (docs/design.md §3: validation once, at the boundary)."""
     check_tensor(x, "x")
-    _check_input(x, layout, geometry)
     x, weight, bias = autocast_operands(x, weight, bias)
-    check_like(weight, "weight", x, "x")
+    check_layer_input(x, weight, layout, geometry)
     return _call(x, weight, bias, layout, geometry, in_index, out_index)
+
+
+def check_layer_input(x, weight: Tensor, layout: BlockLayout, geometry) -> None:
+    """``x`` is an ``(N, layout.in_features, H, W)`` tensor no smaller than the dilated kernel, with
+    ``weight``'s dtype and device: what :func:`grouped_conv_on_layout` checks (after autocast's casts),
+    without computing."""
+    check_tensor(x, "x")
+    _check_input(x, layout, geometry)
+    check_like(weight, "weight", x, "x")
 
 
 def _check_input(x: Tensor, layout: BlockLayout, geometry) -> None:

@@ -112,13 +112,27 @@ def masked_dense(model: nn.Module) -> nn.Module:
 
 
 class ChannelPermute(nn.Module):
-    """``x[:, index]``: puts activations into grouped order where the split starts."""
+    """``x[:, index]``: puts activations into grouped order where the split starts (nothing when ``index``
+    is the identity: :func:`split` folded the permutation into the layers before it)."""
 
     def __init__(self, index: torch.Tensor):
         super().__init__()
         self.register_buffer("index", index.clone())
+        self._identity_of = None  # (data_ptr, version) of the index last found to be the identity
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether ``index`` is ``0..C-1`` (checked again only when the buffer changes)."""
+        stamp = (self.index.data_ptr(), self.index._version, self.index.numel())
+        if self._identity_of != stamp:
+            identity = torch.equal(self.index.cpu(), torch.arange(self.index.numel()))
+            self._identity_of = stamp if identity else None
+            return identity
+        return True
 
     def forward(self, x):
+        if x.shape[1] == self.index.numel() and self.is_identity:
+            return x
         return x.index_select(1, self.index).contiguous(memory_format=memory_format(x))  # keep channels_last
 
 
@@ -131,10 +145,35 @@ def _split_layer(module, in_ids, out_ids, perm_in, perm_out, groups, *, gather: 
 
 
 @torch.no_grad()
-def split(model: nn.Module) -> nn.Module:
+def permute_stream(model: nn.Module, stream, order: torch.Tensor) -> None:
+    """Reorder the channels of the activation that ``stream`` (:attr:`SplitPlan.start_stream`) writes and
+    reads to ``order`` (position j gets channel ``order[j]``): the function of the model is unchanged
+    except that this activation comes out as ``x[:, order]``."""
+    for name, role in stream:
+        module = model.get_submodule(name)
+        index = order.to(module.weight.device)
+        if role == "out":
+            tensors, dim = (module.weight, module.bias), 0
+        elif role == "in":
+            tensors, dim = (module.weight,), 1
+        elif role == "channels":
+            tensors, dim = (module.weight, module.bias, module.running_mean, module.running_var), 0
+        else:
+            raise ValueError(f"start_stream: unknown role {role!r} of {name!r} (out, in or channels)")
+        for tensor in tensors:
+            if tensor is not None:
+                tensor.copy_(tensor.index_select(dim, index))
+
+
+@torch.no_grad()
+def split(model: nn.Module, *, fold_permutation: bool = True) -> nn.Module:
     """The physically split model: SplitConv2d/SplitLinear blocks, BN permuted, no assignments.
 
     In eval mode it computes what :func:`masked_dense` computes (to fp32 rounding).
+    ``fold_permutation``: where the model declares the trunk layers that produce the activation
+    entering the split (:attr:`SplitPlan.start_stream`), permute their channels so that activation
+    comes out in grouped order (no permute per forward); the start's ``ChannelPermute`` then holds
+    the identity. Otherwise it permutes the activation on every forward.
     """
     plan = plan_of(model)
     orders = channel_orders(model)
@@ -155,7 +194,11 @@ def split(model: nn.Module) -> nn.Module:
             tensor.copy_(tensor[index])
     if plan.start is not None:
         name, key = plan.start
-        result.set_submodule(name, nn.Sequential(ChannelPermute(orders[key]), result.get_submodule(name)))
+        order = orders[key]
+        if fold_permutation and plan.start_stream:
+            permute_stream(result, plan.start_stream, order)
+            order = torch.arange(order.numel())
+        result.set_submodule(name, nn.Sequential(ChannelPermute(order), result.get_submodule(name)))
     result.split_record = SplitRecord(model=type(model).__name__, config=dict(getattr(model, "config", {})),
                                       spec=str(plan.spec),
                                       hard={key: a.hard().cpu() for key, a in model.assignments.items()},

@@ -25,7 +25,10 @@ class SplitPlan:
     ``start``: (module name, key) before which activations are permuted into grouped
     order, or None when ``gather_layer`` (the first split layer, a linear) gathers its
     input itself. ``output_key``: the assignment of the model's outputs (un-permuted
-    inside the last split layer).
+    inside the last split layer). ``start_stream``: how the activation entering ``start`` can be
+    produced in grouped order instead, ``(module name, role)`` for every trunk layer that writes or
+    reads it: ``"out"`` (a conv/linear's output channels), ``"in"`` (its input channels) or
+    ``"channels"`` (a BatchNorm); empty when the model declares none (a permute stays).
     """
 
     spec: SplitSpec
@@ -35,6 +38,7 @@ class SplitPlan:
     start: tuple[str, str] | None
     output_key: str
     gather_layer: str | None = None
+    start_stream: tuple[tuple[str, str], ...] = ()
 
     def groups(self, level: str) -> int:
         return self.spec.groups[self.levels.index(level)]

@@ -1,0 +1,270 @@
+"""Execution strategies of the split layers (splitkern.nn.strategy): same numbers, correct caching, overrides."""
+
+import copy
+
+import pytest
+import torch
+
+from splitkern import use_backend
+from splitkern.nn import SplitConv2d, SplitLinear, strategy
+from splitkern.nn.strategy import STRATEGIES, input_key, plan_strategies, set_strategy, strategies
+from splitkern.models import wrn
+from splitkern.splitnet import split
+from tests.helpers import DEVICE, assert_close, assert_error_names, random_permutation
+
+# (in_sizes, out_sizes): equal, ragged, with empty groups (no inputs / no outputs), odd-sized, one group
+LAYOUTS = {
+    "equal": ((4, 4), (6, 6)),
+    "ragged": ((3, 7, 2), (5, 1, 4)),
+    "empty": ((3, 0, 5), (2, 4, 0)),
+    "odd": ((1, 3), (5, 7)),
+    "single": ((5,), (3,)),
+}
+
+
+def _ids(sizes):
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))[torch.randperm(sum(sizes))]
+
+
+def _conv(in_sizes, out_sizes, *, bias=True, permuted=True, stride=1):
+    torch.manual_seed(0)
+    dense = torch.nn.Conv2d(sum(in_sizes), sum(out_sizes), 3, stride, 1, bias=bias)
+    if permuted:
+        return SplitConv2d.from_dense(dense, _ids(in_sizes), _ids(out_sizes), len(in_sizes)).to(DEVICE)
+    return SplitConv2d(in_sizes, out_sizes, 3, stride, 1, bias=bias, device=DEVICE)
+
+
+def _linear(in_sizes, out_sizes, *, bias=True, permuted=True):
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(sum(in_sizes), sum(out_sizes), bias=bias)
+    if permuted:
+        return SplitLinear.from_dense(dense, _ids(in_sizes), _ids(out_sizes), len(in_sizes)).to(DEVICE)
+    return SplitLinear(in_sizes, out_sizes, bias=bias, device=DEVICE)
+
+
+def _image(channels, channels_last, batch=2):
+    x = torch.randn(batch, channels, 7, 5, device=DEVICE)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _run(layer, x, name):
+    layer.strategy = name
+    with torch.no_grad():
+        return layer(x)
+
+
+def _masked_dense_oracle(layer, x):
+    """The layer's function in plain torch: the masked dense weight (original order)."""
+    dense = layer.to_dense()
+    with torch.no_grad():
+        return dense(x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("permuted", [True, False], ids=["permuted", "grouped"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_conv_strategy_computes_the_layer(layout, bias, permuted, channels_last):
+    layer = _conv(*LAYOUTS[layout], bias=bias, permuted=permuted, stride=2 if layout == "odd" else 1)
+    x = _image(layer.in_channels, channels_last)
+    expected = _masked_dense_oracle(layer, x)
+    names = layer.candidates()
+    assert ("grouped" in names) == (layout in ("equal", "single"))
+    for name in names:
+        y = _run(layer, x, name)
+        assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), name
+
+
+@pytest.mark.parametrize("permuted", [True, False], ids=["permuted", "grouped"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_linear_strategy_computes_the_layer(layout, bias, permuted):
+    layer = _linear(*LAYOUTS[layout], bias=bias, permuted=permuted)
+    x = torch.randn(3, 2, layer.in_features, device=DEVICE)  # leading dims are kept
+    expected = _masked_dense_oracle(layer, x)
+    for name in layer.candidates():
+        assert_close(_run(layer, x, name), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_chooses_once_per_input_key_and_replans_for_a_new_one():
+    layer = _conv(*LAYOUTS["equal"])
+    with torch.no_grad():
+        layer(_image(8, False, batch=2))
+        layer(_image(8, False, batch=2))
+        assert len(layer.chosen) == 1
+        layer(_image(8, False, batch=3))  # a new batch size
+        layer(_image(8, True, batch=3))  # a new memory format
+        layer.double()(_image(8, False, batch=3).double())  # a new dtype
+    keys = list(layer.chosen)
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert {k[3][0] for k in keys} == {2, 3} and {k[1] for k in keys} == {torch.float32, torch.float64}
+    assert set(layer.chosen.values()) <= set(layer.candidates())
+
+
+def test_a_new_device_replans():
+    layer = _linear(*LAYOUTS["ragged"]).cpu()
+    with torch.no_grad():
+        layer(torch.randn(4, layer.in_features))
+    key = next(iter(layer.chosen))
+    assert key[0] == torch.device("cpu")
+    if not torch.cuda.is_available():
+        return
+    x = torch.randn(4, layer.in_features, device="cuda")
+    layer.cuda()
+    with torch.no_grad():
+        y = layer(x)
+    assert {k[0].type for k in layer.chosen} == {"cpu", "cuda"}
+    assert_close(y, _masked_dense_oracle(layer, x))
+
+
+def test_autograd_forced_backend_compile_and_autocast_run_the_op(monkeypatch):
+    layer = _linear(*LAYOUTS["ragged"])
+    x = torch.randn(4, layer.in_features, device=DEVICE)
+
+    def no_strategy(*args):
+        raise AssertionError("a strategy ran where the op must")
+    monkeypatch.setattr(layer, "_run_strategy", no_strategy)
+    layer(x).sum().backward()  # autograd records: the op (and its gradients)
+    assert layer.weight.grad is not None
+    with torch.no_grad(), use_backend("reference"):
+        layer(x)
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        layer(x)
+    with torch.no_grad():
+        layer(x[:0])  # an empty batch
+    layer.strategy = "op"
+    with torch.no_grad():
+        layer(x)
+    monkeypatch.undo()
+    assert not layer.chosen
+    with torch.no_grad():
+        layer.strategy = "auto"
+        layer(x)
+    assert len(layer.chosen) == 1  # without any of those, the strategy runs
+
+
+def test_compiled_layer_matches_eager_without_grad():
+    layer = _conv(*LAYOUTS["ragged"])
+    x = _image(layer.in_channels, True)
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad():
+        assert_close(compiled(x), _masked_dense_oracle(layer, x))
+    assert not layer.chosen  # compiled: the op, traced
+
+
+def test_prepared_weights_follow_in_place_updates_and_loads():
+    layer = _conv(*LAYOUTS["equal"])
+    x = _image(layer.in_channels, False)
+    for name in ("grouped", "per_group", "masked_dense"):
+        _run(layer, x, name)
+        with torch.no_grad():
+            layer.weight.mul_(2.0)  # an optimizer step or load_state_dict copies in place
+        assert_close(_run(layer, x, name), _masked_dense_oracle(layer, x))
+        fresh = _conv(*LAYOUTS["equal"])
+        with torch.no_grad():
+            fresh.weight.uniform_(-1, 1)
+        layer.load_state_dict(fresh.state_dict())
+        assert_close(_run(layer, x, name), _masked_dense_oracle(fresh, x))
+        layer.set_indices(random_permutation(layer.in_channels), random_permutation(layer.out_channels))
+        assert_close(_run(layer, x, name), _masked_dense_oracle(layer, x))
+
+
+def test_copies_do_not_share_prepared_weights():
+    layer = _linear(*LAYOUTS["equal"])
+    x = torch.randn(4, layer.in_features, device=DEVICE)
+    _run(layer, x, "masked_dense")
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight.zero_()
+        twin.bias.zero_()
+    assert _run(twin, x, "masked_dense").abs().max() == 0
+    assert_close(_run(layer, x, "masked_dense"), _masked_dense_oracle(layer, x))
+
+
+def test_strategy_overrides_are_checked():
+    ragged, equal = _conv(*LAYOUTS["ragged"]), _conv(*LAYOUTS["equal"])
+    assert_error_names(ValueError, "grouped.*equal groups", setattr, ragged, "strategy", "grouped")
+    assert_error_names(ValueError, "unknown strategy", setattr, equal, "strategy", "fastest")
+    assert_error_names(TypeError, "strategy must be a str", setattr, equal, "strategy", 1)
+    equal.strategy = "grouped"
+    assert "strategy=grouped" in repr(equal)
+    assert set(STRATEGIES) == {"op", "grouped", "per_group", "masked_dense"}
+
+
+@pytest.mark.parametrize("name", ["auto", "per_group", "masked_dense"])
+def test_strategies_reject_bad_inputs_as_the_op_does(name):
+    layer = _conv(*LAYOUTS["ragged"])
+    layer.strategy = name
+    with torch.no_grad():
+        assert_error_names(ValueError, "channels", layer, torch.randn(2, layer.in_channels + 1, 5, 5, device=DEVICE))
+        assert_error_names(TypeError, "dtype", layer, torch.randn(2, layer.in_channels, 5, 5, device=DEVICE).double())
+        assert_error_names(ValueError, "smaller than the dilated kernel", layer,
+                           torch.randn(2, layer.in_channels, 1, 0, device=DEVICE))
+        assert_error_names(TypeError, "x must be a torch.Tensor", layer, [1.0])
+    linear = _linear(*LAYOUTS["ragged"])
+    linear.strategy = name
+    with torch.no_grad():
+        assert_error_names(ValueError, "x must have shape", linear, torch.randn(2, 3, device=DEVICE))
+
+
+def _split_wrn(spec="2-2-2", widen=1):
+    torch.manual_seed(0)
+    model = wrn(16, widen, 10, split=spec)
+    for assignment in model.assignments.values():
+        assignment.set_hard(torch.randint(0, assignment.groups, (assignment.features,)))
+    return model.eval()
+
+
+def test_model_wide_plan_set_and_list():
+    model = split(_split_wrn()).to(DEVICE)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        expected = model(x)  # auto: plans on this call
+    chosen = plan_strategies(model, x)
+    names = set(strategy.split_layers(model))
+    assert set(chosen) == names and set(chosen.values()) <= set(STRATEGIES)
+    assert model.training is False
+    listed = strategies(model)
+    assert all(input_key(x)[:3] == next(iter(keys))[:3] for keys in listed.values())
+    for name in ("op", "per_group", "masked_dense"):
+        set_strategy(model, name)
+        assert strategies(model) == {layer: {"*": name} for layer in names}
+        with torch.no_grad():
+            assert_close(model(x), expected)
+    assert_error_names(TypeError, "example must be a tensor", plan_strategies, model, [x])
+
+
+@pytest.mark.parametrize("widen", [1, 2])
+def test_folding_the_start_permutation_is_exact(widen):
+    aware = _split_wrn(widen=widen)
+    for bn in aware.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):  # non-trivial statistics, so a misplaced channel shows
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.normal_()
+            bn.bias.data.normal_()
+    folded, unfolded = split(aware).eval(), split(aware, fold_permutation=False).eval()
+    permute = folded.stages[1][0]
+    assert permute.is_identity and not unfolded.stages[1][0].is_identity
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), unfolded(x), rtol=1e-5, atol=1e-5)
+        trunk = torch.nn.Sequential(folded.conv1, folded.stages[0])
+        reference = torch.nn.Sequential(unfolded.conv1, unfolded.stages[0])
+        # the trunk itself now writes the grouped order the permute used to produce
+        torch.testing.assert_close(trunk(x), unfolded.stages[1][0](reference(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_an_unfolded_checkpoint_loads_into_a_folded_model():
+    aware = _split_wrn()
+    unfolded = split(aware, fold_permutation=False).eval()
+    folded = split(aware).eval()
+    with torch.no_grad():
+        for p in unfolded.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    folded.load_state_dict(unfolded.state_dict())  # a split.pt written before folding existed
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), unfolded(x))
+    assert not folded.stages[1][0].is_identity
