@@ -144,7 +144,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     name="splitkern",
-    version="0.2.0",
+    version="0.2.1",
     description="Ragged block-diagonal kernels and layers for SplitNet",
     packages=find_packages(include=["splitkern", "splitkern.*"]),
     package_data={"splitkern": ["py.typed"], "splitkern.triton": ["kernel_configs.json"]},

@@ -24,7 +24,7 @@ from splitkern import nn  # noqa: F401
 from splitkern.splitnet.io import load, save
 from splitkern.splitnet.train import TrainConfig, train
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = ["BackendUnavailableError", "TrainConfig", "available_backends", "load", "nn", "ops", "save", "train",
            "use_backend", "__version__"]

@@ -48,14 +48,16 @@ def model_report(path, batch_sizes=(1, 32), device="cpu", image_size: int = 32) 
         example = torch.randn(batch, 3, image_size, image_size, device=device)
         chosen[batch] = plan_strategies(model, example.contiguous(memory_format=torch.channels_last))
     layers = split_layers(model)
+    sizes = {name: f"{list(layer.in_sizes)} -> {list(layer.out_sizes)}" for name, layer in layers.items()}
     width = max(len(name) for name in layers)
+    size_width = max(len("groups (in -> out)"), *map(len, sizes.values()))
     lines = [f"{path}: strategy per split layer on {device}, fp32, channels_last, {image_size}x{image_size} "
              "(auto: the fastest measured now; this machine's choice)",
-             f"{'layer':<{width}}  {'groups (in -> out)':<28}" + "".join(f"  {f'batch {b}':<13}" for b in batch_sizes)]
-    for name, layer in layers.items():
-        sizes = f"{list(layer.in_sizes)} -> {list(layer.out_sizes)}"
+             f"{'layer':<{width}}  {'groups (in -> out)':<{size_width}}"
+             + "".join(f"  {f'batch {b}':<13}" for b in batch_sizes)]
+    for name in layers:
         picks = "".join(f"  {str(chosen[b].get(name)):<13}" for b in batch_sizes)
-        lines.append(f"{name:<{width}}  {sizes:<28}{picks}")
+        lines.append(f"{name:<{width}}  {sizes[name]:<{size_width}}{picks}".rstrip())
     return "\n".join(lines)
 
 
