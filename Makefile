@@ -5,7 +5,7 @@ NVCC_HOME := $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME ?= $(NVCC_HOME)
 STAMP := $(VENV)/.splitkern-installed
 
-.PHONY: install demo test bench bench-results kernels clean
+.PHONY: install demo test bench bench-results kernels clean prepare-gpu
 
 $(STAMP): requirements-dev.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,9 @@ clean:
 
 kernels: install
 	$(VENV)/bin/splitkern report-kernels
+
+# the CUTLASS headers a GPU session carries (its machine cannot pip install nvidia-cutlass)
+prepare-gpu: install
+	rm -rf build/cutlass_include
+	mkdir -p build
+	cp -r "$$($(VENV)/bin/python -c 'import cutlass_library, os; print(os.path.dirname(cutlass_library.__file__))')/source/include" build/cutlass_include

@@ -13,10 +13,17 @@ Environment:
   TORCH_CUDA_ARCH_LIST       archs to build (default "8.0;9.0a")
   SPLITKERN_CPU_ONLY_BUILD   =1 builds the C++ CPU kernels only, even where nvcc is found
   SPLITKERN_SKIP_CUDA_BUILD  =1 builds the pure-Python package only (no extension at all)
+  SPLITKERN_CUTLASS_INCLUDE  CUTLASS's include/ folder (default: build/cutlass_include, else the nvidia-cutlass
+                             wheel's)
+  SPLITKERN_SKIP_CUTLASS     =1 leaves out the CUTLASS sm90 grouped GEMMs (csrc/cutlass/*_sm90.cu: about a
+                             minute of nvcc each on 2 cores); they are built when the nvidia-cutlass
+                             headers are installed and the arch list holds 9.0a
 """
 
+import concurrent.futures
 import glob
 import os
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -88,22 +95,105 @@ def cpu_extension(name="splitkern._C"):
                         extra_compile_args={"cxx": ["-O3"]})
 
 
+def cutlass_include():
+    """The CUTLASS C++ headers: ``SPLITKERN_CUTLASS_INCLUDE``, else build/cutlass_include (a copy carried to a
+    machine without the wheel, see benchmarks/gpu_session.sh), else the installed nvidia-cutlass wheel's
+    (cutlass_library/source/include); None when none has cutlass/cutlass.h."""
+    candidates = [os.environ.get("SPLITKERN_CUTLASS_INCLUDE"), os.path.join("build", "cutlass_include")]
+    try:
+        import cutlass_library
+
+        candidates.append(os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include"))
+    except ImportError:
+        pass
+    for include in filter(None, candidates):
+        if os.path.exists(os.path.join(include, "cutlass", "cutlass.h")):
+            return os.path.abspath(include)
+    return None
+
+
+CUTLASS_SOURCES = sorted(glob.glob("csrc/cutlass/*_sm90.cu"))
+CUTLASS_OBJECTS = [os.path.join("build", "cutlass", os.path.basename(src).replace(".cu", ".o"))
+                   for src in CUTLASS_SOURCES]
+
+
+def _cutlass_wanted(archs: str) -> bool:
+    if os.environ.get("SPLITKERN_SKIP_CUTLASS") == "1":
+        print("splitkern: SPLITKERN_SKIP_CUTLASS=1, not building the CUTLASS sm90 kernels")
+        return False
+    if "9.0a" not in archs.replace(" ", ";").split(";"):
+        print(f"splitkern: TORCH_CUDA_ARCH_LIST={archs!r} has no 9.0a, not building the CUTLASS sm90 kernels")
+        return False
+    if cutlass_include() is None:
+        print("splitkern: no nvidia-cutlass headers (pip install nvidia-cutlass), not building the CUTLASS kernels")
+        return False
+    return True
+
+
+def _cutlass_command(home, source, obj):
+    """nvcc for one CUTLASS translation unit: sm_90a only (wgmma and TMA exist nowhere else), torch's
+    headers and C++ ABI, position-independent code to link into _C."""
+    import torch
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [cutlass_include(), os.path.abspath("csrc/cutlass"), *include_paths(device_type="cuda")]
+    return [os.path.join(home, "bin", "nvcc"), "-std=c++20", "-O3", "-DNDEBUG", "-lineinfo",
+            "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr", "-diag-suppress", "2908",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-Xcompiler", "-fPIC",
+            *(f"-I{path}" for path in includes), "-c", source, "-o", obj]
+
+
+def build_cutlass_objects(home, jobs: int = 2) -> None:
+    """Compile csrc/cutlass/*_sm90.cu into build/cutlass/*.o (those older than their sources or headers),
+    ``jobs`` at a time; _C links them (CUDAExtension would build them for every arch in the list)."""
+    headers = glob.glob("csrc/cutlass/*.h") + glob.glob("csrc/cutlass/*.cuh")
+    stale = [(src, obj) for src, obj in zip(CUTLASS_SOURCES, CUTLASS_OBJECTS)
+             if not os.path.exists(obj) or os.path.getmtime(obj) < max(os.path.getmtime(f) for f in [src, *headers])]
+    os.makedirs(os.path.join("build", "cutlass"), exist_ok=True)
+
+    def compile_one(pair):
+        src, obj = pair
+        print(f"splitkern: nvcc (CUTLASS, sm_90a) {src}", flush=True)
+        done = subprocess.run(_cutlass_command(home, src, obj), capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"nvcc failed on {src}:\n{done.stdout[-4000:]}{done.stderr[-8000:]}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(compile_one, stale))
+
+
 def cuda_extension(home, name="splitkern._C"):
-    """The extension with the C++ CPU kernels and the CUDA kernels (csrc/cuda/*.cu, built by nvcc).
+    """The extension with the C++ CPU kernels and the CUDA kernels (csrc/cuda/*.cu, built by nvcc), plus the
+    CUTLASS sm90 kernels (csrc/cutlass/, objects from :func:`build_cutlass_objects`) when wanted.
     ``CUDA_HOME`` must already name ``home`` when torch.utils.cpp_extension is first imported."""
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import CUDAExtension
 
     cublas = _cublas_build_args(home)
+    cutlass = _cutlass_wanted(archs)
     return CUDAExtension(
         name,
-        sources=sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
+        sources=sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
+        + (sorted(glob.glob("csrc/cutlass/*.cpp")) if cutlass else []),
         define_macros=[("SPLITKERN_CUDA_ARCHS", '"%s"' % archs), ("SPLITKERN_WITH_CUDA", "1")]
         + cublas.get("define_macros", []),
         include_dirs=cublas.get("include_dirs", []),
+        extra_objects=[os.path.abspath(obj) for obj in CUTLASS_OBJECTS] if cutlass else [],
         extra_link_args=cublas.get("extra_link_args", []) + _link_args(),
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
+
+
+def _with_cutlass_objects(build_ext, home):
+    """``build_ext`` that first compiles the CUTLASS objects an extension links (if any)."""
+
+    class CutlassBuild(build_ext):
+        def run(self):
+            if any(obj.endswith("_sm90.o") for ext in self.extensions for obj in ext.extra_objects):
+                build_cutlass_objects(home, jobs=int(os.environ.get("MAX_JOBS", "2")))
+            super().run()
+
+    return CutlassBuild
 
 
 def _optional(build_ext):
@@ -134,7 +224,7 @@ def _extensions():
 
     build_ext = BuildExtension.with_options(use_ninja=True)
     if not cpu_only:
-        return [cuda_extension(home)], {"build_ext": build_ext}
+        return [cuda_extension(home)], {"build_ext": _with_cutlass_objects(build_ext, home)}
     print("splitkern: " + ("SPLITKERN_CPU_ONLY_BUILD=1" if home else "no CUDA toolchain (CUDA_HOME/nvcc) found")
           + ", building the C++ CPU kernels only")
     return [cpu_extension()], {"build_ext": _optional(build_ext)}

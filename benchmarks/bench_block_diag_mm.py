@@ -3,9 +3,11 @@
 Lines: ``dense`` (cuBLAS/MKL ``F.linear`` on the full weight), ``loop`` (one
 ``F.linear`` per group + cat), ``bmm`` (equal groups only), ``grouped_mm_padded``
 (``torch._grouped_mm`` on blocks zero-padded to (k_max, n_max); bf16 on sm90),
-``splitkern-<backend>`` for every backend usable on the device, and ``splitkern-cuda-cublas``
-(forward only: the extension's ``cublasGemmGroupedBatchedEx`` path, to compare with its wmma
-kernel, ``splitkern-extension``).
+``splitkern-<backend>`` for every backend usable on the device, ``splitkern-cuda-cublas``
+(forward only: the extension's ``cublasGemmGroupedBatchedEx`` path) and ``splitkern-cuda-cutlass``
+(the extension's CUTLASS sm90 grouped GEMMs, forward and backward, where they serve the layout:
+an sm_90 GPU, 16-bit, group sizes multiples of 8; ``splitkern-extension`` is the same call, and
+the wmma kernels where CUTLASS does not serve it).
 
 ``pytest benchmarks --benchmark-only`` times them with pytest-benchmark;
 ``python benchmarks/bench_block_diag_mm.py`` writes ``results/block_diag_mm-*.csv``
@@ -127,9 +129,20 @@ def _cublas_grouped(case, x, w, b):
     return lambda: block_diag_mm_cublas(x, w, b, case.layout)
 
 
+def _cutlass(case, x, w, b):
+    """The extension backend where its CUTLASS sm90 kernels serve the case (None elsewhere)."""
+    if DEVICE.type != "cuda" or backend.extension()[0] is None:
+        return None
+    from splitkern.extension.block_diag_mm import cutlass_reason
+    if cutlass_reason(x, case.layout):
+        return None
+    return common.splitkern_lines("block_diag_mm", _call_block_diag_mm)["splitkern-extension"](case, x, w, b)
+
+
 LINES = {"dense": _dense, "loop": _loop, "bmm": _bmm, "grouped_mm_padded": _grouped_mm_padded}
 LINES.update(common.splitkern_lines("block_diag_mm", _call_block_diag_mm))
 LINES["splitkern-cuda-cublas"] = _cublas_grouped
+LINES["splitkern-cuda-cutlass"] = _cutlass
 FWD_ONLY = {"bmm", "grouped_mm_padded", "splitkern-cuda-cublas"}
 
 

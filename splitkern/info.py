@@ -24,6 +24,9 @@ def report() -> str:
                 else "C++ only (built without nvcc)")
         lines.append(f"extension splitkern._C: {cuda}, {len(ext.kernels())} kernels:")
         lines += [f"  {name}: {what}" for name, what in ext.kernel_info()]
+        from splitkern.extension.block_diag_mm import CUTLASS_RULE
+
+        lines.append(f"  routing: {CUTLASS_RULE}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for op in registry.OPS:
         for device in devices:

@@ -156,6 +156,14 @@ register(Op("block_diag_mm", (
     Kernel("block_diag_mm_grad_bias", "(Tensor grad_out, Tensor? out_index) -> Tensor"),
     Kernel("block_diag_mm_cublas", f"(Tensor x, Tensor weight, Tensor? bias, {_SIZES}, {_BLOCK}", public=False,
            fake_of="block_diag_mm"),
+    # CUTLASS sm90 grouped GEMMs (built with the nvidia-cutlass headers for sm_90a), and their index math on CPU
+    Kernel("block_diag_mm_cutlass", f"(Tensor x, Tensor weight, Tensor? bias, {_SIZES}, {_BLOCK}", public=False,
+           fake_of="block_diag_mm"),
+    Kernel("block_diag_mm_cutlass_grad_input", f"(Tensor grad_out, Tensor weight, {_SIZES}, {_BLOCK}", public=False,
+           fake_of="block_diag_mm_grad_input"),
+    Kernel("block_diag_mm_cutlass_grad_weight", f"(Tensor grad_out, Tensor x, {_SIZES}, {_BLOCK}", public=False,
+           fake_of="block_diag_mm_grad_weight"),
+    Kernel("block_diag_mm_cutlass_problems", f"(int which, {_SIZES}, SymInt m) -> Tensor", public=False),
 )))
 register(Op("grouped_conv", (
     Kernel("grouped_conv", f"(Tensor x, Tensor weight, Tensor? bias, {_CONV}, {_BLOCK}", emulated=True),

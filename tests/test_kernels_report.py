@@ -9,6 +9,7 @@ import torch
 
 from splitkern.analysis import kernels
 from splitkern.triton import block_diag_mm as tk
+from tests.helpers import expect_cuda_build
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def _report(**overrides):
     (dict(shared_bytes=232449), "shared memory"),
     (dict(arch="sm80", shared_bytes=166913), "shared memory"),
     (dict(error="CompilationError: x"), "compile error"),
+    (dict(needs_wgmma_tma=True, wgmma_tma=False), "CUTLASS sm90 GEMM without wgmma"),
 ])
 def test_problems_flag_each_condition(overrides, words):
     assert kernels.problems([_report()]) == []
@@ -124,3 +126,25 @@ def test_extension_kernels_have_no_spills_and_use_tensor_cores():
         gemms = [r for r in reports if r.arch == arch and r.needs_tensor_cores]
         assert len(gemms) >= 6, f"{arch}: expected fp16+bf16 matmul fwd/grad_input and conv kernels"
     assert kernels.problems(reports) == []
+
+
+def test_cutlass_kernels_use_wgmma_and_tma_without_spills():
+    from splitkern import _C
+
+    if "block_diag_mm_cutlass:cuda" not in _C.kernels():
+        if expect_cuda_build():
+            pytest.fail("the CUDA build must hold the CUTLASS sm90 kernels (nvidia-cutlass is in requirements-dev)")
+        pytest.skip("built without the CUTLASS kernels")
+    cutlass = [r for r in kernels.extension_reports() if r.needs_wgmma_tma]
+    # forward, grad_input, grad_weight in fp16 and bf16, sm_90a only
+    assert len(cutlass) == 6 and {r.arch for r in cutlass} == {"sm90"}
+    assert all(r.wgmma_tma and r.tensor_cores for r in cutlass)
+    assert kernels.problems(cutlass) == []
+
+
+def test_wgmma_tma_detection_reads_the_sass():
+    sass = ("arch = sm_90a\n\tFunction : f\n /*0*/ UTMALDG.2D [UR4], [UR6] ;\n /*1*/ HGMMA.64x128x16.F32.BF16 R0 ;\n"
+            "\tFunction : g\n /*0*/ HGMMA.64x128x16.F32 R0 ;\n")
+    assert kernels._wgmma_tma_functions(sass) == {("sm90", "f")}
+    assert kernels.is_cutlass_sm90_gemm("_ZN7cutlass13device_kernelINS_4gemm6kernel13GemmUniversalI...Sm90...")
+    assert not kernels.is_cutlass_sm90_gemm("_ZN9splitkern4gemm19grouped_gemm_kernelI6__half")

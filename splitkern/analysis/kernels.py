@@ -46,6 +46,8 @@ class KernelReport:
     needs_tensor_cores: bool
     blocks_per_sm: int
     error: str = ""
+    wgmma_tma: bool = False  # the SASS holds wgmma (HGMMA) and TMA loads (UTMALDG)
+    needs_wgmma_tma: bool = False  # a CUTLASS sm90 kernel: both are its reason to exist
 
 
 def cuobjdump() -> str:
@@ -181,11 +183,32 @@ def _mma_functions(sass: str) -> set[tuple[str, str]]:
     return found
 
 
+def _wgmma_tma_functions(sass: str) -> set[tuple[str, str]]:
+    """(arch, function) pairs whose SASS has both wgmma (HGMMA) and TMA loads (UTMALDG)."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    arch, function = "unknown", None
+    for line in sass.splitlines():
+        if match := re.search(r"arch = sm_(\d+)", line):
+            arch = f"sm{match.group(1)}"
+        elif match := re.search(r"Function : (\S+)", line):
+            function = match.group(1)
+        elif function and (match := re.search(r"\b(HGMMA|UTMALDG)\b", line)):
+            seen.setdefault((arch, function), set()).add(match.group(1))
+    return {key for key, found in seen.items() if found == {"HGMMA", "UTMALDG"}}
+
+
+def is_cutlass_sm90_gemm(function: str) -> bool:
+    """A CUTLASS sm90 GEMM kernel (``cutlass::device_kernel<GemmUniversal<...Sm90...>>``), by mangled name."""
+    return "device_kernel" in function and "GemmUniversal" in function and "Sm90" in function
+
+
 def extension_reports() -> list[KernelReport]:
     """Resource usage and tensor-core use of every kernel in the compiled extension (empty if not built).
 
     Its 16-bit GEMM kernels (``grouped_gemm_kernel<__half|__nv_bfloat16, ...>``) need tensor
-    cores; wmma compiles to HMMA on sm_90 too (not Hopper's HGMMA).
+    cores; wmma compiles to HMMA on sm_90 too (not Hopper's HGMMA). The CUTLASS sm90 GEMMs need
+    HGMMA and TMA loads; their dynamic shared memory (not in the cubin) is bounded at compile
+    time (a static_assert in csrc/cutlass/gemm_sm90.cuh).
     """
     try:
         from splitkern import _C
@@ -193,16 +216,18 @@ def extension_reports() -> list[KernelReport]:
         return []
     res = subprocess.run([cuobjdump(), "-res-usage", _C.__file__], capture_output=True, text=True).stdout
     sass = subprocess.run([cuobjdump(), "-sass", _C.__file__], capture_output=True, text=True).stdout
-    mma = _mma_functions(sass)
+    mma, wgmma_tma = _mma_functions(sass), _wgmma_tma_functions(sass)
     reports = []
     for chunk in res.split("Fatbin elf code:")[1:]:
         arch = re.search(r"arch = sm_(\d+)", chunk)
         name = f"sm{arch.group(1)}" if arch else "unknown"
         for fn, usage in parse_res_usage(chunk).items():
-            sixteen_bit_gemm = "grouped_gemm_kernel" in fn and ("__half" in fn or "bfloat16" in fn)
+            cutlass = is_cutlass_sm90_gemm(fn)
+            sixteen_bit_gemm = cutlass or ("grouped_gemm_kernel" in fn and ("__half" in fn or "bfloat16" in fn))
             reports.append(KernelReport(name, fn, "extension", 0, 0, usage.get("REG", 0), usage.get("STACK", 0),
                                         usage.get("LOCAL", 0), usage.get("SHARED", 0), (name, fn) in mma,
-                                        sixteen_bit_gemm, 0))
+                                        sixteen_bit_gemm, 0, wgmma_tma=(name, fn) in wgmma_tma,
+                                        needs_wgmma_tma=cutlass))
     return reports
 
 
@@ -218,6 +243,8 @@ def problems(reports: list[KernelReport]) -> list[str]:
             found.append(f"{where}: spills ({r.stack_bytes} B stack, {r.local_bytes} B local)")
         if r.needs_tensor_cores and not r.tensor_cores:
             found.append(f"{where}: no {ARCHS.get(r.arch, {}).get('mma', 'MMA')} tensor-core instructions")
+        if r.needs_wgmma_tma and not r.wgmma_tma:
+            found.append(f"{where}: a CUTLASS sm90 GEMM without wgmma (HGMMA) and TMA (UTMALDG) instructions")
         limit = ARCHS.get(r.arch, {}).get("smem_block")
         if limit and r.shared_bytes > limit:
             found.append(f"{where}: {r.shared_bytes} B shared memory > {limit} B per block")
