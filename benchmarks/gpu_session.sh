@@ -111,7 +111,7 @@ step build 240 build
 step tests 200 gpu_tests
 step bench_block_diag_mm 60 bench block_diag_mm
 step bench_grouped_conv 60 bench grouped_conv "${CONV_CASES[@]}"
-step bench_split_inference 45 bench split_inference
+step bench_split_inference 90 bench split_inference
 step bench_group_weight_reg 20 bench group_weight_reg
 step sweep 180 sweep
 step memcheck 600 memcheck

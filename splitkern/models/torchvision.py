@@ -246,9 +246,9 @@ class _Plan:
         self.assignments[key] = GroupAssignment(groups, features)
         return key
 
-    def build(self, start, gather_layer, output_key: str = "classes"):
+    def build(self, start, gather_layer, output_key: str = "classes", start_stream=()):
         plan = SplitPlan(spec=self.spec, levels=self.levels, layers=self.layers, channels=self.channels,
-                         start=start, output_key=output_key, gather_layer=gather_layer)
+                         start=start, output_key=output_key, gather_layer=gather_layer, start_stream=start_stream)
         return nn.ModuleDict(self.assignments), plan
 
 
@@ -272,7 +272,25 @@ def _resnet_plan(model: ResNet, spec: SplitSpec, arch: str):
     first = plan.levels[0]
     if first == "logits":
         return plan.build(start=None, gather_layer="fc")
-    return plan.build(start=(first, entry[first]), gather_layer=None)
+    return plan.build(start=(first, entry[first]), gather_layer=None, start_stream=_resnet_stream(model, first))
+
+
+def _resnet_stream(model: ResNet, level: str) -> tuple[tuple[str, str], ...]:
+    """The layers that write or read the activation entering ``level`` (:attr:`SplitPlan.start_stream`): the
+    residual stream of the stages before it, back through identity shortcuts to a downsample or the stem.
+    The ReLU after each add and the stem's max-pool act per channel, so they commute with a permutation."""
+    stages = ("layer1", "layer2", "layer3", "layer4")
+    roles = []
+    for stage in reversed(stages[:stages.index(level)]):
+        blocks = getattr(model, stage)
+        for b in reversed(range(len(blocks))):
+            prefix, block = f"{stage}.{b}", blocks[b]
+            last = "3" if hasattr(block, "conv3") else "2"  # Bottleneck or BasicBlock
+            roles += [(f"{prefix}.conv{last}", "out"), (f"{prefix}.bn{last}", "channels")]
+            if block.downsample is not None:
+                return (*roles, (f"{prefix}.downsample.0", "out"), (f"{prefix}.downsample.1", "channels"))
+            roles.append((f"{prefix}.conv1", "in"))
+    return (*roles, ("conv1", "out"), ("bn1", "channels"))
 
 
 def _plan_stage(model: ResNet, plan: _Plan, level: str, stage_in: str, stage_out: str) -> None:

@@ -16,7 +16,7 @@ from splitkern.models.torchvision import SplitReadyAlexNet, SplitReadyResNet, sp
 from splitkern.parallel import SubtreeSet  # noqa: E402
 from splitkern.parallel.cost import cost_model  # noqa: E402
 from splitkern.splitnet import count_parameters, hard_groups, masked_dense, regularization, split  # noqa: E402
-from splitkern.splitnet.plan import LayerRole  # noqa: E402
+from splitkern.splitnet.plan import LayerRole, split_record  # noqa: E402
 from tests.splitnet.test_wrn_split import randomise  # noqa: E402
 
 SIZE = {"resnet18": 32, "resnet50": 32, "alexnet": 64}  # tv AlexNet needs >= 63x63
@@ -292,3 +292,14 @@ def test_alexnet_plans_are_one_plan_under_two_sets_of_module_names(spec):
 def test_alexnet_refuses_more_groups_than_classes_up_front():
     with pytest.raises(ValueError, match="4 groups at level fc8 do not fit AlexNet's classes"):
         models.alexnet(num_classes=3, split="4", variant="cifar")
+
+
+@pytest.mark.parametrize("arch, spec", [("resnet18", "2-2-2-2"), ("resnet18", "2-2"), ("resnet50", "2-4")])
+def test_folding_the_start_permutation_into_the_resnet_trunk_is_exact(arch, spec):
+    model = split_aware(arch, spec)
+    folded, unfolded = split(model).eval(), split(model, fold_permutation=False).eval()
+    start = split_record(folded).plan.start[0]
+    assert folded.get_submodule(start)[0].is_identity and not unfolded.get_submodule(start)[0].is_identity
+    x = batch(arch)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), unfolded(x), rtol=1e-4, atol=1e-4)

@@ -18,6 +18,7 @@ LAYOUTS = {
     "ragged": ((8, 40, 16), (24, 8, 64)),
     "empty": ((16, 0, 8, 24), (8, 16, 0, 32)),
     "size-8": ((8,), (8,)),
+    "size-1": ((1, 8), (8, 1)),
     "unaligned": ((5, 0, 11, 16), (7, 4, 9, 8)),
     "many": (tuple(8 * (1 + g % 3) for g in range(130)), tuple(8 * (1 + g % 2) for g in range(130))),
 }
@@ -82,7 +83,7 @@ class _CudaLike:
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_alignment_rule(name, on_hopper_with_cutlass):
     layout = block_layout(*LAYOUTS[name])
-    aligned = name != "unaligned"
+    aligned = name not in ("unaligned", "size-1")
     for dtype in (torch.float16, torch.bfloat16):
         reason = ext.cutlass_reason(_CudaLike(dtype), layout)
         assert (reason == "") == aligned, reason
