@@ -14,8 +14,9 @@ CPU: fp32 at batch 1, 32 and 128; GPU: bf16 at batch 1, 32 and 256.
 ``python benchmarks/bench_split_inference.py`` times the lines interleaved (round-robin, the
 fastest of several rounds each: a loaded machine slows every line alike), prints per case the
 speedup over dense, the FLOP bound (dense FLOPs / split FLOPs: the speedup the arithmetic allows)
-and the strategies the split layers took, writes ``results/split_inference-*.csv`` and a Markdown
-table beside it, then (CPU) times :class:`DistributedSplit` over gloo with 1 and 2 processes.
+and the strategies the split layers took, writes ``results/split_inference-*.csv``, a Markdown
+table beside it and the choices as a strategy table (``split_inference-strategies-*.json``, for
+``SPLITKERN_STRATEGY_TABLE``), then (CPU) times :class:`DistributedSplit` over gloo with 1 and 2 processes.
 Nothing asserts a speed.
 """
 
@@ -26,6 +27,7 @@ import copy
 import datetime
 import functools
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -40,6 +42,7 @@ from common import DEVICE
 
 from splitkern.models import alexnet, wrn
 from splitkern.nn import plan_strategies, set_strategy
+from splitkern.nn.strategy import choice_table
 from splitkern.parallel import StreamParallel
 from splitkern.parallel.subtrees import count_flops
 from splitkern.splitnet import count_parameters, split
@@ -167,11 +170,14 @@ def interleaved_ms(runners: dict, calls: int, rounds: int = 5) -> dict[str, floa
     return {name: 1e3 * s for name, s in best.items()}
 
 
-def time_case(case: Case, lines) -> list[common.Row]:
+def time_case(case: Case, lines, choices: list | None = None) -> list[common.Row]:
+    """Rows of every line of ``case``; the split model's strategy choices are appended to ``choices``."""
     runners = {line: fn for line in lines if (fn := make_runner(case, line)) is not None}
     if "split" in runners:
         model = runners["split"].model
         model.chosen_strategies = plan_strategies(model, _example(case))
+        if choices is not None:
+            choices += choice_table(model)
     ms = interleaved_ms(runners, calls=max(1, 16 // case.batch))
     dtype, m, k, n, groups, flops, traffic = describe(case, "inference")
     rows = []
@@ -239,9 +245,9 @@ def main() -> None:
     from tqdm import tqdm
 
     name, cases, lines = common.select("split_inference", CASES, LINES)
-    rows = []
+    rows, choices = [], []
     for case in tqdm(cases, desc=name, unit="case"):
-        rows += time_case(case, lines)
+        rows += time_case(case, lines, choices)
     common.add_speedups(rows, "dense")
     common.print_rows(rows)
     if DEVICE.type == "cpu" and not common.TINY:
@@ -255,8 +261,11 @@ def main() -> None:
     table = markdown_table(rows)
     path.with_suffix(".md").write_text(f"# {common.device_label(DEVICE)}, torch {torch.__version__}, "
                                        f"{datetime.date.today().isoformat()}\n\n{table}\n")
+    strategies_path = path.with_name(path.stem.replace(name, f"{name}-strategies") + ".json")
+    strategies_path.write_text("[\n" + ",\n".join(json.dumps(row) for row in choices) + "\n]\n")  # a row a line
     print(table)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    print(f"wrote {path}, {path.with_suffix('.md')} and {strategies_path} (SPLITKERN_STRATEGY_TABLE=that file: "
+          "split layers take these choices without timing)")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def unpack(tarball: Path, dest: Path = RESULTS) -> list[Path]:
             rows = [to_row(r) for r in raw]
             if any(r.speedup for r in rows):
                 written.append(common.plot_speedups(rows, target, target.stem))
+        for table in sorted((work / "results").glob("*strategies*.json")):  # the split layers' choices
+            written.append(Path(shutil.copy(table, dest / table.name)))
         for config in sorted((work / "results").glob("*configs*.json")):
             written.append(Path(shutil.copy(config, session / config.name)))
             print(f"measured config table: {session / config.name} (install it with "

@@ -168,6 +168,11 @@ class BlockDiagonalLayer(nn.Module):
         return self._op_forward(x) if name == "op" else self._runner(name, key)(x)
 
     def _choose(self, x: torch.Tensor, key: tuple) -> str:
+        table = strategies.active_table()
+        name = None if table is None else strategies.table_choice(self, key, table)
+        if name is not None:
+            self.chosen[key] = name
+            return name
         runs = {name: (self._op_forward if name == "op" else self._runner(name, key)) for name in self.candidates()}
         name, _ = strategies.fastest(runs, x)
         self.chosen[key] = name

@@ -25,6 +25,12 @@ times every candidate on the first call with a new input key (device, dtype, mem
 shape), as ``cudnn.benchmark`` does, and keeps the fastest for that key (``layer.chosen``).
 :func:`plan_strategies` does that ahead of time for an example input; :func:`set_strategy`
 forces one strategy on every split layer of a model; :func:`strategies` lists the choices.
+
+Choice tables: :func:`choice_table` writes a model's choices as JSON-ready rows keyed by what
+decides them (layer kind, group sizes, geometry, device name, dtype, memory format, input shape),
+:func:`apply_choice_table` gives them to another model, and with ``SPLITKERN_STRATEGY_TABLE=FILE``
+every ``"auto"`` layer takes a matching row instead of timing (a GPU run of
+``benchmarks/bench_split_inference.py`` writes such a file for its GPU).
 The op runs instead of any strategy under ``torch.compile`` (the op is what it traces), under
 ``torch.autocast``, for an empty batch, and when a backend is forced (:func:`splitkern.use_backend`
 or ``SPLITKERN_BACKEND``: a forced backend means the op on that backend).
@@ -32,7 +38,12 @@ or ``SPLITKERN_BACKEND``: a forced backend means the op on that backend).
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -151,3 +162,110 @@ def strategies(model: nn.Module) -> dict[str, dict[tuple, str]]:
     strategy shows as ``{"*": name}``)."""
     return {name: ({"*": layer.strategy} if layer.strategy != AUTO else dict(layer.chosen))
             for name, layer in split_layers(model).items()}
+
+
+TABLE_ENV = "SPLITKERN_STRATEGY_TABLE"
+_MATCHED = ("layer", "in_sizes", "out_sizes", "geometry", "device", "dtype", "channels_last", "shape")
+
+
+def device_name(device: torch.device) -> str:
+    """What a choice is valid for: the GPU's name, or this CPU's architecture and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def _row(layer, key: tuple) -> dict:
+    device, dtype, channels_last, shape = key
+    return {"layer": type(layer).__name__, "in_sizes": list(layer.in_sizes), "out_sizes": list(layer.out_sizes),
+            "geometry": [list(g) for g in getattr(layer, "_geometry", ())], "device": device_name(device),
+            "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last, "shape": list(shape)}
+
+
+def choice_table(model: nn.Module) -> list[dict]:
+    """Every ``"auto"`` choice made so far by ``model``'s split layers, as JSON-ready rows (one per layer
+    kind, sizes, geometry and input key; duplicates merged)."""
+    rows = {}
+    for layer in split_layers(model).values():
+        for key, name in layer.chosen.items():
+            row = _row(layer, key)
+            rows[json.dumps(row, sort_keys=True)] = {**row, "strategy": name}
+    return list(rows.values())
+
+
+def _check_rows(rows, source: str) -> list[dict]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(_MATCHED) | {"strategy"} <= set(r)
+                                             for r in rows):
+        raise ValueError(f"{source}: a strategy choice table is a list of rows with keys "
+                         f"{sorted((*_MATCHED, 'strategy'))} (see splitkern.nn.strategy.choice_table)")
+    for r in rows:
+        check_strategy(r["strategy"], f"{source}: strategy")
+    return rows
+
+
+def _index(rows) -> dict[str, str]:
+    return {json.dumps({k: r[k] for k in _MATCHED}, sort_keys=True): r["strategy"] for r in rows}
+
+
+def table_choice(layer, key: tuple, rows) -> str | None:
+    """The strategy ``rows`` (a choice table) holds for ``layer`` on inputs like ``key``, or None."""
+    name = _index(rows).get(json.dumps(_row(layer, key), sort_keys=True))
+    return name if name in layer.candidates() else None
+
+
+def apply_choice_table(model: nn.Module, rows: list[dict], example: torch.Tensor | None = None) -> int:
+    """Give ``model``'s ``"auto"`` split layers the choices of a :func:`choice_table` for the input keys they
+    have met (or, with ``example``, will meet on it: their shapes are traced without timing). Returns how
+    many choices were taken; keys without a matching row are still timed when first met."""
+    rows = _check_rows(rows, "rows")
+    keys = {name: set(layer.chosen) for name, layer in split_layers(model).items()}
+    if example is not None:
+        with torch.no_grad(), _from_table(rows):
+            model(example)
+        return sum(len(set(layer.chosen) - keys[name]) for name, layer in split_layers(model).items())
+    taken = 0
+    for layer in split_layers(model).values():
+        for key in list(layer.chosen):
+            name = table_choice(layer, key, rows)
+            if name is not None:
+                layer.chosen[key] = name
+                taken += 1
+    return taken
+
+
+_table_override: list = []
+
+
+class _from_table:
+    """Within the block, a new key takes ``rows``' choice (timing only where no row matches)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __enter__(self):
+        _table_override.append(self.rows)
+
+    def __exit__(self, *exc):
+        _table_override.pop()
+
+
+@functools.lru_cache(maxsize=8)
+def _read_table(path: str, mtime: float) -> list[dict]:
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{TABLE_ENV}={path}: cannot read a strategy choice table ({exc})") from None
+    return _check_rows(rows, f"{TABLE_ENV}={path}")
+
+
+def active_table() -> list[dict] | None:
+    """The choice table ``"auto"`` consults before timing: an :func:`apply_choice_table` in progress, else
+    the file named by ``SPLITKERN_STRATEGY_TABLE``, else None."""
+    if _table_override:
+        return _table_override[-1]
+    path = os.environ.get(TABLE_ENV, "").strip()
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"{TABLE_ENV}={path}: no such file")
+    return _read_table(path, os.path.getmtime(path))

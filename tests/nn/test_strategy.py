@@ -268,3 +268,63 @@ def test_an_unfolded_checkpoint_loads_into_a_folded_model():
     with torch.no_grad():
         torch.testing.assert_close(folded(x), unfolded(x))
     assert not folded.stages[1][0].is_identity
+
+
+def _no_timing(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("a strategy was timed where the table has the choice")
+    monkeypatch.setattr(strategy, "fastest", refuse)
+
+
+def test_choice_tables_carry_choices_to_another_model_without_timing(monkeypatch, tmp_path):
+    import json
+
+    model = split(_split_wrn()).to(DEVICE)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    chosen = plan_strategies(model, x)
+    rows = strategy.choice_table(model)
+    assert rows and {r["strategy"] for r in rows} <= set(STRATEGIES)
+    assert all(r["device"] == strategy.device_name(DEVICE) and r["shape"][0] == 2 for r in rows)
+    rows = json.loads(json.dumps(rows))  # what a file holds
+    forced = [{**r, "strategy": "masked_dense"} for r in rows]  # a choice timing would rarely make everywhere
+
+    _no_timing(monkeypatch)
+    twin = split(_split_wrn()).to(DEVICE)
+    assert strategy.apply_choice_table(twin, forced, example=x) == len(chosen)
+    assert set(plan_strategies(twin, x).values()) == {"masked_dense"}
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(rows))
+    monkeypatch.setenv(strategy.TABLE_ENV, str(path))
+    third = split(_split_wrn()).to(DEVICE)
+    assert plan_strategies(third, x) == chosen  # the environment's table, no timing
+    with torch.no_grad():
+        assert_close(third(x), model(x))
+
+
+def test_a_table_row_for_other_shapes_is_not_taken(monkeypatch):
+    layer = _conv(*LAYOUTS["equal"])
+    x = _image(layer.in_channels, False)
+    with torch.no_grad():
+        layer(x)
+    row = {**strategy.choice_table(torch.nn.Sequential(layer))[0], "strategy": "per_group"}
+    other = {**row, "in_sizes": [2, 6]}  # another layer's sizes
+    bigger = {**row, "shape": [9, *row["shape"][1:]]}  # another batch
+    assert strategy.table_choice(layer, input_key(x), [other, bigger]) is None
+    assert strategy.table_choice(layer, input_key(x), [row]) == "per_group"
+    ragged = _conv(*LAYOUTS["ragged"])
+    grouped_row = {**strategy._row(ragged, input_key(x)), "strategy": "grouped"}
+    assert strategy.table_choice(ragged, input_key(x), [grouped_row]) is None  # not a candidate there
+
+
+def test_bad_tables_are_named(monkeypatch, tmp_path):
+    model = torch.nn.Sequential(_linear(*LAYOUTS["equal"]))
+    assert_error_names(ValueError, "rows: a strategy choice table", strategy.apply_choice_table, model, [{"a": 1}])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv(strategy.TABLE_ENV, str(bad))
+    with torch.no_grad():
+        assert_error_names(ValueError, "SPLITKERN_STRATEGY_TABLE", model, torch.randn(2, 8, device=DEVICE))
+    monkeypatch.setenv(strategy.TABLE_ENV, str(tmp_path / "missing.json"))
+    with torch.no_grad():
+        assert_error_names(ValueError, "no such file", model, torch.randn(2, 8, device=DEVICE))
