@@ -147,8 +147,14 @@ def build_cutlass_objects(home, jobs: int = 2) -> None:
     """Compile csrc/cutlass/*_sm90.cu into build/cutlass/*.o (those older than their sources or headers),
     ``jobs`` at a time; _C links them (CUDAExtension would build them for every arch in the list)."""
     headers = glob.glob("csrc/cutlass/*.h") + glob.glob("csrc/cutlass/*.cuh")
+    # the objects hold torch's and CUTLASS's code: another torch, CUTLASS or command rebuilds them all
+    stamp_path = os.path.join("build", "cutlass", "stamp")
+    stamp = repr([_cutlass_command(home, src, obj) for src, obj in zip(CUTLASS_SOURCES, CUTLASS_OBJECTS)]
+                 + [__import__("torch").__version__])
+    same = os.path.exists(stamp_path) and open(stamp_path).read() == stamp
     stale = [(src, obj) for src, obj in zip(CUTLASS_SOURCES, CUTLASS_OBJECTS)
-             if not os.path.exists(obj) or os.path.getmtime(obj) < max(os.path.getmtime(f) for f in [src, *headers])]
+             if not same or not os.path.exists(obj)
+             or os.path.getmtime(obj) < max(os.path.getmtime(f) for f in [src, *headers])]
     os.makedirs(os.path.join("build", "cutlass"), exist_ok=True)
 
     def compile_one(pair):
@@ -160,6 +166,8 @@ def build_cutlass_objects(home, jobs: int = 2) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(compile_one, stale))
+    with open(stamp_path, "w") as f:
+        f.write(stamp)
 
 
 def cuda_extension(home, name="splitkern._C"):

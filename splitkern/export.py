@@ -178,13 +178,17 @@ class _PlainBlockDiagonal(nn.Module):
 
 
 class _PlainPermute(nn.Module):
-    """``x.index_select(1, index)``: splitkern's ChannelPermute (which keeps channels_last) in plain ops."""
+    """``x.index_select(1, index)``: splitkern's ChannelPermute (which keeps channels_last) in plain ops; a
+    ``narrow`` when ``index`` is a range (a folded split's identity, or a subtree's slice of it)."""
 
     def __init__(self, index: torch.Tensor):
         super().__init__()
+        self.range = _selector(index)
         self.register_buffer("index", index.detach().clone())
 
     def forward(self, x):
+        if self.range is not None:
+            return x.narrow(1, self.range[0], self.range[1])
         return x.index_select(1, self.index)
 
 
@@ -222,9 +226,8 @@ def _replace_layers(root: nn.Module) -> int:
     for name, module in list(root.named_modules()):
         if isinstance(module, BlockDiagonalLayer):
             plain = _graph_module(_PlainBlockDiagonal(module), "Plain" + type(module).__name__)
-        elif isinstance(module, ChannelPermute):  # folded (identity): nothing to run
-            plain = nn.Identity() if module.is_identity else _graph_module(_PlainPermute(module.index),
-                                                                           "PlainChannelPermute")
+        elif isinstance(module, ChannelPermute):
+            plain = _graph_module(_PlainPermute(module.index), "PlainChannelPermute")
         else:
             continue
         plain.train(module.training)

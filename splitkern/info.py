@@ -41,7 +41,8 @@ def report() -> str:
 
 def model_report(path, batch_sizes=(1, 32), device="cpu", image_size: int = 32) -> str:
     """The execution strategy (:mod:`splitkern.nn.strategy`) every split layer of the model saved at
-    ``path`` takes, per batch size, planned on ``device`` in fp32 and channels_last: one line per layer."""
+    ``path`` takes, per batch size, planned on ``device`` in fp32 from a channels_last input: one line per
+    layer (a layer whose input is 1x1 or flat sees a contiguous one)."""
     import splitkern
     from splitkern.nn.strategy import plan_strategies, split_layers
 
@@ -51,6 +52,8 @@ def model_report(path, batch_sizes=(1, 32), device="cpu", image_size: int = 32) 
         example = torch.randn(batch, 3, image_size, image_size, device=device)
         chosen[batch] = plan_strategies(model, example.contiguous(memory_format=torch.channels_last))
     layers = split_layers(model)
+    if not layers:
+        return f"{path}: no split layers (SplitLinear/SplitConv2d)"
     sizes = {name: f"{list(layer.in_sizes)} -> {list(layer.out_sizes)}" for name, layer in layers.items()}
     width = max(len(name) for name in layers)
     size_width = max(len("groups (in -> out)"), *map(len, sizes.values()))

@@ -138,9 +138,12 @@ void run(cutlass_problems::Pass pass, const cutlass_problems::GroupTable& table,
   args.epilogue.thread.alpha = 1.0f;
   args.epilogue.thread.beta = 0.0f;
   Gemm gemm;
+  cutlass::Status status = gemm.can_implement(args);  // device-only shapes: checks the mode and beta
+  TORCH_CHECK(status == cutlass::Status::kSuccess, "block_diag_mm (CUTLASS sm90): cannot implement: ",
+              cutlassGetStatusString(status));
   const at::Tensor workspace = at::empty({static_cast<int64_t>(Gemm::get_workspace_size(args)) + 1},
                                          at::TensorOptions().dtype(at::kByte).device(device));
-  cutlass::Status status = gemm.initialize(args, workspace.data_ptr(), stream);
+  status = gemm.initialize(args, workspace.data_ptr(), stream);
   TORCH_CHECK(status == cutlass::Status::kSuccess, "block_diag_mm (CUTLASS sm90): initialize failed: ",
               cutlassGetStatusString(status));
   status = gemm.run(stream);

@@ -1,5 +1,5 @@
 // The CUTLASS sm90 grouped GEMMs of block_diag_mm (csrc/cutlass/*_sm90.cu, built for sm_90a only),
-// as the entry points (csrc/cutlass/block_diag_mm_cutlass.cu) call them.
+// as the entry points (csrc/cutlass/block_diag_mm_cutlass.cpp) call them.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -2,7 +2,7 @@
 // takes them: (m, n, k), element offsets of A, B and D from their tensors' starts, and each
 // operand's leading dimension. Plain C++ that compiles as host code (csrc/cutlass_problems.cpp,
 // tested on CPU against the layout) and as device code (the CUDA kernel that fills CUTLASS's
-// problem and pointer arrays on the GPU, csrc/cutlass/block_diag_mm_sm90.cu), so the index math
+// problem and pointer arrays on the GPU, csrc/cutlass/gemm_sm90.cuh), so the index math
 // the GPU runs is the one the CPU tests check.
 //
 //   pass         D (row-major)           A                          B                          m    n    k
@@ -11,7 +11,7 @@
 //   grad_weight  dW_g (n_g,k_g)(ld k_g)  dY[:, out_g]^T col-major ld N  X[:, in_g] row-major ld K n_g  k_g  M
 //
 // K = sum k_g, N = sum n_g. Only groups with a non-empty product are listed (a group without
-// inputs contributes zeros to the forward, see block_diag_mm_sm90.cu); the list is compacted on the
+// inputs contributes zeros to the forward, see block_diag_mm_cutlass.cpp); the list is compacted on the
 // host from the group sizes, which the layer knows when it is built.
 #pragma once
 

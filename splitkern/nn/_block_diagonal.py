@@ -78,7 +78,7 @@ class BlockDiagonalLayer(nn.Module):
         """``.to()``, ``.cuda()``, ``.half()``...: then the device tables for the new device."""
         result = super()._apply(fn, recurse)
         prepare_layout(self.layout, self.weight.device)
-        self._runners = {}
+        self._runners, self._checked = {}, set()  # a new dtype or device: prepare and check again
         return result
 
     def __getstate__(self):
@@ -89,6 +89,7 @@ class BlockDiagonalLayer(nn.Module):
     def _loaded(self) -> None:  # load_state_dict(assign=True) may move the parameters
         self._note_identity()
         prepare_layout(self.layout, self.weight.device)
+        self._runners, self._checked = {}, set()
 
     def _note_identity(self) -> None:
         """Skip the fused gather/scatter where an index is the identity (checked off the hot path)."""
@@ -176,14 +177,22 @@ class BlockDiagonalLayer(nn.Module):
         runs = {name: (self._op_forward if name == "op" else self._runner(name, key)) for name in self.candidates()}
         name, _ = strategies.fastest(runs, x)
         self.chosen[key] = name
-        for other in runs:  # keep only the winner's prepared weights
-            if other != name:
+        kept = {(chosen, *k[:3]) for k, chosen in self.chosen.items()}
+        for other in runs:  # keep only the prepared weights some choice runs
+            if (other, *key[:3]) not in kept:
                 self._runners.pop((other, *key[:3]), None)
         return name
 
     def _versions(self) -> tuple:
+        """What prepared weights are stamped with: each tensor's storage and version (inference tensors
+        have no version counter) and the optimizer step count."""
         tensors = (self.weight, self.bias, self.in_index, self.out_index)
-        return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+        return (strategies.generation(),
+                *((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None))
+
+    def refresh(self) -> None:
+        """Drop the prepared weights (after an edit through ``.data``, which no version counter sees)."""
+        self._runners = {}
 
     def _runner(self, name: str, key: tuple):
         """The prepared ``run(x)`` of strategy ``name`` for inputs like ``key`` (rebuilt when a tensor changed)."""

@@ -31,9 +31,14 @@ decides them (layer kind, group sizes, geometry, device name, dtype, memory form
 :func:`apply_choice_table` gives them to another model, and with ``SPLITKERN_STRATEGY_TABLE=FILE``
 every ``"auto"`` layer takes a matching row instead of timing (a GPU run of
 ``benchmarks/bench_split_inference.py`` writes such a file for its GPU).
-The op runs instead of any strategy under ``torch.compile`` (the op is what it traces), under
-``torch.autocast``, for an empty batch, and when a backend is forced (:func:`splitkern.use_backend`
-or ``SPLITKERN_BACKEND``: a forced backend means the op on that backend).
+The op runs instead of any strategy under ``torch.compile``, ``torch.jit`` tracing and functorch
+transforms (they trace or batch the op on the parameters), under ``torch.autocast``, during CUDA
+graph capture, for an empty batch, and when a backend is forced (:func:`splitkern.use_backend` or
+``SPLITKERN_BACKEND``: a forced backend means the op on that backend).
+
+Prepared weights follow in-place updates through the tensors' version counters and every
+optimizer step (fused optimizers do not move the counters); an edit through ``.data`` moves
+neither: call ``layer.refresh()`` (or :func:`refresh`) after one.
 """
 
 from __future__ import annotations
@@ -42,10 +47,12 @@ import functools
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
 
 from splitkern import backend
@@ -79,13 +86,19 @@ def key_format(key: tuple) -> torch.memory_format:
 
 def fast_path_applies(layer: nn.Module, x) -> bool:
     """Whether ``layer``'s forward on ``x`` may run a strategy instead of the op (see the module doc)."""
-    if layer.strategy == "op" or not isinstance(x, torch.Tensor) or x.numel() == 0:
+    if layer.strategy == "op" or not isinstance(x, torch.Tensor):
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # a trace must record the op on the parameters, not prepared copies
+    if x.numel() == 0:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters(False))):
         return False
-    if torch.compiler.is_compiling() or backend.forced_backend() is not None:
-        return False
+    if backend.forced_backend() is not None or torch._C._are_functorch_transforms_active():
+        return False  # vmap / functional_call over stacked parameters: no storage to prepare from
     device = x.device.type
+    if device == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # a graph replays the op on the live parameters (and timing cannot sync)
     return not (device in ("cpu", "cuda") and torch.is_autocast_enabled(device))
 
 
@@ -114,6 +127,30 @@ def fastest(candidates: dict, x: torch.Tensor) -> tuple[str, dict[str, float]]:
     """``(name, seconds per candidate)`` of the fastest of ``{name: run}`` on ``x``."""
     times = {name: _seconds(run, x) for name, run in candidates.items()}
     return min(times, key=times.get), times
+
+
+# Bumped after every optimizer step: fused optimizers update parameters without moving their version
+# counters, so prepared weights are also stamped with this.
+_generation = [0]
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    _generation[0] += 1
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def generation() -> int:
+    """How many optimizer steps this process has taken (part of every prepared weight's stamp)."""
+    return _generation[0]
+
+
+def refresh(model: nn.Module) -> nn.Module:
+    """Drop every split layer's prepared weights (after editing parameters through ``.data``)."""
+    for layer in split_layers(model).values():
+        layer.refresh()
+    return model
 
 
 def split_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -233,20 +270,26 @@ def apply_choice_table(model: nn.Module, rows: list[dict], example: torch.Tensor
     return taken
 
 
-_table_override: list = []
+_local = threading.local()  # this thread's tables in use by apply_choice_table
+
+
+def _overrides() -> list:
+    if not hasattr(_local, "tables"):
+        _local.tables = []
+    return _local.tables
 
 
 class _from_table:
-    """Within the block, a new key takes ``rows``' choice (timing only where no row matches)."""
+    """Within the block (in this thread), a new key takes ``rows``' choice (timing only where no row matches)."""
 
     def __init__(self, rows):
         self.rows = rows
 
     def __enter__(self):
-        _table_override.append(self.rows)
+        _overrides().append(self.rows)
 
     def __exit__(self, *exc):
-        _table_override.pop()
+        _overrides().pop()
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,8 +304,8 @@ def _read_table(path: str, mtime: float) -> list[dict]:
 def active_table() -> list[dict] | None:
     """The choice table ``"auto"`` consults before timing: an :func:`apply_choice_table` in progress, else
     the file named by ``SPLITKERN_STRATEGY_TABLE``, else None."""
-    if _table_override:
-        return _table_override[-1]
+    if _overrides():
+        return _overrides()[-1]
     path = os.environ.get(TABLE_ENV, "").strip()
     if not path:
         return None

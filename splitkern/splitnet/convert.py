@@ -111,27 +111,47 @@ def masked_dense(model: nn.Module) -> nn.Module:
     return dense
 
 
+def _note_permute_identity(module: "ChannelPermute", incompatible_keys) -> None:
+    """A module-level hook (a lambda would make the module unpicklable)."""
+    module._note_identity()
+
+
 class ChannelPermute(nn.Module):
     """``x[:, index]``: puts activations into grouped order where the split starts (nothing when ``index``
-    is the identity: :func:`split` folded the permutation into the layers before it)."""
+    is the identity: :func:`split` folded the permutation into the layers before it).
+
+    Whether ``index`` is ``0..len-1`` is decided when it is set or loaded, not per forward (no device
+    sync; a plain bool for torch.compile). An identity prefix shorter than the input's channels (a
+    subtree's slice) still selects: the forward skips only when it covers every channel.
+    """
 
     def __init__(self, index: torch.Tensor):
         super().__init__()
         self.register_buffer("index", index.clone())
-        self._identity_of = None  # (data_ptr, version) of the index last found to be the identity
+        self.register_load_state_dict_post_hook(_note_permute_identity)
+        self._note_identity()
+
+    def __setstate__(self, state):  # a module pickled before the flag existed
+        super().__setstate__(state)
+        if "_identity" not in self.__dict__:
+            self._note_identity()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "index":  # subtrees() assigns a slice
+            self._note_identity()
+
+    def _note_identity(self) -> None:
+        index = self.index.detach()
+        self._identity = bool(torch.equal(index.cpu(), torch.arange(index.numel(), dtype=index.dtype)))
 
     @property
     def is_identity(self) -> bool:
-        """Whether ``index`` is ``0..C-1`` (checked again only when the buffer changes)."""
-        stamp = (self.index.data_ptr(), self.index._version, self.index.numel())
-        if self._identity_of != stamp:
-            identity = torch.equal(self.index.cpu(), torch.arange(self.index.numel()))
-            self._identity_of = stamp if identity else None
-            return identity
-        return True
+        """Whether ``index`` is ``0..len(index)-1``."""
+        return self._identity
 
     def forward(self, x):
-        if x.shape[1] == self.index.numel() and self.is_identity:
+        if self._identity and x.shape[1] == self.index.numel():
             return x
         return x.index_select(1, self.index).contiguous(memory_format=memory_format(x))  # keep channels_last
 

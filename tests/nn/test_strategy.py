@@ -328,3 +328,70 @@ def test_bad_tables_are_named(monkeypatch, tmp_path):
     monkeypatch.setenv(strategy.TABLE_ENV, str(tmp_path / "missing.json"))
     with torch.no_grad():
         assert_error_names(ValueError, "no such file", model, torch.randn(2, 8, device=DEVICE))
+
+
+def _masked_error(layer, x):
+    return (_run(layer, x, "masked_dense") - _masked_dense_oracle(layer, x)).abs().max().item()
+
+
+def test_prepared_weights_follow_fused_optimizer_steps_and_refresh():
+    layer = _linear(*LAYOUTS["equal"])
+    x = torch.randn(4, layer.in_features, device=DEVICE)
+    _run(layer, x, "masked_dense")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0, fused=True)
+    layer.strategy = "op"
+    layer(x).square().sum().backward()
+    optimizer.step()  # fused: the version counters stay; the step hook still marks the weights stale
+    assert _masked_error(layer, x) < 1e-5
+    with torch.no_grad():
+        layer.weight.data.mul_(3.0)  # .data: nothing sees it ...
+    layer.refresh()  # ... until refresh()
+    assert _masked_error(layer, x) < 1e-5
+    with torch.no_grad():
+        layer.weight.data.mul_(0.5)
+    strategy.refresh(torch.nn.Sequential(layer))
+    assert _masked_error(layer, x) < 1e-5
+
+
+def test_inference_mode_layers_and_inputs_run():
+    with torch.inference_mode():
+        layer = _conv(*LAYOUTS["ragged"])
+        x = _image(layer.in_channels, True)
+        for name in layer.candidates():
+            torch.testing.assert_close(_run(layer, x, name), layer._op_forward(x), rtol=1e-5, atol=1e-5)
+    fresh = _conv(*LAYOUTS["ragged"])
+    with torch.inference_mode():
+        fresh.load_state_dict(layer.state_dict(), assign=True)
+        torch.testing.assert_close(_run(fresh, x, "masked_dense"), layer._op_forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_jit_trace_and_vmap_record_the_op_on_the_parameters():
+    layer = _linear(*LAYOUTS["equal"])
+    x = torch.randn(4, layer.in_features, device=DEVICE)
+    with torch.no_grad():
+        layer(x)  # "auto" has prepared weights now
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+    with torch.no_grad():
+        assert_close(traced(x), _masked_dense_oracle(layer, x))  # the trace reads the live parameter
+    params = {k: torch.stack([v, 2 * v]) for k, v in layer.named_parameters()}
+    with torch.no_grad():
+        out = torch.func.vmap(lambda p: torch.func.functional_call(layer, p, (x,)))(params)
+    assert out.shape == (2, 4, layer.out_features)
+    assert_close(out[0], _masked_dense_oracle(layer, x))
+
+
+def test_channel_permute_identity_is_decided_when_the_index_is_set():
+    from splitkern.splitnet.convert import ChannelPermute
+
+    permute = ChannelPermute(torch.arange(6))
+    assert permute.is_identity
+    permute.index = torch.tensor([1, 0, 2, 3, 4, 5])
+    assert not permute.is_identity
+    permute.load_state_dict({"index": torch.arange(6)})
+    assert permute.is_identity
+    prefix = ChannelPermute(torch.arange(4))  # a subtree's slice of a folded identity
+    x = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(prefix(x), x[:, :4])
+    assert copy.deepcopy(prefix).is_identity
