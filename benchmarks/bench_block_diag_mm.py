@@ -136,7 +136,7 @@ def _cutlass(case, x, w, b):
     from splitkern.extension.block_diag_mm import cutlass_reason
     if cutlass_reason(x, case.layout):
         return None
-    return common.splitkern_lines("block_diag_mm", _call_block_diag_mm)["splitkern-extension"](case, x, w, b)
+    return LINES["splitkern-extension"](case, x, w, b)
 
 
 LINES = {"dense": _dense, "loop": _loop, "bmm": _bmm, "grouped_mm_padded": _grouped_mm_padded}

@@ -16,14 +16,11 @@ Tensor cutlass_problems_table(int64_t pass, IntArrayRef in_sizes, IntArrayRef ou
   TORCH_CHECK(in_sizes.size() == out_sizes.size() && !in_sizes.empty(),
               "in_sizes and out_sizes must list the same number (>= 1) of groups");
   TORCH_CHECK(rows >= 0, "m must be >= 0, got ", rows);
-  std::vector<cutlass_problems::GroupTable> tables(
-      (in_sizes.size() + cutlass_problems::kMaxGroups - 1) / cutlass_problems::kMaxGroups);
-  const int used = cutlass_problems::fill_tables(in_sizes, out_sizes, rows, tables.data(),
-                                                 static_cast<int>(tables.size()));
+  const auto tables = cutlass_problems::group_tables(in_sizes, out_sizes, rows);
   std::vector<int64_t> rows_out;
-  for (int t = 0; t < used; ++t) {
-    for (int i = 0; i < tables[t].count; ++i) {
-      const auto p = cutlass_problems::problem(static_cast<cutlass_problems::Pass>(pass), tables[t], i);
+  for (const auto& table : tables) {
+    for (int i = 0; i < table.count; ++i) {
+      const auto p = cutlass_problems::problem(static_cast<cutlass_problems::Pass>(pass), table, i);
       rows_out.insert(rows_out.end(), {p.m, p.n, p.k, p.a_off, p.lda, p.b_off, p.ldb, p.d_off, p.ldd});
     }
   }

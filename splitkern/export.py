@@ -32,6 +32,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from splitkern.ops._checks import is_identity
+
 FORMATS = ("plain", "onnx", "pt2")
 TOLERANCE = 1e-4  # max abs difference (fp32) an export may have from the split model
 ONNX_OPSET = 18
@@ -43,11 +45,6 @@ _ONNX_HINT = "pip install splitkern[onnx]  (or: pip install onnx onnxscript onnx
 
 # ----------------------------------------------------------------------------------------------------------------
 # plain modules
-
-
-def _is_identity(index: torch.Tensor) -> bool:
-    index = index.detach().cpu()
-    return torch.equal(index, torch.arange(index.numel(), dtype=index.dtype))
 
 
 def _selector(index: torch.Tensor) -> tuple[int, int] | None:
@@ -88,7 +85,7 @@ class _PlainBlockDiagonal(nn.Module):
 
         if len(set(in_sizes)) == 1 and len(set(out_sizes)) == 1 and in_sizes[0] and out_sizes[0]:
             k, n = in_sizes[0], out_sizes[0]
-            self.gather = not _is_identity(in_index)
+            self.gather = not is_identity(in_index)
             if self.gather:
                 self.register_buffer("in_perm", in_index.clone())
             if self.conv:
@@ -139,7 +136,7 @@ class _PlainBlockDiagonal(nn.Module):
                 self.pad_bias = None
         # computed channel p is grouped output order[p], i.e. original output out_index[order[p]]
         final = torch.argsort(out_index.cpu()[torch.tensor(order, dtype=torch.long)]).to(out_index.device)
-        self.scatter = not _is_identity(final)
+        self.scatter = not is_identity(final)
         if self.scatter:
             self.register_buffer("out_perm", final)
         for p in self.parameters():

@@ -10,8 +10,6 @@
 // The group table travels as a ~5 KB kernel parameter: CUDA 12.1+ and an R530+ driver (any Hopper's).
 #include <torch/library.h>
 
-#include <vector>
-
 #include "../ops.h"
 #include "launch.h"
 #include "problems.h"
@@ -38,15 +36,6 @@ Tensor operand(const Tensor& t, const OptTensor& index) {
   return reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 ? out.clone() : out;
 }
 
-std::vector<GroupTable> tables(IntArrayRef in_sizes, IntArrayRef out_sizes, int64_t rows) {
-  const int count = static_cast<int>((in_sizes.size() + cutlass_problems::kMaxGroups - 1) /
-                                     cutlass_problems::kMaxGroups);
-  std::vector<GroupTable> out(count > 0 ? count : 1);
-  const int used = cutlass_problems::fill_tables(in_sizes, out_sizes, rows, out.data(), static_cast<int>(out.size()));
-  out.resize(used > 0 ? used : 0);
-  return out;
-}
-
 // Whether some output block of the pass has no GEMM (an empty inner size): then D starts as zeros.
 bool has_unlisted_output(IntArrayRef produced, IntArrayRef inner, int64_t rows) {
   for (size_t g = 0; g < produced.size(); ++g) {
@@ -66,7 +55,7 @@ Tensor forward(const Tensor& x, const Tensor& weight, const OptTensor& bias, Int
   const int64_t rows = x.size(0);
   const Tensor a = operand(x, in_index), w = operand(weight, std::nullopt);
   Tensor y = new_output(x, {rows, off.out.back()}, has_unlisted_output(out_sizes, in_sizes, rows));
-  for (const GroupTable& t : tables(in_sizes, out_sizes, rows)) {
+  for (const GroupTable& t : cutlass_problems::group_tables(in_sizes, out_sizes, rows)) {
     cutlass_sm90::run_forward(t, x.scalar_type(), a.data_ptr(), w.data_ptr(), y.data_ptr(), x.device());
   }
   if (bias.has_value()) y.add_(*bias);
@@ -81,7 +70,7 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& weight, IntArrayRef in_s
   const int64_t rows = grad_out.size(0);
   const Tensor a = operand(grad_out, out_index), w = operand(weight, std::nullopt);
   Tensor dx = new_output(grad_out, {rows, off.in.back()}, has_unlisted_output(in_sizes, out_sizes, rows));
-  for (const GroupTable& t : tables(in_sizes, out_sizes, rows)) {
+  for (const GroupTable& t : cutlass_problems::group_tables(in_sizes, out_sizes, rows)) {
     cutlass_sm90::run_grad_input(t, grad_out.scalar_type(), a.data_ptr(), w.data_ptr(), dx.data_ptr(),
                                  grad_out.device());
   }
@@ -95,7 +84,7 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, IntArrayRef in_sizes
   const int64_t rows = x.size(0);
   const Tensor a = operand(grad_out, out_index), b = operand(x, in_index);
   Tensor dw = new_output(x, {off.weight.back()}, rows == 0);
-  for (const GroupTable& t : tables(in_sizes, out_sizes, rows)) {
+  for (const GroupTable& t : cutlass_problems::group_tables(in_sizes, out_sizes, rows)) {
     cutlass_sm90::run_grad_weight(t, x.scalar_type(), a.data_ptr(), b.data_ptr(), dw.data_ptr(), x.device());
   }
   return dw;

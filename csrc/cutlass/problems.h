@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #if defined(__CUDACC__)
 #define SPLITKERN_CUTLASS_HD __host__ __device__
@@ -66,32 +67,31 @@ SPLITKERN_CUTLASS_HD inline Problem problem(Pass pass, const GroupTable& t, int 
 // outer size leaves its output block zero, which the caller writes).
 inline bool listed(int64_t k, int64_t n, int64_t rows) { return k > 0 && n > 0 && rows > 0; }
 
-// The tables for groups (in_sizes, out_sizes), kMaxGroups listed groups per table.
+// The tables for groups (in_sizes, out_sizes): the listed groups, kMaxGroups per table (none when no
+// group has a GEMM). Host code.
 template <typename Sizes>
-inline int fill_tables(const Sizes& in_sizes, const Sizes& out_sizes, int64_t rows, GroupTable* tables,
-                       int max_tables) {
+inline std::vector<GroupTable> group_tables(const Sizes& in_sizes, const Sizes& out_sizes, int64_t rows) {
   int64_t in_features = 0, out_features = 0;
   for (size_t g = 0; g < in_sizes.size(); ++g) {
     in_features += in_sizes[g];
     out_features += out_sizes[g];
   }
-  int used = 0;
+  std::vector<GroupTable> tables;
   int64_t in_off = 0, out_off = 0, w_off = 0;
   for (size_t g = 0; g < in_sizes.size(); ++g) {
     const int64_t k = in_sizes[g], n = out_sizes[g];
     if (listed(k, n, rows)) {
-      if (used == 0 || tables[used - 1].count == kMaxGroups) {
-        if (used == max_tables) return -1;
-        tables[used++] = GroupTable{0, rows, in_features, out_features, {}};
+      if (tables.empty() || tables.back().count == kMaxGroups) {
+        tables.push_back(GroupTable{0, rows, in_features, out_features, {}});
       }
-      GroupTable& t = tables[used - 1];
+      GroupTable& t = tables.back();
       t.group[t.count++] = Group{in_off, out_off, w_off, k, n};
     }
     in_off += k;
     out_off += n;
     w_off += k * n;
   }
-  return used;
+  return tables;
 }
 
 }  // namespace cutlass_problems

@@ -12,7 +12,7 @@ from splitkern.backend import prepare_layout
 from splitkern.layout import block_layout, check_sizes
 from splitkern.nn import strategy as strategies
 from splitkern.nn._grouping import grouping
-from splitkern.ops._checks import check_permutation
+from splitkern.ops._checks import check_permutation, is_identity
 from splitkern.reference._common import equal_groups
 
 
@@ -96,7 +96,7 @@ class BlockDiagonalLayer(nn.Module):
         for name in ("in_index", "out_index"):
             index = getattr(self, name).cpu()
             check_permutation(index, name, index.numel(), torch.device("cpu"))
-            setattr(self, f"_{name}_is_identity", torch.equal(index, torch.arange(index.numel())))
+            setattr(self, f"_{name}_is_identity", is_identity(index))
 
     @property
     def grouped_input(self) -> bool:

@@ -26,6 +26,12 @@ def check_shape(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def is_identity(index: torch.Tensor) -> bool:
+    """Whether ``index`` is ``0..len(index)-1`` (read on the host: call it off the hot path)."""
+    index = index.detach().cpu()
+    return torch.equal(index, torch.arange(index.numel(), dtype=index.dtype))
+
+
 def check_permutation(index, name: str, length: int, device: torch.device) -> torch.Tensor | None:
     """A column index table: int64 permutation of ``range(length)`` on ``device``.
 

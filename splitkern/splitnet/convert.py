@@ -25,6 +25,7 @@ from torch import nn
 
 from splitkern._conv import memory_format
 from splitkern.nn import SplitConv2d, SplitLinear
+from splitkern.ops._checks import is_identity
 from splitkern.splitnet.plan import SplitRecord, plan_of
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
@@ -142,8 +143,7 @@ class ChannelPermute(nn.Module):
             self._note_identity()
 
     def _note_identity(self) -> None:
-        index = self.index.detach()
-        self._identity = bool(torch.equal(index.cpu(), torch.arange(index.numel(), dtype=index.dtype)))
+        self._identity = is_identity(self.index)
 
     @property
     def is_identity(self) -> bool:
