@@ -178,10 +178,60 @@ def add_speedups(rows: list[Row], baseline: str = "dense") -> None:
         r.speedup = round(base / r.median_ms, 3) if base else None
 
 
-def write_csv(rows: list[Row], op: str, device: torch.device) -> Path:
+def result_kind(device: torch.device) -> str:
+    """``cpu`` or ``gpu-<chip>`` (``gpu-H200``): the device part of a results file's name."""
+    return "gpu-" + torch.cuda.get_device_name(device).split()[-1] if device.type == "cuda" else "cpu"
+
+
+def results_path(op: str, device: torch.device, suffix: str = "", ext: str = ".csv") -> Path:
+    """``RESULTS/<op>-<cpu|gpu-chip>-<date>[-<suffix>]<ext>``, its folder created."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    kind = "gpu-" + torch.cuda.get_device_name(device).split()[-1] if device.type == "cuda" else "cpu"
-    path = RESULTS / f"{op}-{kind}-{datetime.date.today().isoformat()}.csv"
+    tail = f"-{suffix}" if suffix else ""
+    return RESULTS / f"{op}-{result_kind(device)}-{datetime.date.today().isoformat()}{tail}{ext}"
+
+
+def source_commit() -> str:
+    """The git commit of the splitkern package being measured (``<sha>``, ``<sha>+dirty`` when
+    splitkern/ has uncommitted changes), or ``unknown`` outside a git checkout."""
+    import subprocess
+
+    import splitkern
+
+    package = Path(splitkern.__file__).resolve().parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def kernel_times(fn, calls: int = 10) -> tuple[float, int, list[tuple[str, float]]]:
+    """What ``fn`` runs on the GPU, read off torch.profiler over ``calls`` calls (after one unprofiled
+    call): ``(kernel ms per call, launches per call, [(kernel, ms per call)] of the three longest)``.
+    The kernel time is the sum of every kernel's duration (memsets and copies included)."""
+    from collections import Counter
+
+    from torch.autograd import DeviceType
+
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    per_kernel: Counter = Counter()
+    for e in kernels:
+        per_kernel[e.name[:60]] += e.time_range.elapsed_us() / 1e3 / calls
+    return sum(per_kernel.values()), len(kernels) // calls, per_kernel.most_common(3)
+
+
+def write_csv(rows: list[Row], op: str, device: torch.device) -> Path:
+    path = results_path(op, device)
     with path.open("w", newline="") as f:
         f.write(f"# {device_label(device)}, torch {torch.__version__}\n")
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
