@@ -1,9 +1,11 @@
-"""summary.txt of a GPU session folder: environment, steps, test counts, headline speedups.
+"""summary.txt of a GPU session folder: environment, steps, build check, host cost, test counts,
+headline speedups, event vs kernel time.
 
     python benchmarks/gpu_summary.py WORK_DIR      (benchmarks/gpu_session.sh calls it)
 
 WORK_DIR holds ``steps.txt`` (one ``name rc seconds`` line per step), ``logs/*.log``,
-``tests.xml`` (pytest's JUnit report) and ``results/*.csv`` (benchmark rows, see common.Row).
+``tests.xml`` (pytest's JUnit report) and ``results/*.csv`` (benchmark rows, see common.Row; the
+host-cost rows of bench_host_overhead.py; the event/kernel rows of gpu_profile.py).
 Speedups are measured ones, read from the CSVs; nothing is estimated here.
 """
 
@@ -50,6 +52,41 @@ def headline(rows: list[dict]) -> list[str]:
     return out
 
 
+def build_check(work: Path) -> list[str]:
+    """The build step's own verdict lines (``build check: ...``, the build's duration)."""
+    log = work / "logs" / "build.log"
+    if not log.exists():
+        return ["(no build log)"]
+    found = [line for line in log.read_text(errors="replace").splitlines()
+             if line.startswith(("build check:", "build: "))]
+    return found or ["(the build step wrote no check: see logs/build.log)"]
+
+
+def _num(value: str, spec: str = ".1f") -> str:
+    return format(float(value), spec) if value not in (None, "") else "-"
+
+
+def host_cost(rows: list[dict]) -> list[str]:
+    """Per (case, mode) of bench_host_overhead: dense and split µs per call, split / dense, and where the
+    GPU timed them, the split call's event, kernel and host µs."""
+    out = []
+    for r in rows:
+        if r["line"] != "split":
+            continue
+        dense = next((d for d in rows if d["line"] == "dense" and (d["case"], d["mode"]) == (r["case"], r["mode"])), {})
+        out.append(f"| {r['case']} | {r['mode']} | {_num(dense.get('median_us'))} | {_num(r['median_us'])} | "
+                   f"{_num(r['ratio'], '.2f')} | {_num(r.get('event_us'))} | {_num(r.get('kernel_us'))} | "
+                   f"{_num(r.get('host_us'))} |")
+    return out
+
+
+def profile_lines(op: str, rows: list[dict]) -> list[str]:
+    """gpu_profile.py's rows: every line's event, kernel and host ms."""
+    return [f"| {op} | {r['case']} | {r['mode']} | {r['line']} | {_num(r['event_ms'], '.3f')} | "
+            f"{_num(r.get('kernel_ms'), '.3f')} | {_num(r.get('host_ms'), '.3f')} | {r.get('launches') or '-'} |"
+            for r in rows if "event_ms" in r]
+
+
 def summary(work: Path) -> str:
     parts = ["# GPU session summary", ""]
     env = work / "logs" / "env.log"
@@ -57,13 +94,27 @@ def summary(work: Path) -> str:
     steps = work / "steps.txt"
     parts += ["## Steps (name, exit code, seconds; 124 = stopped by its timeout)", "```",
               steps.read_text().strip() if steps.exists() else "(none ran)", "```", ""]
-    parts += ["## GPU tests", test_counts(work / "tests.xml"), ""]
+    parts += ["## Build", "```", *build_check(work), "```", ""]
+    results = sorted((work / "results").glob("*.csv"))
+    parts += ["## Host cost per call (bench_host_overhead; split / dense, µs)",
+              "| case | mode | dense | split | split / dense | split event | split kernels | split host |",
+              "|---|---|---|---|---|---|---|---|"]
+    for path in results:
+        if path.name.startswith("host_overhead-"):
+            parts += host_cost(read_rows(path))
+    parts += ["", "## GPU tests", test_counts(work / "tests.xml"), ""]
     parts += ["## Speedups over the dense baseline (measured)",
               "| op | case | mode | dense ms | best line | all lines |", "|---|---|---|---|---|---|"]
-    for path in sorted((work / "results").glob("*.csv")):
+    for path in results:
         rows = read_rows(path)
         if rows and "speedup" in rows[0]:
             parts += headline(rows)
+    parts += ["", "## Event time vs kernel time per call (gpu_profile; host = event - kernels, ms)",
+              "| op | case | mode | line | event | kernels | host | launches |", "|---|---|---|---|---|---|---|---|"]
+    for path in results:
+        if path.name.startswith("profile-"):
+            op = path.name.removeprefix("profile-").split("-gpu-")[0].split("-cpu-")[0]
+            parts += profile_lines(op, read_rows(path))
     return "\n".join(parts) + "\n"
 
 

@@ -4,7 +4,8 @@
 
 The tarball is what ``benchmarks/gpu_session.sh`` leaves in ``$OUT``. Its ``results/*.csv``
 already carry the names ``benchmarks/results/`` uses (``<op>-gpu-<chip>-<date>.csv``); each is
-copied there with its speedup plot redrawn. The session's logs, test report and summary go to
+copied there with its speedup plot redrawn (the host-cost, profile and sweep CSVs have none), and the
+Markdown tables beside them (``*.md``) with them. The session's logs, test report and summary go to
 ``benchmarks/results/gpu-session-<date>/``; a measured config table (``results/*configs*.json``)
 is reported, for a person to install after reading it.
 """
@@ -55,6 +56,8 @@ def unpack(tarball: Path, dest: Path = RESULTS) -> list[Path]:
             if any(r.speedup for r in rows):
                 written.append(common.plot_speedups(rows, target, target.stem))
         for table in sorted((work / "results").glob("*strategies*.json")):  # the split layers' choices
+            written.append(Path(shutil.copy(table, dest / table.name)))
+        for table in sorted((work / "results").glob("*.md")):  # the Markdown tables beside their CSVs
             written.append(Path(shutil.copy(table, dest / table.name)))
         for config in sorted((work / "results").glob("*configs*.json")):
             written.append(Path(shutil.copy(config, session / config.name)))

@@ -1,7 +1,7 @@
 """The GPU session script's dry run: the same steps on tiny shapes, one tarball + summary back.
 
-The first lent GPU session runs benchmarks/gpu_session.sh exactly once; this keeps a typo from
-costing it (CI has no GPU, so this is the only run the script gets before then).
+benchmarks/gpu_session.sh is run on a CUDA machine rarely, and in one go; this keeps a typo from
+costing that run (CI has no GPU, so this is the only run the script gets before then).
 """
 
 import os
@@ -11,8 +11,9 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("env", "build", "tests", "bench_block_diag_mm", "bench_grouped_conv", "bench_split_inference",
-         "bench_group_weight_reg", "sweep", "memcheck")
+# in the order the script runs them: measurements first, then the GPU-marked tests, the sweep last
+STEPS = ("env", "build", "host_overhead", "split_inference", "ops_block_diag_mm", "ops_grouped_conv",
+         "ops_group_weight_reg", "tests", "memcheck", "sweep")
 
 
 def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place(tmp_path):
@@ -25,12 +26,19 @@ def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place
     tarballs = list(out.glob("gpu-session-*.tar.gz"))
     assert len(tarballs) == 1 and sorted(p.name for p in out.iterdir()) == sorted([tarballs[0].name, "summary.txt"])
     summary = (out / "summary.txt").read_text()
-    for name in STEPS:
-        assert f"\n{name} 0 " in summary, (name, summary)  # every step ran and exited 0
+    steps = summary.split("## Steps")[1].split("```")[1].split()
+    assert steps[::3] == list(STEPS), summary  # every step ran, in this order, and exited 0
+    assert steps[1::3] == ["0"] * len(STEPS), summary
     assert "tests:" in summary and "| block_diag_mm | tiny-ragged-M5 | fwd |" in summary
+    assert "build check: _C built for archs" in summary or "build check: splitkern._C did not load" in summary
+    for mode in ("fwd", "fwd+bwd", "fwd-autocast", "fwd+bwd-autocast"):  # the host cost of both layers
+        assert f"| linear-64-M1-G4 | {mode} |" in summary and f"| conv3x3-64-1x4x4-G4 | {mode} |" in summary
+    for op in ("block_diag_mm", "grouped_conv", "group_weight_reg"):  # every op line with its event time
+        assert f"| {op} | tiny-" in summary.split("## Event time vs kernel time")[1], (op, summary)
     with tarfile.open(tarballs[0]) as tar:
         names = tar.getnames()
-    for op in ("block_diag_mm", "grouped_conv", "group_weight_reg", "split_inference"):
+    for op in ("block_diag_mm", "grouped_conv", "group_weight_reg", "split_inference", "host_overhead",
+               "profile-block_diag_mm", "profile-grouped_conv"):
         assert any(n.startswith(f"./results/{op}-") and n.endswith(".csv") for n in names), (op, names)
 
     dest = tmp_path / "results"
@@ -40,6 +48,7 @@ def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place
     unpacked = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert unpacked.returncode == 0, unpacked.stderr
     assert list(dest.glob("block_diag_mm-*.csv")) and list(dest.glob("block_diag_mm-*.png"))
+    assert list(dest.glob("host_overhead-*.csv")) and list(dest.glob("host_overhead-*.md"))  # no plot: a table
     assert list(dest.glob("tune-*.csv"))  # the sweep's timings come back too (no plot)
     assert list((dest / tarballs[0].name.removesuffix(".tar.gz")).glob("kernel_configs-*.json"))
     assert (dest / tarballs[0].name.removesuffix(".tar.gz") / "summary.txt").read_text() == summary
