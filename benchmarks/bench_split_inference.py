@@ -14,7 +14,7 @@ CPU: fp32 at batch 1, 32 and 128; GPU: bf16 at batch 1, 32 and 256.
 ``python benchmarks/bench_split_inference.py`` times the lines interleaved (round-robin, the
 fastest of several rounds each: a loaded machine slows every line alike), prints per case the
 speedup over dense, the FLOP bound (dense FLOPs / split FLOPs: the speedup the arithmetic allows)
-and the strategies the split layers took, writes ``results/split_inference-*.csv``, a Markdown
+and the strategies the split layers took, writes ``results/split_inference-*.csv``, its plot (``.png``), a Markdown
 table beside it and the choices as a strategy table (``split_inference-strategies-*.json``, for
 ``SPLITKERN_STRATEGY_TABLE``), then (CPU) times :class:`DistributedSplit` over gloo with 1 and 2 processes.
 Nothing asserts a speed.
@@ -208,6 +208,14 @@ def markdown_table(rows: list[common.Row]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[common.Row], path: Path, title: str | None = None) -> Path:
+    """``path`` with ``.png``: every line's speedup over dense per case (the gloo lines, which have no dense line
+    of their own batch, are left out). docs/make_results.py draws committed CSVs with it."""
+    with_dense = {r.case for r in rows if r.line == "dense"}
+    title = title or f"split vs dense inference, {common.device_label(DEVICE)}, torch {torch.__version__}"
+    return common.plot_speedups([r for r in rows if r.case in with_dense], path, title)
+
+
 def _gloo_worker(rank, world, name, batch, iters, store, result):
     import torch.distributed as dist
 
@@ -258,13 +266,14 @@ def main() -> None:
                                    batch, 0, 0, 2, "inference", round(batch * 1e3 / ips, 3), 0.0, None))
         common.add_speedups(rows, "dense")
     path = common.write_csv(rows, name, DEVICE)
+    png = plot(rows, path)
     table = markdown_table(rows)
     path.with_suffix(".md").write_text(f"# {common.device_label(DEVICE)}, torch {torch.__version__}, "
                                        f"{datetime.date.today().isoformat()}\n\n{table}\n")
     strategies_path = path.with_name(path.stem.replace(name, f"{name}-strategies") + ".json")
     strategies_path.write_text("[\n" + ",\n".join(json.dumps(row) for row in choices) + "\n]\n")  # a row a line
     print(table)
-    print(f"wrote {path}, {path.with_suffix('.md')} and {strategies_path} (SPLITKERN_STRATEGY_TABLE=that file: "
+    print(f"wrote {path}, {png}, {path.with_suffix('.md')} and {strategies_path} (SPLITKERN_STRATEGY_TABLE=that file: "
           "split layers take these choices without timing)")
 
 

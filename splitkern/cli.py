@@ -157,8 +157,11 @@ def _train_parser(sub) -> None:
     epochs.add_argument("--warmup-epochs", type=non_negative_int, default=None,
                         help="dense epochs before the groups learn (default: half of stage 1; 0 with --init-from)")
     epochs.add_argument("--batch-size", type=positive_int, default=128,
-                        help="training batch per process (under torchrun: per rank; the global batch is N times it)")
-    epochs.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one schedule")
+                        help="training batch per process (under torchrun: per rank; the global batch is N times it; "
+                             "alexnet, tv-alexnet: 32 unless given)")
+    epochs.add_argument("--lr", type=positive_float, default=0.1,
+                        help="peak learning rate of the one schedule (alexnet, tv-alexnet: 0.02 unless given: no "
+                             "BatchNorm)")
     epochs.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                         help="per-step curve over all epochs: cosine to 0, or x0.1 at 50%% and 75%%")
     epochs.add_argument("--dropout", type=probability, default=0.0,
@@ -301,7 +304,23 @@ def _train_config(args):
                        tensorboard=args.tensorboard and not args.no_tensorboard, progress=not args.no_progress)
 
 
-def _summary(metrics: dict, out: str) -> str:
+def _inference_line(metrics: dict, flop_share: float | None) -> str:
+    """The summary's inference line: both times, the speedup, and what bounds it."""
+    dense, split = metrics["inference_ms_dense_b256"], metrics["inference_ms_split_b256"]
+    line = f"  inference, batch 256, {metrics['config']['device']}: dense {dense:.1f} ms, split {split:.1f} ms " \
+           f"({dense / split:.2f}x dense"
+    if flop_share:
+        line += f";\n    the split model does {100 * flop_share:.0f}% of dense's FLOPs, so at most " \
+                f"{1 / flop_share:.1f}x: the unsplit trunk, BN and ReLU cost the same in both"
+    line += ")"
+    if split > dense:
+        line += ("\n    slower than dense here: each split layer keeps the fastest of its execution strategies, one of "
+                 "which\n    ('masked_dense') costs what dense does, so this is timing noise of a busy machine "
+                 "(benchmarks/bench_split_inference.py\n    times both interleaved)")
+    return line
+
+
+def _summary(metrics: dict, out: str, flop_share: float | None = None) -> str:
     lines = [f"SplitNet {metrics['model']} split {metrics['spec']} on {metrics['data']}:"]
     coarse = metrics.get("coarse_of_groups") or [[] for _ in metrics["groups"]]
     for g, (classes, supers) in enumerate(zip(metrics["groups"], coarse)):
@@ -310,15 +329,16 @@ def _summary(metrics: dict, out: str) -> str:
     if "nmi_coarse" in metrics:
         lines.append(f"  NMI(class groups, superclasses) = {metrics['nmi_coarse']:.3f}")
     share = metrics["params_split"] / metrics["params_dense"]
-    lines.append(f"  params: dense {metrics['params_dense']:,}  split {metrics['params_split']:,} ({100 * share:.1f}%)")
+    lines.append(f"  params: split {metrics['params_split']:,} = {100 * share:.1f}% of dense "
+                 f"{metrics['params_dense']:,} (conv/linear weights and biases,\n    BN excluded: the split "
+                 "drops the weights between groups)")
     lines.append(f"  test accuracy (split model): {100 * metrics['test_acc']:.2f}%  "
                  f"(unsplit before the split {100 * metrics['test_acc_before_split']:.2f}%, "
                  f"right after it {100 * metrics['test_acc_at_split']:.2f}%)")
     if metrics.get("empty_groups"):
         lines.append(f"  WARNING: empty groups {', '.join(metrics['empty_groups'])}: "
                      "those subnetworks have no channels there")
-    lines.append(f"  inference, batch 256: dense {metrics['inference_ms_dense_b256']:.1f} ms, "
-                 f"split {metrics['inference_ms_split_b256']:.1f} ms")
+    lines.append(_inference_line(metrics, flop_share))
     for name, result in metrics["baselines"].items():
         nmi = f", NMI {result['nmi_coarse']:.3f}" if "nmi_coarse" in result else ""
         at = f" (at the split {100 * result['test_acc_at_split']:.2f}%)" if "test_acc_at_split" in result else ""
@@ -415,14 +435,122 @@ def _export(args) -> None:
     print(export_report(args.ckpt, args.format, args.out, image_size=size, batch_size=args.batch_size))
 
 
+# Defaults that depend on --model, taken when the option is not given. AlexNet has no BatchNorm: from PyTorch's
+# default init, lr 0.1 on 128-image batches leaves it at chance (CE = ln 16) for the first epochs on the built-in
+# data; lr 0.02 on 32-image batches (4x the steps) learns within one epoch there.
+MODEL_DEFAULTS = {"alexnet": {"lr": 0.02, "batch_size": 32}, "tv-alexnet": {"lr": 0.02, "batch_size": 32}}
+
+
+def apply_model_defaults(args) -> None:
+    """Give ``args`` the :data:`MODEL_DEFAULTS` of its ``--model`` for every option the command line left out."""
+    for name, value in MODEL_DEFAULTS.get(args.model.lower(), {}).items():
+        if "--" + name.replace("_", "-") not in getattr(args, "given", ()):
+            setattr(args, name, value)
+
+
+# --- what a train command can be refused for without loading data (a mistake costs no epoch, writes no --out) ---
+
+def _classes_of(data: str) -> int | None:
+    """How many classes ``--data`` holds, read without loading it; None where only loading can tell."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    if data == "synthetic":
+        from splitkern.data.datasets import synthetic_hierarchy
+
+        defaults = inspect.signature(synthetic_hierarchy).parameters
+        return defaults["coarse"].default * defaults["fine_per_coarse"].default
+    folder = Path(data)
+    if (folder / "train").is_dir() and (folder / "val").is_dir():  # ImageFolder: one folder per class
+        return sum(p.is_dir() for p in (folder / "train").iterdir()) or None
+    if (folder / "train").is_file() and (folder / "meta").is_file():  # cifar-100-python
+        return 100
+    try:  # npz shards: meta.json names the classes (without it, the reader assumes CIFAR-100's 100)
+        return len(json.loads((folder / "meta.json").read_text())["fine_names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 100 if any(folder.glob("train*.npz")) else None
+
+
+def check_model_fits(args) -> None:
+    """A ``ValueError`` naming the argument when ``--split`` does not fit ``--model`` (more levels than it has,
+    more groups than features or classes at a level) or ``--init-from`` is not a dense ``--model`` for the data."""
+    import torch
+
+    from splitkern import models
+    from splitkern.splitnet.io import DENSE_FORMAT, describe
+
+    classes = _classes_of(args.data)
+    where = f"--data {args.data} has {classes} classes" if classes else "the data"
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        try:
+            aware = models.build(args.model, classes or 1_000_000, args.split)
+        except ValueError as exc:
+            raise ValueError(f"--split {args.split} --model {args.model}: {exc}") from None
+        output = aware.split_plan.output_key  # checked last: a level's own features say more than the classes
+        for key, assignment in sorted(aware.assignments.items(), key=lambda item: item[0] == output):
+            if assignment.groups > assignment.features:
+                what = f"{where}" if key == output else \
+                    f"{args.model} has {assignment.features} features at {key}"
+                raise ValueError(f"--split {args.split}: {assignment.groups} groups, but {what}; every group needs "
+                                 "at least one (use fewer groups)")
+        if args.init_from is None:
+            return
+        try:
+            info = describe(args.init_from)
+        except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+            raise ValueError(f"--init-from: {exc}") from None
+        dense = models.build(args.model, info["config"].get("num_classes", 0))
+    if info["format"] != DENSE_FORMAT:
+        raise ValueError(f"--init-from {args.init_from} holds a split model; give a dense one (e.g. dense/dense.pt)")
+    if classes and info["config"].get("num_classes") != classes:
+        raise ValueError(f"--init-from {args.init_from} has {info['config'].get('num_classes')} classes, {where}")
+    shape = {k: v for k, v in info["config"].items() if k != "dropout"}
+    if info["model"] != type(dense).__name__ or shape != {k: v for k, v in dense.config.items() if k != "dropout"}:
+        raise ValueError(f"--init-from {args.init_from} holds a {info['model']} {shape}, not --model {args.model}")
+
+
+def _legend(gammas) -> str:
+    """What the numbers on screen during training are."""
+    g1, g2, g3 = (f"{g:g}" for g in gammas)
+    return ("stage 1 learns the groups by minimising loss = CE + " + f"{g1}*R_D + {g2}*R_W + {g3}*R_E (--gammas); "
+            "R_D: overlap of the groups\n(1 = uniform, 0 = disjoint), R_W: weight between groups (normalised), R_E: "
+            "balance (1 = equal groups).\nThe progress bar shows that loss; each epoch line shows CE and the terms "
+            "unweighted, test accuracy\nand NMI (class groups vs the data's superclasses, 1 = identical).")
+
+
+def _flop_share(out: str, model_name: str) -> float | None:
+    """FLOPs per image of the run's split model (``out``/split.pt) as a share of its dense model's."""
+    from pathlib import Path
+
+    import torch
+
+    import splitkern
+    from splitkern import models
+    from splitkern.parallel.subtrees import count_flops
+    from splitkern.splitnet.io import describe
+
+    path = Path(out) / "split.pt"
+    if not path.is_file():
+        return None
+    info = describe(path)
+    example = torch.zeros(1, *(info["input_shape"] or (3, 32, 32)))
+    dense = models.build(model_name, info["config"]["num_classes"])
+    return count_flops(splitkern.load(path), example) / count_flops(dense, example)
+
+
 def _train(args) -> None:
     from splitkern.backend import check_device, rank_device
     from splitkern.splitnet.train import run
 
     check_device(rank_device(args.device, os.environ), "--device")
+    apply_model_defaults(args)
+    check_model_fits(args)
+    if not args.no_progress:
+        print(_legend(args.gammas))
     metrics = run(_train_config(args))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
-        print(_summary(metrics, args.out))
+        print(_summary(metrics, args.out, _flop_share(args.out, args.model)))
 
 
 def _layer_speed(args) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import splitkern
+from splitkern import models
 from splitkern.cli import _parser, _train_config
 from splitkern.splitnet import split
 from splitkern.splitnet.train import prepare_out
@@ -39,7 +40,10 @@ def checkpoints(tmp_path_factory):
     small = splitkern.save(split(randomised("2-2", classes=16)), folder / "small.pt", input_shape=(3, 16, 16))
     corrupt = folder / "corrupt.pt"
     corrupt.write_bytes(ten.read_bytes()[:1000])
-    return {"ten": ten, "small": small, "corrupt": corrupt}
+    # dense models for --init-from: another WRN than the default wrn10-2, and wrn10-2 for 10 classes
+    wrn16 = splitkern.save(models.build("wrn16-1", 16), folder / "wrn16-1.pt")
+    dense10 = splitkern.save(models.build("wrn10-2", 10), folder / "dense10.pt")
+    return {"ten": ten, "small": small, "corrupt": corrupt, "wrn16": wrn16, "dense10": dense10}
 
 
 BAD_INPUTS = [
@@ -56,7 +60,16 @@ BAD_INPUTS = [
     (("train", "--out", "{tmp}/r", "--baselines", "dense,oracle"), ("--baselines", "oracle")),
     (("train", "--out", "{tmp}/r", "--epochs", "5", "--stage1-epochs", "2", "--stage2-epochs", "1"), ("--epochs 5",)),
     (("train", "--out", "{tmp}/r", "--data", "{tmp}/nowhere"), ("data", "nowhere", "not a folder")),
-    (("train", "--out", "{tmp}/r", "--init-from", "{corrupt}"), ("init_from", "not a splitkern model")),
+    (("train", "--out", "{tmp}/r", "--init-from", "{corrupt}"), ("--init-from", "not a splitkern model")),
+    # a split spec, group count or --init-from model that cannot fit: refused before the data loads
+    (("train", "--out", "{tmp}/r", "--split", "3-3-3-3-3"), ("--split 3-3-3-3-3", "only 3 split levels")),
+    (("train", "--out", "{tmp}/r", "--model", "alexnet", "--split", "2-2-2-2"), ("--split 2-2-2-2", "AlexNet")),
+    (("train", "--out", "{tmp}/r", "--split", "32"), ("--split 32", "32 groups", "16 classes")),
+    (("train", "--out", "{tmp}/r", "--split", "2-4-32"), ("--split 2-4-32", "16 classes")),
+    (("train", "--out", "{tmp}/r", "--model", "wrn10-1", "--split", "32-32-32"), ("--split 32-32-32", "16 features")),
+    (("train", "--out", "{tmp}/r", "--init-from", "{wrn16}"), ("--init-from", "depth': 16", "not --model wrn10-2")),
+    (("train", "--out", "{tmp}/r", "--init-from", "{dense10}"), ("--init-from", "10 classes", "16 classes")),
+    (("train", "--out", "{tmp}/r", "--init-from", "{ten}"), ("--init-from", "split model")),
     (("plan", "--ckpt", "{ten}", "--workers", "two"), ("--workers", "'two'")),
     (("plan", "--ckpt", "{small}", "--image-size", "32"), ("--image-size 32", "16x16")),
     (("plan", "--ckpt", "{tmp}/missing.pt"), ("missing.pt", "no such file")),
@@ -79,6 +92,23 @@ def test_bad_input_is_one_error_line_and_exit_code_2(args, words, tmp_path, chec
     out = cli(*(a.format(**fill) for a in args))
     assert_one_line_error(out, *words)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_a_refused_spec_reads_no_data_and_keeps_the_run_in_out(tmp_path):
+    """The class count of an ImageFolder layout comes from its folders: its (missing) images are never read, and
+    an --overwrite that is refused deletes nothing."""
+    pytest.importorskip("torchvision")
+    for split_dir in ("train", "val"):
+        for name in ("cat", "dog", "owl"):
+            (tmp_path / "data" / split_dir / name).mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("a run")
+    out = cli("train", "--data", tmp_path / "data", "--model", "resnet18", "--split", "4", "--out", tmp_path / "run",
+              "--overwrite")
+    assert_one_line_error(out, "--split 4", "classes (3 features)")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.csv"]
+    out = cli("train", "--data", tmp_path / "data", "--model", "resnet18", "--split", "2", "--out", tmp_path / "run2")
+    assert_one_line_error(out, "holds no images")  # the same layout passes the check; loading it finds no images
 
 
 def test_debug_shows_the_traceback(checkpoints):
@@ -183,3 +213,37 @@ def test_info_lists_the_strategy_of_every_split_layer_per_batch(checkpoints):
     for name in names:  # the last two columns: the strategies at batch 1 and 4
         assert set(rows[name][-2:]) <= set(splitkern.nn.STRATEGIES), rows[name]
     assert "batch 1" in out.stdout and "batch 4" in out.stdout
+
+
+def test_alexnet_takes_its_own_learning_rate_and_batch_unless_given():
+    from splitkern.cli import MODEL_DEFAULTS, _given_options, apply_model_defaults
+
+    def parsed(*argv):
+        args = _parser().parse_args(["train", "--out", "x", *argv])
+        args.given = _given_options(argv)
+        apply_model_defaults(args)
+        return args
+
+    args = parsed("--model", "alexnet")
+    assert (args.lr, args.batch_size) == (MODEL_DEFAULTS["alexnet"]["lr"], MODEL_DEFAULTS["alexnet"]["batch_size"])
+    args = parsed("--model", "alexnet", "--lr", "0.1", "--batch-size=64")
+    assert (args.lr, args.batch_size) == (0.1, 64)
+    args = parsed("--model", "wrn16-2")
+    assert (args.lr, args.batch_size) == (0.1, 128)
+
+
+def test_the_summary_says_what_the_parameter_share_and_the_speed_are_of():
+    from splitkern.cli import _legend, _summary
+
+    metrics = {"model": "wrn10-2", "spec": "4-4", "data": "synthetic", "groups": [["a"], ["b"]], "params_dense": 1000,
+               "params_split": 400, "test_acc": 0.9, "test_acc_before_split": 0.9, "test_acc_at_split": 0.5,
+               "inference_ms_dense_b256": 100.0, "inference_ms_split_b256": 80.0, "baselines": {},
+               "config": {"device": "cpu"}}
+    text = " ".join(_summary(metrics, "runs/x", flop_share=0.5).split())
+    assert "split 400 = 40.0% of dense 1,000 (conv/linear weights and biases" in text
+    assert "1.25x dense" in text and "50% of dense's FLOPs, so at most 2.0x" in text
+    assert "slower" not in text
+    metrics["inference_ms_split_b256"] = 120.0
+    assert "slower than dense here" in _summary(metrics, "runs/x")
+    legend = " ".join(_legend((1.0, 0.5, 10.0)).split())
+    assert "loss = CE + 1*R_D + 0.5*R_W + 10*R_E" in legend and "unweighted" in legend
