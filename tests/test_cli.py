@@ -239,10 +239,12 @@ def test_the_summary_says_what_the_parameter_share_and_the_speed_are_of():
                "params_split": 400, "test_acc": 0.9, "test_acc_before_split": 0.9, "test_acc_at_split": 0.5,
                "inference_ms_dense_b256": 100.0, "inference_ms_split_b256": 80.0, "baselines": {},
                "config": {"device": "cpu"}}
-    text = " ".join(_summary(metrics, "runs/x", flop_share=0.5).split())
+    speed = {"flop_share": 0.5, "dense_ms": 90.0, "split_ms": 60.0}
+    text = " ".join(_summary(metrics, "runs/x", speed).split())
     assert "split 400 = 40.0% of dense 1,000 (conv/linear weights and biases" in text
-    assert "1.25x dense" in text and "50% of dense's FLOPs, so at most 2.0x" in text
+    assert "interleaved" in text and "1.50x dense" in text and "50% of dense's FLOPs, so at most 2.0x" in text
     assert "slower" not in text
+    assert "1.25x dense" in _summary(metrics, "runs/x")  # without a measurement: the trainer's, from metrics.json
     metrics["inference_ms_split_b256"] = 120.0
     assert "slower than dense here" in _summary(metrics, "runs/x")
     legend = " ".join(_legend((1.0, 0.5, 10.0)).split())
