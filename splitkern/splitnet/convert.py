@@ -26,6 +26,7 @@ from torch import nn
 from splitkern._conv import memory_format
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.ops._checks import is_identity
+from splitkern.splitnet.blocks import block_mask, hard_groups
 from splitkern.splitnet.plan import SplitRecord, plan_of
 from splitkern.splitnet.regularizers import balance_reg, disjoint_reg, group_weight_reg
 
@@ -35,12 +36,6 @@ DEFAULT_GAMMAS = (1.0, 1.0, 10.0)
 def level_probs(model, key: str, level: str) -> torch.Tensor:
     """(G_level, d) probabilities of assignment ``key`` at ``level`` (merged in a tree)."""
     return model.assignments[key].probs(plan_of(model).groups(level))
-
-
-def hard_groups(model: nn.Module, key: str, level: str) -> torch.Tensor:
-    """(d,) int64 group ids of assignment ``key`` at ``level``."""
-    assignment = model.assignments[key]
-    return assignment.hard() // (assignment.groups // plan_of(model).groups(level))
 
 
 def group_sizes(model) -> dict[str, list[int]]:
@@ -100,15 +95,10 @@ def channel_orders(model) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def masked_dense(model: nn.Module) -> nn.Module:
     """A copy of the model with every weight between different hard groups set to zero."""
-    plan = plan_of(model)
     dense = copy.deepcopy(model)
-    modules = dict(dense.named_modules())
-    for name, role in plan.layers.items():
-        weight = modules[name].weight
-        out_ids = hard_groups(model, role.out_key, role.level).to(weight.device)
-        in_ids = hard_groups(model, role.in_key, role.level).to(weight.device)
-        mask = (out_ids[:, None] == in_ids[None, :]).to(weight.dtype)
-        weight.mul_(mask.view(*mask.shape, *(1,) * (weight.dim() - 2)))
+    for name in plan_of(model).layers:
+        weight = dense.get_submodule(name).weight
+        weight.mul_(block_mask(model, name, weight.dtype))
     return dense
 
 

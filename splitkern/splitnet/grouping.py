@@ -18,8 +18,12 @@ from splitkern._reg_math import weight_energy
 from splitkern.splitnet.plan import plan_of
 
 
-def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> torch.Tensor:
-    """Cluster ``rows`` (n, d) into ``k`` groups; returns (n,) int64 ids. Empty clusters are re-seeded."""
+def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0, balanced: bool = False) -> torch.Tensor:
+    """Cluster ``rows`` (n, d) into ``k`` groups; returns (n,) int64 ids. Empty clusters are re-seeded.
+
+    ``balanced``: every assignment step gives each group ``n // k`` or ``n // k + 1`` rows
+    (:func:`balanced_assign`), so the groups come out equal-sized.
+    """
     gen = torch.Generator().manual_seed(seed)
     x = rows.detach().float().cpu()
     n = x.shape[0]
@@ -30,7 +34,8 @@ def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> to
         centres = torch.cat([centres, x[torch.multinomial(probs, 1, generator=gen)]])
     ids = torch.zeros(n, dtype=torch.int64)
     for _ in range(iters):
-        new_ids = torch.cdist(x, centres).argmin(1)
+        dist = torch.cdist(x, centres)
+        new_ids = balanced_assign(dist) if balanced else dist.argmin(1)
         for c in range(k):
             members = x[new_ids == c]
             centres[c] = members.mean(0) if len(members) else x[torch.randint(0, n, (1,), generator=gen)][0]
@@ -40,17 +45,34 @@ def kmeans(rows: torch.Tensor, k: int, *, iters: int = 100, seed: int = 0) -> to
     return ids
 
 
+def balanced_assign(dist: torch.Tensor) -> torch.Tensor:
+    """(n, k) distances -> (n,) ids with group g holding ``n // k`` rows, plus one for ``g < n % k``:
+    pairs taken greedily in increasing distance, each row to its nearest group with room left."""
+    n, k = dist.shape
+    capacity = torch.full((k,), n // k, dtype=torch.long)
+    capacity[: n % k] += 1
+    ids = torch.full((n,), -1, dtype=torch.long)
+    for flat in torch.argsort(dist.flatten(), stable=True).tolist():
+        i, g = divmod(flat, k)
+        if ids[i] < 0 and capacity[g] > 0:
+            ids[i] = g
+            capacity[g] -= 1
+    return ids
+
+
 def random_balanced(n: int, k: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
 
 
-def cluster_groups(model, seed: int = 0) -> dict[str, torch.Tensor]:
+def cluster_groups(model, seed: int = 0, *, balanced: bool = False) -> dict[str, torch.Tensor]:
     """The clustering init of every assignment: k-means of the classes' rows of the last split
-    layer, propagated down the split tree (:func:`propagate_groups`)."""
+    layer (``balanced``: equal-sized class groups, :func:`kmeans`), propagated down the split tree
+    (:func:`propagate_groups`)."""
     plan = plan_of(model)
     last = next(name for name, role in plan.layers.items() if role.out_key == plan.output_key)
-    classes = kmeans(model.get_submodule(last).weight, plan.groups(plan.layers[last].level), seed=seed)
+    classes = kmeans(model.get_submodule(last).weight, plan.groups(plan.layers[last].level), seed=seed,
+                     balanced=balanced)
     return propagate_groups(model, classes)
 
 

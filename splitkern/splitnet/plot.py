@@ -13,6 +13,9 @@
 * ``learning_curves.png`` (from ``log.csv``; ``metrics.json`` adds the accuracies right after the split):
   test accuracy and train cross-entropy per epoch, one line per arm, the split epoch dashed (old logs
   without ``train_ce`` show ``train_loss``, log scale), and the stage-1 regularisers when logged.
+* ``off_block.png`` (from ``log.csv`` when it has ``off_block``; ``off_block.csv`` adds each layer): the
+  off-block energy fraction ``||(1 - B) W||^2 / ||W||^2`` of the split layers' weights per epoch, one
+  line per split arm (SplitNet's layers thin), and the classes / features that changed group per epoch.
 * ``accuracy_vs_params.png`` (from ``metrics.json``): test accuracy of SplitNet and each baseline as bars
   labelled with their parameter counts, and as points of accuracy against parameters.
 
@@ -40,7 +43,8 @@ if TYPE_CHECKING:
 
 DPI = 110
 FILES = {"assignments": "assignments.png", "block_diagonal": "block_diagonal.png",
-         "learning_curves": "learning_curves.png", "accuracy": "accuracy_vs_params.png"}
+         "learning_curves": "learning_curves.png", "accuracy": "accuracy_vs_params.png",
+         "off_block": "off_block.png"}
 ARM_COLORS = {"warmup": "0.35", "splitnet": "tab:red", "dense": "tab:blue", "random": "tab:purple",
               "cluster": "tab:orange", "thin": "tab:green"}
 BOUNDARY = "group_boundary"  # gid of the group-boundary lines (tests find them by it)
@@ -422,6 +426,56 @@ def _regulariser_lines(ax: Axes, arm: str, rows: list[dict], color: str) -> None
             ax.plot(xs, ys, ls=style, color=color, marker="o", markersize=2.5, lw=1.4, label=f"{arm} {name}")
 
 
+def read_layer_fractions(path) -> dict[str, list[tuple[int, float]]]:
+    """``off_block.csv``: per layer of SplitNet's run, ``(epoch, fraction)`` in file order."""
+    layers: dict[str, list[tuple[int, float]]] = {}
+    with Path(path).open(newline="") as f:
+        for raw in csv.DictReader(f):
+            value, epoch = _number(raw.get("off_block_fraction")), _number(raw.get("epoch"))
+            if raw.get("run") == "splitnet" and value is not None and epoch is not None:
+                layers.setdefault(raw.get("layer", ""), []).append((int(epoch), value))
+    return layers
+
+
+def off_block_figure(rows: list[dict], layers: dict[str, list[tuple[int, float]]] | None = None) -> Figure:
+    """Left: the mean off-block energy fraction of the split layers after each epoch, one line per arm that
+    logged it (``off_block`` in ``log.csv``), SplitNet's per-layer fractions as thin lines when ``layers``
+    (:func:`read_layer_fractions`) is given. Right: classes and features whose hard group changed in each
+    epoch, per arm. x: epochs completed, as in :func:`learning_curves_figure`."""
+    logged = [row for row in rows if row.get("off_block") is not None]
+    if not logged:
+        raise ValueError("rows: no off_block values (a log.csv written before the trainer logged them)")
+    arms = list(dict.fromkeys(row["run"] for row in logged))
+    fig = _figure(figsize=(12, 4.4))
+    frac_ax, moved_ax = fig.subplots(1, 2, sharex=True)
+    for name, points in (layers or {}).items():
+        frac_ax.plot([e + 1 for e, _ in points], [v for _, v in points], color=ARM_COLORS["splitnet"], lw=0.6,
+                     alpha=0.35, gid=f"layer:{name}")
+    for i, arm in enumerate(arms):
+        mine = [row for row in logged if row["run"] == arm]
+        color = _arm_color(arm, i)
+        frac_ax.plot(*_curve(mine, "off_block"), color=color, marker="o", markersize=3, lw=1.6, label=arm)
+        for column, style in (("classes_moved", "-"), ("features_moved", "--")):
+            xs, ys = _curve(mine, column)
+            if xs and any(ys):
+                moved_ax.plot(xs, ys, ls=style, color=color, marker="o", markersize=3, lw=1.4,
+                              label=f"{arm} {column.split('_')[0]}")
+    anneal = min((row["epoch"] for row in rows if row["phase"] == "anneal"), default=None)
+    for ax in (frac_ax, moved_ax):
+        if anneal is not None:
+            ax.axvline(anneal, color="0.4", ls="-.", lw=1, label=f"anneal starts (after epoch {anneal})")
+        _epoch_markers(ax, None, None)
+    frac_ax.set_ylabel("||(1-B) W||^2 / ||W||^2 (mean over split layers)")
+    frac_ax.set_title("off-block energy fraction (what the split drops)", fontsize=10)
+    moved_ax.set_ylabel("items that changed group in the epoch")
+    moved_ax.set_title("classes / features moved", fontsize=10)
+    for ax in (frac_ax, moved_ax):
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(handles, labels, fontsize=8)
+    return fig
+
+
 def accuracy_arms(metrics: dict) -> list[tuple[str, float, int | None]]:
     """``(arm, test accuracy, parameters)`` of SplitNet then each baseline with a test accuracy."""
     arms = [("splitnet", metrics["test_acc"], metrics.get("params_split"))] if "test_acc" in metrics else []
@@ -527,6 +581,10 @@ def plot(run_dir) -> list[Path]:
         rows = read_log(log)
         if rows:
             written.append(_save(learning_curves_figure(rows, summary), run_dir / FILES["learning_curves"]))
+        if any(row.get("off_block") is not None for row in rows):
+            per_layer = run_dir / "off_block.csv"
+            layers = read_layer_fractions(per_layer) if per_layer.exists() else None
+            written.append(_save(off_block_figure(rows, layers), run_dir / FILES["off_block"]))
     if summary is not None:
         if accuracy_arms(summary):
             written.append(_save(accuracy_figure(summary), run_dir / FILES["accuracy"]))

@@ -21,13 +21,24 @@ which starts from a trained dense model saved by :func:`splitkern.save`).
 * ``thin``: a dense network of the same family, its width chosen so its parameters are within a
   few percent of SplitNet's split model, trained from scratch for the whole schedule.
 
+With ``anneal_epochs = E`` the last E epochs of stage 1 (SplitNet's, and those of ``random`` /
+``cluster``, which then branch off the ``dense`` arm at epoch ``S - E``) are an anneal: the groups
+stay at their argmax, the regularisers are off, and every split layer's forward uses
+``W * (B + lam (1 - B))`` (B: the block mask of the hard groups) with ``lam`` going 1 -> 0 per step
+(:class:`~splitkern.splitnet.blocks.BlockAnneal`). It ends at the split model's function, so the
+split changes only BN's statistics.
+
 Split arms report ``test_acc_before_split`` (the unsplit model at epoch ``S``),
-``test_acc_at_split`` (the split model, BN recalibrated, before fine-tuning) and ``test_acc``.
+``test_acc_at_split`` (the split model, BN recalibrated, before fine-tuning), ``test_acc`` and
+``off_block_fraction`` (per split layer, ``||(1 - B) W||^2 / ||W||^2`` of the weights the forward uses
+at the split); with an anneal also ``test_acc_anneal_start`` and ``off_block_fraction_anneal_start``.
 Every epoch writes a checkpoint; ``resume=True`` continues a killed run where it stopped. An
 ``out`` folder that already holds a run needs ``resume=True`` or ``overwrite=True``.
 Results: ``metrics.json``; ``log.csv``, one row per epoch (:data:`LOG_FIELDS`: the lr at the epoch's
 last step, the epoch means of the cross-entropy, of the unweighted regularisers R_D, R_W, R_E
-(empty where the phase has none) and of the whole objective, test accuracy, NMI, seconds), also
+(empty where the phase has none) and of the whole objective, test accuracy, NMI, the mean
+off-block fraction over the split layers and the classes / features whose hard group changed in the
+epoch (split-aware phases only), seconds); ``off_block.csv``, the per-layer fractions per epoch; also
 printed as one line per epoch when ``progress``; TensorBoard events when ``tensorboard``;
 ``split.pt`` (for :func:`splitkern.load`) and ``stage1.pt`` (for ``splitkern plot``).
 """
@@ -56,7 +67,7 @@ from splitkern import models
 from splitkern.backend import check_device, rank_device
 from splitkern.nn import SplitConv2d, SplitLinear
 from splitkern.parallel.distributed import process_group
-from splitkern.splitnet import convert, grouping, io
+from splitkern.splitnet import blocks, convert, grouping, io
 from splitkern.splitnet.plan import is_split
 
 BASELINES = ("dense", "random", "cluster", "thin")
@@ -66,9 +77,11 @@ DECAYED_LAYERS = (nn.Conv2d, nn.Linear, SplitConv2d, SplitLinear)
 BN_RECALIBRATION_BATCHES = 50
 REG_TERMS = ("R_D", "R_W", "R_E")
 LOG_FIELDS = ["run", "phase", "epoch", "lr", "train_ce", "r_d", "r_w", "r_e", "train_loss", "test_acc",
-              "nmi_coarse", "seconds"]
-RUN_OUTPUTS = ("log.csv", "metrics.json", "stage1.pt", "split.pt", "tensorboard", "warmup", "splitnet",
-               *BASELINES)
+              "nmi_coarse", "off_block", "classes_moved", "features_moved", "seconds"]
+ANNEAL_KEYS = ("test_acc_anneal_start", "off_block_fraction_anneal_start")
+BLOCK_FIELDS = ["run", "phase", "epoch", "layer", "off_block_fraction"]
+RUN_OUTPUTS = ("log.csv", "off_block.csv", "metrics.json", "stage1.pt", "split.pt", "tensorboard", "warmup",
+               "splitnet", *BASELINES)
 
 
 @dataclass
@@ -91,6 +104,7 @@ class TrainConfig:
     stage1_epochs: int = 6
     stage2_epochs: int = 2
     warmup_epochs: int = 2
+    anneal_epochs: int = 0
     batch_size: int = 128
     lr: float = 0.1
     schedule: str = "cosine"
@@ -117,7 +131,8 @@ class TrainConfig:
         return self.stage1_epochs + self.stage2_epochs
 
     def validate(self) -> None:
-        for name in ("stage1_epochs", "stage2_epochs", "warmup_epochs", "batch_size", "seed", "workers"):
+        for name in ("stage1_epochs", "stage2_epochs", "warmup_epochs", "anneal_epochs", "batch_size", "seed",
+                     "workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -138,6 +153,10 @@ class TrainConfig:
                              "overwrite deletes it")
         if not 0 <= self.warmup_epochs < self.stage1_epochs:
             raise ValueError(f"warmup_epochs must be in [0, stage1_epochs), got {self.warmup_epochs}")
+        if not 0 <= self.anneal_epochs <= self.stage1_epochs - self.warmup_epochs:
+            raise ValueError(f"anneal_epochs must be in [0, stage1_epochs - warmup_epochs] = "
+                             f"[0, {self.stage1_epochs - self.warmup_epochs}] (the anneal ends stage 1), got "
+                             f"{self.anneal_epochs}")
         if self.init_from is not None and self.warmup_epochs:
             raise ValueError(f"init_from starts from a trained model and skips the warm-up: warmup_epochs "
                              f"must be 0, got {self.warmup_epochs}")
@@ -182,6 +201,8 @@ class Phase:
     epochs: int
     regularize: bool = False
     learn_assignments: bool = False
+    anneal: blocks.BlockAnneal | None = None  # sets the off-block scale at every step
+    keep: tuple[int, ...] = ()  # epochs completed after which the checkpoint is also kept (:meth:`Trainer.kept`)
     history: list = field(default_factory=list)
 
 
@@ -250,7 +271,7 @@ class Trainer:
         """SGD + Nesterov; weight decay on conv/linear weights only; assignment logits at ``assign_lr``."""
         c = self.config
         assignments = list(model.assignments.parameters()) if hasattr(model, "assignments") else []
-        decayed = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+        decayed = {id(blocks.weight_parameter(m)) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
         skip = {id(p) for p in assignments}
         params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
         groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": c.weight_decay, "peak": c.lr},
@@ -271,6 +292,10 @@ class Trainer:
     # --- one phase, resumable -----------------------------------------------------------------
     def _ckpt(self, phase: Phase) -> Path:
         return self.out / phase.run / f"{phase.name}.ckpt"
+
+    def kept(self, run: str, name: str, epoch: int) -> Path:
+        """The checkpoint of phase ``name`` of ``run`` after ``epoch`` epochs of the schedule (``Phase.keep``)."""
+        return self.out / run / f"{name}.after{epoch}.ckpt"
 
     def _data_parallel(self, model):
         """What the training step calls: ``model`` itself, or a DDP wrapper of it on several ranks."""
@@ -304,23 +329,45 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if never stopped
             phase.history = state["history"]
             start = state["epoch"] + 1
+        groups = blocks.hard_ids(model) if self.has_groups(model) else None
         for epoch in range(start, phase.epochs):
             began = time.perf_counter()
             row = {"run": phase.run, "phase": phase.name, "epoch": phase.first_epoch + epoch}
             row.update(self._train_epoch(trained, model, optimizer, phase, phase.first_epoch + epoch))
             self._sync_buffers(model)
             row["test_acc"] = self.evaluate(model)
-            if hasattr(model, "assignments") and model.split_plan is not None and self.data.has_coarse:
+            if groups is not None and self.data.has_coarse:
                 row["nmi_coarse"] = self.nmi(model)
+            fractions = {}
+            if groups is not None:
+                fractions, groups = self._block_columns(model, groups, row)
             row["seconds"] = time.perf_counter() - began
             phase.history.append(row)
             if self.is_main:
                 self._log(row)
+                self._log_blocks(row, fractions)
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                             "history": phase.history}, path)
+                if phase.first_epoch + epoch + 1 in phase.keep:
+                    shutil.copyfile(path, self.kept(phase.run, phase.name, phase.first_epoch + epoch + 1))
             _barrier(self.world)  # a rank killed now resumes from a checkpoint every rank has passed
         return model
+
+    @staticmethod
+    def has_groups(model) -> bool:
+        """Whether ``model`` is split-aware (has assignments and a plan), so its block structure is logged."""
+        return hasattr(model, "assignments") and getattr(model, "split_plan", None) is not None
+
+    def _block_columns(self, model, before: dict, row: dict) -> tuple[dict[str, float], dict]:
+        """Fill ``row``'s ``off_block`` (mean over split layers), ``classes_moved`` and ``features_moved``
+        (hard groups changed since ``before``, a :func:`blocks.hard_ids`); returns the per-layer fractions
+        and the groups now."""
+        fractions = blocks.off_block_fractions(model)
+        now = blocks.hard_ids(model)
+        row["off_block"] = blocks.mean_fraction(fractions)
+        row["classes_moved"], row["features_moved"] = blocks.moved(before, now, model.split_plan.output_key)
+        return fractions, now
 
     def _train_batches(self, generator, sharded: bool = True):
         shard = (self.rank, self.world) if sharded else (0, 1)
@@ -338,6 +385,8 @@ class Trainer:
                    leave=False, disable=not self.config.progress)
         for i, (images, labels) in enumerate(bar):
             lr = self.set_lr(optimizer, epoch * self.steps_per_epoch + i)
+            if phase.anneal is not None:
+                phase.anneal.at_step(epoch * self.steps_per_epoch + i)
             with self.autocast():
                 ce = F.cross_entropy(trained(images), labels)
             parts = [ce]
@@ -401,6 +450,20 @@ class Trainer:
                     self.writer.add_scalar(f"{step}/{key}", row[key], row["epoch"])
             self.writer.flush()
 
+    def _log_blocks(self, row: dict, fractions: dict[str, float]) -> None:
+        """One ``off_block.csv`` line per split layer: its off-block energy fraction after the epoch."""
+        if not fractions:
+            return
+        path = self.out / "off_block.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=BLOCK_FIELDS)
+            if new:
+                writer.writeheader()
+            for layer, value in fractions.items():
+                writer.writerow({"run": row["run"], "phase": row["phase"], "epoch": row["epoch"], "layer": layer,
+                                 "off_block_fraction": value})
+
     # --- runs -----------------------------------------------------------------------------------
     def starting_model(self):
         """The dense model every arm branches from at epoch ``warmup_epochs``: warmed up, or ``init_from``."""
@@ -415,24 +478,42 @@ class Trainer:
         """Hard split of ``model`` at epoch ``stage1_epochs``, BN recalibration, stage 2; returns the arm's results."""
         c = self.config
         before = self.evaluate(model)
+        fractions = blocks.off_block_fractions(model)
         split_model = self.recalibrate(self.to_device(convert.split(model)))
         at_split = self.evaluate(split_model)
         if c.stage2_epochs:
             self.fit(split_model, Phase(run, "stage2", c.stage1_epochs, c.stage2_epochs))
         result = self.summary(model, split_model)
-        result.update(test_acc_before_split=before, test_acc_at_split=at_split)
+        result.update(test_acc_before_split=before, test_acc_at_split=at_split, off_block_fraction=fractions)
         return result | {"split_model": split_model}
+
+    def anneal(self, run: str, model) -> dict:
+        """The last ``anneal_epochs`` of stage 1 for a split-aware ``model`` whose groups stay as they are:
+        the forward uses ``W * (B + lam (1 - B))``, ``lam`` 1 -> 0 per step (:class:`blocks.BlockAnneal`), no
+        regulariser, then the weights are left at ``W * B``. Returns the accuracy and the per-layer
+        off-block fractions where it starts (``test_acc_anneal_start``, ``off_block_fraction_anneal_start``)."""
+        c = self.config
+        first = c.stage1_epochs - c.anneal_epochs
+        start = {"test_acc_anneal_start": self.evaluate(model),
+                 "off_block_fraction_anneal_start": blocks.off_block_fractions(model)}
+        anneal = blocks.BlockAnneal(model, first * self.steps_per_epoch, c.anneal_epochs * self.steps_per_epoch)
+        self.fit(model, Phase(run, "anneal", first, c.anneal_epochs, anneal=anneal))
+        anneal.finish()
+        return start
 
     def run_splitnet(self, start) -> dict:
         c = self.config
         model = self.split_aware(start)
         if (c.warmup_epochs or c.init_from) and c.assign_init == "cluster":
             grouping.apply_groups(model, grouping.cluster_groups(model, c.seed), c.assign_confidence)
-        self.fit(model, Phase("splitnet", "stage1", c.warmup_epochs, c.stage1_epochs - c.warmup_epochs,
-                              regularize=True, learn_assignments=True))
+        learning = c.stage1_epochs - c.warmup_epochs - c.anneal_epochs
+        if learning:
+            self.fit(model, Phase("splitnet", "stage1", c.warmup_epochs, learning, regularize=True,
+                                  learn_assignments=True))
+        annealed = self.anneal("splitnet", model) if c.anneal_epochs else {}
         if self.is_main:
             torch.save({"config": dataclasses.asdict(c), "state_dict": model.state_dict()}, self.out / "stage1.pt")
-        result = self.split_and_finish("splitnet", model)
+        result = self.split_and_finish("splitnet", model) | annealed
         if self.is_main:
             io.save(result["split_model"], self.out / "split.pt", input_shape=self.input_shape)
         return result | {"stage1_model": model}
@@ -443,9 +524,26 @@ class Trainer:
             c = self.config
             model = self.build(split=False)
             model.load_state_dict(start.state_dict())
+            keep = (c.stage1_epochs - c.anneal_epochs,) if c.anneal_epochs else ()
             self._dense_at_split = self.fit(model, Phase("dense", "stage1", c.warmup_epochs,
-                                                         c.stage1_epochs - c.warmup_epochs))
+                                                         c.stage1_epochs - c.warmup_epochs, keep=keep))
         return self._dense_at_split
+
+    def dense_at(self, start, epoch: int):
+        """The ``dense`` arm after ``epoch`` epochs, ``warmup_epochs <= epoch <= stage1_epochs`` (an epoch before
+        the split must be ``stage1_epochs - anneal_epochs``, the one whose checkpoint the arm keeps)."""
+        c = self.config
+        if epoch == c.stage1_epochs:
+            return self.dense_at_split(start)
+        model = self.build(split=False)
+        model.load_state_dict(start.state_dict())
+        if epoch == c.warmup_epochs:
+            return model
+        self.dense_at_split(start)
+        _barrier(self.world)
+        state = torch.load(self.kept("dense", "stage1", epoch), map_location=self.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        return model
 
     def run_baseline(self, name: str, start, split_params: int) -> dict:
         c = self.config
@@ -462,13 +560,14 @@ class Trainer:
             self.fit(model, Phase("thin", "train", 0, c.total_epochs))
             return {"test_acc": self.evaluate(model), "params": convert.count_parameters(model),
                     "width": list(model.config.get("channels", ())) or model.config.get("hidden")}
-        model = self.split_aware(self.dense_at_split(start))
+        model = self.split_aware(self.dense_at(start, c.stage1_epochs - c.anneal_epochs))
         if name == "random":
             groups = {k: grouping.random_balanced(a.features, a.groups, c.seed) for k, a in model.assignments.items()}
         else:
             groups = grouping.cluster_groups(model, c.seed)
         grouping.apply_groups(model, groups)
-        result = self.split_and_finish(name, model)
+        annealed = self.anneal(name, model) if c.anneal_epochs else {}
+        result = self.split_and_finish(name, model) | annealed
         del result["split_model"]
         return result
 
@@ -526,6 +625,9 @@ def epoch_line(row: dict, total_epochs: int) -> str:
     parts.append(f"test {100 * row['test_acc']:.2f}%")
     if "nmi_coarse" in row:
         parts.append(f"NMI {row['nmi_coarse']:.3f}")
+    if "off_block" in row:
+        parts.append(f"off-block {row['off_block']:.4f}  moved {row['classes_moved']} classes "
+                     f"{row['features_moved']} features")
     parts.append(f"{row['seconds']:.1f} s")
     return "  ".join(parts)
 
@@ -617,6 +719,8 @@ def _run(trainer: Trainer) -> dict:
         "test_acc": main["test_acc"],
         "test_acc_before_split": main["test_acc_before_split"],
         "test_acc_at_split": main["test_acc_at_split"],
+        **{key: main[key] for key in ANNEAL_KEYS if key in main},
+        "off_block_fraction": main["off_block_fraction"],
         "params_dense": convert.count_parameters(dense_model),
         "params_split": main["params"],
         "group_sizes": main["group_sizes"],

@@ -183,7 +183,7 @@ def test_alexnet_run(tmp_path, tiny):
     metrics = run(config(tmp_path, model="alexnet", split="2-2-4"), tiny)
     assert metrics["params_split"] < metrics["params_dense"] and len(metrics["groups"]) == 4
     assert {p.name for p in plot(tmp_path)} == {"assignments.png", "block_diagonal.png", "learning_curves.png",
-                                                "accuracy_vs_params.png"}
+                                                "accuracy_vs_params.png", "off_block.png"}
 
 
 # --- the fair protocol (one schedule, same regularisation, split bookkeeping, baselines, init_from) ----------
