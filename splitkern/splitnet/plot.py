@@ -457,7 +457,7 @@ def off_block_figure(rows: list[dict], layers: dict[str, list[tuple[int, float]]
         frac_ax.plot(*_curve(mine, "off_block"), color=color, marker="o", markersize=3, lw=1.6, label=arm)
         for column, style in (("classes_moved", "-"), ("features_moved", "--")):
             xs, ys = _curve(mine, column)
-            if xs and any(ys):
+            if xs:
                 moved_ax.plot(xs, ys, ls=style, color=color, marker="o", markersize=3, lw=1.4,
                               label=f"{arm} {column.split('_')[0]}")
     anneal = min((row["epoch"] for row in rows if row["phase"] == "anneal"), default=None)
