@@ -525,7 +525,9 @@ def _legend(gammas) -> str:
     return ("stage 1 learns the groups by minimising loss = CE + " + f"{g1}*R_D + {g2}*R_W + {g3}*R_E (--gammas); "
             "R_D: overlap of the groups\n(1 = uniform, 0 = disjoint), R_W: weight between groups (normalised), R_E: "
             "balance (1 = equal groups).\nThe progress bar shows that loss; each epoch line shows CE and the terms "
-            "unweighted, test accuracy\nand NMI (class groups vs the data's superclasses, 1 = identical).")
+            "unweighted, test accuracy,\nNMI (class groups vs the data's superclasses, 1 = identical), off-block "
+            "(the share of the split layers'\nweight energy between groups: what the split will drop) and the classes "
+            "and features that changed group.")
 
 
 def _split_vs_dense(out: str, model_name: str, device: str, batch: int = 256, rounds: int = 5) -> dict | None:

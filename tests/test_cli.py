@@ -248,4 +248,4 @@ def test_the_summary_says_what_the_parameter_share_and_the_speed_are_of():
     metrics["inference_ms_split_b256"] = 120.0
     assert "slower than dense here" in _summary(metrics, "runs/x")
     legend = " ".join(_legend((1.0, 0.5, 10.0)).split())
-    assert "loss = CE + 1*R_D + 0.5*R_W + 10*R_E" in legend and "unweighted" in legend
+    assert "loss = CE + 1*R_D + 0.5*R_W + 10*R_E" in legend and "unweighted" in legend and "off-block" in legend
