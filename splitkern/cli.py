@@ -175,8 +175,9 @@ def _train_parser(sub) -> None:
                         default=(1.0, 1.0, 10.0), help="weights of R_D (disjoint), R_W (group weight), R_E (balance)")
     method.add_argument("--assign-lr", type=positive_float, default=1.0,
                         help="peak learning rate of the assignment logits (on the same curve)")
-    method.add_argument("--assign-init", choices=("cluster", "random"), default="cluster",
-                        help="start the groups from a k-means of the classes' FC rows, or at random")
+    method.add_argument("--assign-init", choices=("cluster", "balanced", "random"), default="balanced",
+                        help="start the groups from a k-means of the classes' FC rows (balanced: equal-sized "
+                             "class groups), or at random")
     method.add_argument("--assign-confidence", type=positive_float, default=1.0,
                         help="logit given to the clustered group at init (higher = harder to move)")
     method.add_argument("--init-from", default=None,

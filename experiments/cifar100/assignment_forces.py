@@ -47,7 +47,7 @@ def simulate(model, gammas, lr: float, steps: int) -> dict:
         optimizer.step()
     final = model.assignments[key].hard()
     return {"final": final, "moved": int((final != start).sum()), "sizes": torch.bincount(final, minlength=2).tolist(),
-            "terms": {k: float(v.detach()) for k, v in convert.regularization_terms(model).items()}}
+            "terms": {k: float(v.detach()) for k, v in convert.regularization_terms(model).items()}, "model": model}
 
 
 def start_gradients(model) -> dict[str, float]:

@@ -128,3 +128,15 @@ def test_metrics_json_holds_the_per_layer_fractions(tmp_path, tiny):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["off_block_fraction"]) == set(saved["off_block_fraction_anneal_start"])
     assert saved["config"]["anneal_epochs"] == 1
+
+
+def test_assign_init_balanced_starts_stage1_from_equal_class_groups(tmp_path, tiny):
+    run(config(tmp_path, gammas=(0.0, 0.0, 0.0), assign_init="balanced"), tiny)  # no gamma: the init stays
+    state = torch.load(tmp_path / "stage1.pt", weights_only=False)["state_dict"]
+    assert torch.bincount(state["assignments.classes.logits"].argmax(0), minlength=4).tolist() == [4, 4, 4, 4]
+
+
+def test_balanced_is_the_default_init():
+    assert _train_config(_parser().parse_args(["train", "--out", "x"])).assign_init == "balanced"
+    cfg = _train_config(_parser().parse_args(["train", "--out", "x", "--assign-init", "cluster"]))
+    assert cfg.assign_init == "cluster"
