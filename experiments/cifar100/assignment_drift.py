@@ -15,16 +15,12 @@ features that left their initial group, and the mean off-block energy fraction
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
-from assignment_forces import simulate
+from assignment_forces import load_warmup, simulate, warmup_parser
 
-from splitkern import data as sk_data
-from splitkern import models
 from splitkern.splitnet import blocks, grouping
-from splitkern.splitnet.train import load_dense_weights
 
 # (init, confidence, gammas, assign lr): the trainer's default first, then one change at a time
 SETTINGS = [("kmeans", 1.0, (1, 1, 10), 1.0), ("balanced", 1.0, (1, 1, 10), 1.0),
@@ -57,16 +53,8 @@ def row(init, confidence, gammas, lr, start, dataset, steps: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="warmup/train.ckpt of a `splitkern train` run")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--model", default="wrn16-2")
-    parser.add_argument("--split", default="2-2-2")
-    parser.add_argument("--steps", type=int, default=391, help="one epoch of CIFAR at batch 128")
-    args = parser.parse_args()
-    dataset = sk_data.load(args.data)
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]
-    model = load_dense_weights(models.build(args.model, dataset.num_classes, args.split), state, args.ckpt)
+    args = warmup_parser(__doc__.split("\n")[0]).parse_args()
+    dataset, model = load_warmup(args)
     print("| init | confidence | gammas (R_D, R_W, R_E) | assign lr | class groups | NMI | classes moved "
           "| features moved | off-block fraction |")
     print("|---|---|---|---|---|---|---|---|---|")

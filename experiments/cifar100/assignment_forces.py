@@ -58,19 +58,29 @@ def start_gradients(model) -> dict[str, float]:
     return {name: norm(value) for name, value in convert.regularization_terms(model).items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def warmup_parser(description: str) -> argparse.ArgumentParser:
+    """The options both diagnostics take: the warm-up checkpoint, the data, model, split and steps."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--ckpt", required=True, help="warmup/train.ckpt of a `splitkern train` run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", default="wrn16-2")
     parser.add_argument("--split", default="2-2-2")
-    parser.add_argument("--confidence", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=391, help="one epoch of CIFAR at batch 128")
-    args = parser.parse_args()
+    return parser
 
+
+def load_warmup(args):
+    """``(dataset, split-aware model)``: the checkpoint's dense weights, the assignments at their init."""
     dataset = sk_data.load(args.data)
     state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["model"]  # dense: no assignments
-    model = load_dense_weights(models.build(args.model, dataset.num_classes, args.split), state, args.ckpt)
+    return dataset, load_dense_weights(models.build(args.model, dataset.num_classes, args.split), state, args.ckpt)
+
+
+def main() -> None:
+    parser = warmup_parser(__doc__.split("\n")[0])
+    parser.add_argument("--confidence", type=float, default=1.0)
+    args = parser.parse_args()
+    dataset, model = load_warmup(args)
     grouping.apply_groups(model, grouping.cluster_groups(model), args.confidence)  # as the trainer does
     key = model.split_plan.output_key
     init = model.assignments[key].hard().clone()
