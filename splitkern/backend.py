@@ -13,7 +13,8 @@ Backends:
 Which backends an op has, and the module that runs it on each, is :mod:`splitkern.registry`.
 
 Selection: the innermost :func:`use_backend` context, else the ``SPLITKERN_BACKEND``
-environment variable, else automatic (the fastest backend that supports the op, the
+environment variable (read when splitkern is imported; :func:`reload_environment` reads it again),
+else automatic (the fastest backend that supports the op, the
 device and the dtype). A forced backend that cannot run a call raises
 :class:`BackendUnavailableError`; nothing silently falls back.
 """
@@ -80,12 +81,21 @@ def use_backend(name: str):
         _stack().pop()
 
 
+_environment = [os.environ.get(_ENV_VAR, "")]
+
+
+def reload_environment() -> None:
+    """Read ``SPLITKERN_BACKEND`` again (it is read once, at import: every layer call consults it, and an
+    environment read per call is measurable at small shapes)."""
+    _environment[0] = os.environ.get(_ENV_VAR, "")
+
+
 def forced_backend() -> str | None:
     """The backend forced by :func:`use_backend` or ``SPLITKERN_BACKEND``, or None."""
-    stack = _stack()
+    stack = getattr(_state, "stack", None)
     if stack:
         return stack[-1]
-    env = os.environ.get(_ENV_VAR, "").strip()
+    env = _environment[0].strip()
     if env in ("", "auto"):
         return None
     return _check_name(env, _ENV_VAR)

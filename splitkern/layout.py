@@ -87,7 +87,7 @@ class BlockLayout:
         def build():
             rows = (self.in_offsets, self.out_offsets, self.w_offsets)
             return tuple(torch.tensor(r, dtype=torch.int32, device=device) for r in rows)
-        return self._cached(("offsets", str(device)), build)
+        return self._cached(("offsets", device), build)
 
     def column_tiles(self, device: torch.device, block: int, over: str) -> torch.Tensor:
         """int32 ``(T, 2)`` table of (group, first column) tiles of width ``block``.
@@ -100,7 +100,7 @@ class BlockLayout:
         def build():
             rows = [(g, c) for g, s in enumerate(sizes) for c in range(0, s, block)]
             return torch.tensor(rows, dtype=torch.int32, device=device).view(-1, 2)
-        return self._cached(("cols", over, block, str(device)), build)
+        return self._cached(("cols", over, block, device), build)
 
     def block_tiles(self, device: torch.device, block_n: int, block_k: int) -> torch.Tensor:
         """int32 ``(T, 3)`` table of (group, first row, first column) tiles of the weight blocks."""
@@ -110,7 +110,7 @@ class BlockLayout:
                     for r in range(0, n if k else 0, block_n)
                     for c in range(0, k, block_k)]
             return torch.tensor(rows, dtype=torch.int32, device=device).view(-1, 3)
-        return self._cached(("blocks", block_n, block_k, str(device)), build)
+        return self._cached(("blocks", block_n, block_k, device), build)
 
 
 def block_layout(in_sizes, out_sizes) -> BlockLayout:
@@ -121,3 +121,10 @@ def block_layout(in_sizes, out_sizes) -> BlockLayout:
 @functools.lru_cache(maxsize=4096)
 def _shared_layout(in_sizes: tuple, out_sizes: tuple) -> BlockLayout:
     return BlockLayout(in_sizes, out_sizes)
+
+
+def equal_groups(layout: "BlockLayout") -> tuple[int, int, int] | None:
+    """(G, k, n) when every group has k inputs and n outputs (batched GEMMs apply)."""
+    if len(set(layout.in_sizes)) == 1 and len(set(layout.out_sizes)) == 1 and layout.weight_numel:
+        return layout.groups, layout.in_sizes[0], layout.out_sizes[0]
+    return None

@@ -46,3 +46,13 @@ def _ieee_fp32():
     backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
     yield
     backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def _backend_environment():
+    """``SPLITKERN_BACKEND`` is read at import (and by ``backend.reload_environment()``, which tests that set it
+    call): read it again after every test, once monkeypatch has restored it."""
+    yield
+    from splitkern import backend
+
+    backend.reload_environment()

@@ -45,6 +45,7 @@ def test_the_backend_offers_a_toy_op_only_the_backends_its_row_names(toy, monkey
     assert "has no triton implementation" in backend.unsupported_reason("triton", "toy_scale", torch.device("cpu"),
                                                                         torch.float32)
     monkeypatch.setenv("SPLITKERN_BACKEND", "triton")  # forced: refused for this op, never a silent fallback
+    backend.reload_environment()
     with pytest.raises(backend.BackendUnavailableError, match="toy_scale: forced backend 'triton'"):
         toy.function()(torch.ones(2), 2.0)
 
@@ -88,6 +89,7 @@ def test_the_cuda_backend_name_is_an_alias_of_extension(monkeypatch):
     with backend.use_backend("cuda") as name:
         assert name == "extension" and backend.forced_backend() == "extension"
     monkeypatch.setenv("SPLITKERN_BACKEND", "cuda")
+    backend.reload_environment()
     assert backend.forced_backend() == "extension"
     with pytest.raises(ValueError, match="unknown backend 'cuda2'"):
         backend.use_backend("cuda2").__enter__()

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from splitkern._dense import masked_dense_weight
+from splitkern import backend
 from splitkern.backend import prepare_layout
-from splitkern.layout import block_layout, check_sizes
-from splitkern.nn import strategy as strategies
+from splitkern.layout import block_layout, check_sizes, equal_groups
+from splitkern.nn import _plan
 from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation, is_identity
-from splitkern.reference._common import equal_groups
 
 
 def _after_load_state_dict(module: "BlockDiagonalLayer", incompatible_keys) -> None:
@@ -28,10 +28,12 @@ class BlockDiagonalLayer(nn.Module):
     row-major, see :meth:`block`); ``bias`` is in grouped order; the buffers
     ``in_index``/``out_index`` map grouped positions to original feature positions.
 
-    Without autograd the forward runs the layer's execution strategy (:mod:`splitkern.nn.strategy`):
-    ``strategy`` is ``"auto"`` (the fastest, measured once per input key and kept in ``chosen``) or
-    one of ``splitkern.nn.strategy.STRATEGIES``. Subclasses implement :meth:`_run` (the op),
-    :meth:`_check_input` and :meth:`_aten_runners`.
+    A forward runs the layer's plan for its input key (:mod:`splitkern.nn._plan`): the execution
+    strategy (:mod:`splitkern.nn.strategy`) ``strategy`` names, ``"auto"`` (the fastest, measured once
+    per key and kept in ``chosen``) or one of ``splitkern.nn.strategy.STRATEGIES``, with or without
+    autograd; the registered op where a trace or transform records the call. Subclasses implement
+    :meth:`_run` (the op), :meth:`_check_input`, :meth:`_compute`, :meth:`_grouped_operands` and
+    :meth:`_eager_call`.
     """
 
     _feature_dim = -1  # where the features are in an input (dim 1: the channels of an image)
@@ -55,10 +57,9 @@ class BlockDiagonalLayer(nn.Module):
         self.register_load_state_dict_post_hook(_after_load_state_dict)
         self.reset_parameters()
         prepare_layout(self.layout, self.weight.device)
-        self._strategy = strategies.AUTO
-        self.chosen: dict[tuple, str] = {}
-        self._checked: set[tuple] = set()  # input keys already validated (each once, when first met)
-        self._runners: dict[tuple, tuple] = {}
+        self._strategy = _plan.AUTO
+        self.chosen: dict[tuple, str] = {}  # "auto"'s choices by _plan.choice_key
+        self._plans: dict[tuple, _plan.Plan] = {}  # by _plan.plan_key: what a call runs (inputs validated)
 
     @staticmethod
     def _index(index, length: int, name: str, device) -> torch.Tensor:
@@ -73,23 +74,30 @@ class BlockDiagonalLayer(nn.Module):
             buffer = getattr(self, name)
             buffer.copy_(self._index(index, buffer.numel(), name, buffer.device))
         self._note_identity()
+        self.refresh()
 
     def _apply(self, fn, recurse=True):
         """``.to()``, ``.cuda()``, ``.half()``...: then the device tables for the new device."""
         result = super()._apply(fn, recurse)
         prepare_layout(self.layout, self.weight.device)
-        self._runners, self._checked = {}, set()  # a new dtype or device: prepare and check again
+        self.refresh()  # a new dtype or device: prepare and check again
         return result
 
     def __getstate__(self):
-        """Pickles and deep copies leave the prepared runners behind (they hold this layer's tensors)."""
+        """Pickles and deep copies leave the plans behind (they hold this layer's tensors)."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_runners": {}}
+        return {**state, "_plans": {}, "_positions": None, "_ungroup_index": None}
 
     def _loaded(self) -> None:  # load_state_dict(assign=True) may move the parameters
         self._note_identity()
         prepare_layout(self.layout, self.weight.device)
-        self._runners, self._checked = {}, set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Drop the plans and their prepared weights (after an edit through ``.data``, which no version
+        counter sees; ``.to()``, loads and :meth:`set_indices` call it)."""
+        self._plans = {}
+        self._positions = self._ungroup_index = None
 
     def _note_identity(self) -> None:
         """Skip the fused gather/scatter where an index is the identity (checked off the hot path)."""
@@ -133,119 +141,223 @@ class BlockDiagonalLayer(nn.Module):
 
     @strategy.setter
     def strategy(self, name: str) -> None:
-        strategies.check_strategy(name)
+        _plan.check_strategy(name)
         if name == "grouped" and not equal_groups(self.layout):
             raise ValueError(f"strategy 'grouped' needs equal groups; this layer's are in_sizes={list(self.in_sizes)}, "
                              f"out_sizes={list(self.out_sizes)}")
         self._strategy = name
+        self._plans = {}
 
     def candidates(self) -> tuple[str, ...]:
         """The strategies this layer can run (``"grouped"`` only with equal groups)."""
-        return tuple(name for name in strategies.STRATEGIES if name != "grouped" or equal_groups(self.layout))
+        return tuple(name for name in _plan.STRATEGIES if name != "grouped" or equal_groups(self.layout))
 
     def strategy_for(self, key: tuple) -> str | None:
-        """The strategy this layer runs for an input key (:func:`~splitkern.nn.strategy.input_key`),
-        None when ``"auto"`` has not met that key yet."""
-        return self._strategy if self._strategy != strategies.AUTO else self.chosen.get(key)
+        """The strategy this layer runs for an input key (:func:`~splitkern.nn.strategy.input_key`, or a
+        ``chosen`` key), None when ``"auto"`` has not met that key yet."""
+        return self._strategy if self._strategy != _plan.AUTO else self.chosen.get(key)
+
+    @property
+    def plans(self) -> dict:
+        """The plans built so far: :func:`~splitkern.nn._plan.plan_key` -> :class:`~splitkern.nn._plan.Plan`."""
+        return dict(self._plans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.out_features and strategies.fast_path_applies(self, x):
-            return self._run_strategy(x)
-        return self._op_forward(x)
+        params = self._parameters  # (not self.weight: nn.Module.__getattr__ is a Python call per read)
+        weight, bias = params["weight"], params.get("bias")
+        key = _plan.plan_key(x, weight, bias, self._feature_dim)
+        if key is None or not self.out_features:
+            return self._op_forward(x)
+        plan = self._plans.get(key)
+        if plan is None or (plan.stamp is not None and plan.stamp != _plan.stamp(weight, bias)):
+            plan = self._new_plan(x, key)
+        return plan.run(x)
 
     def _op_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The registered custom op (what compile, export, tracing and functorch record)."""
         in_index = None if self._in_index_is_identity else self.in_index
         out_index = None if self._out_index_is_identity else self.out_index
         return self._run(x, in_index, out_index)
 
-    def _run_strategy(self, x: torch.Tensor) -> torch.Tensor:
-        key = strategies.input_key(x)
-        name = self.strategy_for(key)
-        if name is None or key not in self._checked:
-            self._check_input(x)
-            self._checked.add(key)
-        if name is None:
-            name = self._choose(x, key)
-        return self._op_forward(x) if name == "op" else self._runner(name, key)(x)
+    def _new_plan(self, x: torch.Tensor, key: tuple) -> _plan.Plan:
+        """Validate ``x`` (its first call with this key), choose the strategy and build its plan."""
+        self._check_input(self._as_checked(x, key))
+        if key[6] is not None:  # a forced backend means the op on that backend
+            name = "op"
+        elif self._strategy != _plan.AUTO:
+            name = self._strategy
+        else:
+            name = self.chosen.get(_plan.choice_key(key)) or self._choose(x, key)
+        plan = self._build(name, key)
+        self._plans[key] = plan
+        return plan
+
+    def _as_checked(self, x: torch.Tensor, key: tuple) -> torch.Tensor:
+        """``x`` as the op's checks see it: under autocast both x and the weight are cast first, so an x
+        whose cast dtype matches the weight's is checked in the weight's dtype."""
+        if key[5] is None:
+            return x
+        weight_dtype = _plan.compute_dtype((None, self.weight.dtype, None, None, None, key[5]))
+        return x.to(self.weight.dtype) if _plan.compute_dtype(key) == weight_dtype else x
 
     def _choose(self, x: torch.Tensor, key: tuple) -> str:
-        table = strategies.active_table()
-        name = None if table is None else strategies.table_choice(self, key, table)
-        if name is not None:
-            self.chosen[key] = name
-            return name
-        runs = {name: (self._op_forward if name == "op" else self._runner(name, key)) for name in self.candidates()}
-        name, _ = strategies.fastest(runs, x)
-        self.chosen[key] = name
-        kept = {(chosen, *k[:3]) for k, chosen in self.chosen.items()}
-        for other in runs:  # keep only the prepared weights some choice runs
-            if (other, *key[:3]) not in kept:
-                self._runners.pop((other, *key[:3]), None)
+        """``"auto"``: a choice table's row for this key, else the fastest candidate timed on ``x``
+        (forward, and backward when autograd records the call)."""
+        name = _plan.table_choice(self, key)
+        if name is None:
+            runs = {name: self._build(name, key).run for name in self.candidates()}
+            if key[4]:
+                runs = {name: _plan.with_backward(run, (self.weight, self.bias)) for name, run in runs.items()}
+            name, _ = _plan.fastest(runs, x)
+        self.chosen[_plan.choice_key(key)] = name
         return name
 
-    def _versions(self) -> tuple:
-        """What prepared weights are stamped with: each tensor's storage and version (inference tensors
-        have no version counter) and the optimizer step count."""
-        tensors = (self.weight, self.bias, self.in_index, self.out_index)
-        return (strategies.generation(),
-                *((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None))
+    def _build(self, name: str, key: tuple) -> _plan.Plan:
+        """The plan of strategy ``name`` for ``key``: under autograd it computes from the live parameters;
+        without, from weights prepared once in the compute dtype and memory format, stamped."""
+        fmt, dtype, live = _plan.key_format(key), _plan.compute_dtype(key), key[4]
+        if name == "op":
+            run = self._op_runner(backend.implementation(self._op_name, key[0], dtype), dtype, live)
+        else:
+            compute = self._permuted(name, self._compute(name, fmt), fmt)
+            make = self._operand_maker(name, fmt, self.weight.device)
+            if live:
+                params = self._parameters
 
-    def refresh(self) -> None:
-        """Drop the prepared weights (after an edit through ``.data``, which no version counter sees)."""
-        self._runners = {}
+                def run(x):
+                    return compute(x, *make(params["weight"], params.get("bias")))
+            else:
+                operands = self._prepared(make, dtype)
 
-    def _runner(self, name: str, key: tuple):
-        """The prepared ``run(x)`` of strategy ``name`` for inputs like ``key`` (rebuilt when a tensor changed)."""
-        slot = (name, *key[:3])
-        versions = self._versions()
-        cached = self._runners.get(slot)
-        if cached is None or cached[0] != versions:
-            with torch.no_grad():
-                cached = (versions, self._permuted(name, strategies.key_format(key)))
-            self._runners[slot] = cached
-        return cached[1]
+                def run(x):
+                    return compute(x, *operands)
+        return _plan.Plan(name, run, None if live else _plan.stamp(self.weight, self.bias))
 
-    def _permuted(self, name: str, fmt: torch.memory_format):
-        """Strategy ``name``'s run(x) on original-order features: the masked dense weight has the
-        permutations folded in; the others gather inputs and un-permute outputs around the grouped call."""
-        core = self._aten_runners(name, fmt)
+    @torch.no_grad()
+    def _prepared(self, make, dtype: torch.dtype) -> tuple:
+        """``make(weight, bias)`` on detached copies of the parameters in ``dtype``."""
+        return make(self.weight.detach().to(dtype), None if self.bias is None else self.bias.detach().to(dtype))
+
+    def _op_runner(self, kernels, dtype: torch.dtype, live: bool):
+        """``run(x)`` of the op's kernels called directly (:class:`~splitkern.ops.block_diag_mm.EagerBlockDiagMM`
+        under autograd): the index tables as the registered op gets them; operands cast to ``dtype``
+        (autocast's) as the op casts them."""
+        in_index = None if self._in_index_is_identity else self.in_index
+        out_index = None if self._out_index_is_identity else self.out_index
+        call = self._eager_call(kernels, in_index, out_index, live)
+        if live:
+            def run(x):
+                if x.dtype != dtype:
+                    return call(x.to(dtype), self.weight.to(dtype),
+                                None if self.bias is None else self.bias.to(dtype))
+                return call(x, self.weight, self.bias)
+            return run
+        weight, bias = self._prepared(lambda w, b: (w, b), dtype)
+        return lambda x: call(x if x.dtype == dtype else x.to(dtype), weight, bias)
+
+    def _operand_maker(self, name: str, fmt: torch.memory_format, device: torch.device):
+        """``make(weight, bias)``: what strategy ``name`` computes with, made from the parameters
+        (differentiably; the index tables it needs are captured here, once per plan)."""
+        if name == "masked_dense":
+            positions, ungroup = self._dense_positions(device), self._ungroup(device)
+            pad, shape = self._dense_pad(), (self.out_features, self.in_features, *self.kernel_size)
+            image = len(shape) == 4
+
+            def masked_dense(weight, bias):
+                dense = weight.new_zeros(weight.numel() + pad).index_copy(0, positions, weight).view(shape)
+                return (dense.contiguous(memory_format=fmt) if image else dense,
+                        None if bias is None else bias.index_select(0, ungroup))
+            return masked_dense
+        if name == "per_group":
+            return lambda weight, bias: (self._group_operands(weight, bias, fmt),)
+        return lambda weight, bias: self._grouped_operands(weight, bias, fmt)
+
+    def _ungroup(self, device: torch.device) -> torch.Tensor:
+        """Grouped position of each original output feature (``argsort(out_index)``)."""
+        cached = getattr(self, "_ungroup_index", None)
+        if cached is None or cached.device != device:
+            cached = self._ungroup_index = torch.argsort(self.out_index).to(device)
+        return cached
+
+    def _dense_pad(self) -> int:
+        """Elements of the dense weight the packed one lacks (the zeros between groups)."""
+        return (self.out_features * self.in_features - self.layout.weight_numel) * math.prod(self.kernel_size)
+
+    def _dense_positions(self, device: torch.device) -> torch.Tensor:
+        """Where each packed weight element sits in the flattened dense (original order) weight."""
+        cached = getattr(self, "_positions", None)
+        if cached is None or cached.device != device:
+            numel = self.weight.numel()
+            ids = masked_dense_weight(torch.arange(1, numel + 1, dtype=torch.float64, device=device), self.layout,
+                                      self.in_index.to(device), self.out_index.to(device), self.kernel_size)
+            ids = ids.flatten()
+            where = ids.nonzero().squeeze(1)
+            cached = torch.empty(numel, dtype=torch.int64, device=device)
+            cached[ids[where].long() - 1] = where
+            self._positions = cached
+        return cached
+
+    def _permuted(self, name: str, core, fmt: torch.memory_format):
+        """Strategy ``name``'s ``compute(x, *operands)`` on original-order features: the masked dense
+        weight has the permutations folded in; the others gather inputs and un-permute outputs around
+        the grouped call."""
         if name == "masked_dense":
             return core
         dim = self._feature_dim
         gather = None if self._in_index_is_identity else self.in_index
-        ungroup = None if self._out_index_is_identity else torch.argsort(self.out_index)
+        ungroup = None if self._out_index_is_identity else self._ungroup(self.out_index.device)
+        if gather is None and ungroup is None:
+            return core
 
-        def run(x):
+        def compute(x, *operands):
             if gather is not None:
                 x = x.index_select(dim, gather).contiguous(memory_format=fmt)
-            y = core(x)
+            y = core(x, *operands)
             return y if ungroup is None else y.index_select(dim, ungroup).contiguous(memory_format=fmt)
-        return run
+        return compute
 
-    def _per_group(self, call, empty, fmt: torch.memory_format):
-        """``run(x)`` of a per-group loop over the groups with outputs, concatenated: ``call(x_slice, block,
-        bias)`` where a group has inputs, ``empty(x, out_size, bias)`` where not (blocks prepared in ``fmt``)."""
-        lay, bias = self.layout, (None if self.bias is None else self.bias.detach())
-        dim = self._feature_dim
+    def _group_operands(self, weight, bias, fmt: torch.memory_format) -> list:
+        """Per group with outputs: ``(input start, input size, block, bias slice, output size)``."""
+        lay, taps = self.layout, math.prod(self.kernel_size)
         parts = []
         for g in range(lay.groups):
             lo, hi = lay.out_offsets[g], lay.out_offsets[g + 1]
             if hi == lo:
                 continue
-            b = None if bias is None else bias[lo:hi]
-            block = self.block(g).detach()
-            parts.append((lay.in_offsets[g], lay.in_sizes[g], block.contiguous(memory_format=fmt)
-                          if block.dim() == 4 else block, b, hi - lo))
+            block = weight[lay.w_offsets[g] * taps:lay.w_offsets[g + 1] * taps].view(
+                hi - lo, lay.in_sizes[g], *self.kernel_size)
+            parts.append((lay.in_offsets[g], lay.in_sizes[g],
+                          block.contiguous(memory_format=fmt) if block.dim() == 4 else block,
+                          None if bias is None else bias[lo:hi], hi - lo))
+        return parts
 
-        def run(x):
+    def _per_group(self, call, empty):
+        """``compute(x, parts)`` of a per-group loop (parts: :meth:`_group_operands`), concatenated:
+        ``call(x_slice, block, bias)`` where a group has inputs, ``empty(x, out_size, bias)`` where not."""
+        dim = self._feature_dim
+
+        def compute(x, parts):
             return torch.cat([call(x.narrow(dim, start, size), w, b) if size else empty(x, n, b)
                               for start, size, w, b, n in parts], dim)
-        return run
+        return compute
 
     def _check_input(self, x) -> None:
         raise NotImplementedError
 
-    def _aten_runners(self, name: str, fmt: torch.memory_format):
+    _op_name = ""  # the registry's op the layer runs
+
+    def _compute(self, name: str, fmt: torch.memory_format):
+        """``compute(x, *operands)`` of strategy ``name`` (not ``"op"``) in plain ATen calls, on grouped
+        features (``masked_dense``: original order), with :meth:`_operands`."""
+        raise NotImplementedError
+
+    def _grouped_operands(self, weight, bias, fmt: torch.memory_format) -> tuple:
+        """Strategy ``"grouped"``'s operands (equal groups): the weight and bias as one batched call takes them."""
+        raise NotImplementedError
+
+    def _eager_call(self, kernels, in_index, out_index, live: bool):
+        """``call(x, weight, bias)`` of the op's kernels on ``kernels`` (a backend module), through the op's
+        eager autograd function when ``live`` (autograd records), else directly."""
         raise NotImplementedError
 
     def forward_grouped(self, x: torch.Tensor) -> torch.Tensor:
@@ -350,6 +462,6 @@ class BlockDiagonalLayer(nn.Module):
         share = f"{100.0 * params / dense:.1f}%" if dense else "n/a"
         text = (f"in_sizes={list(self.in_sizes)}, out_sizes={list(self.out_sizes)}, "
                 f"bias={self.bias is not None}, weights={params} ({share} of dense {dense}), strategy={self.strategy}")
-        if self.strategy == strategies.AUTO and self.chosen:
+        if self.strategy == _plan.AUTO and self.chosen:
             text += " (" + ", ".join(f"{tuple(key[3])}: {name}" for key, name in self.chosen.items()) + ")"
         return text

@@ -8,8 +8,8 @@ from torch import nn
 
 from splitkern._conv import output_shape
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.grouped_conv import check_layer_input, conv_geometry, grouped_conv_on_layout
-from splitkern.reference._common import equal_groups
+from splitkern.layout import equal_groups
+from splitkern.ops.grouped_conv import EagerGroupedConv, check_layer_input, conv_geometry, grouped_conv_on_layout
 
 
 def _resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -71,22 +71,32 @@ class SplitConv2d(BlockDiagonalLayer):
     def _check_input(self, x) -> None:
         check_layer_input(x, self.weight, self.layout, self._geometry)
 
-    def _aten_runners(self, name: str, fmt: torch.memory_format):
-        """``run(x)`` of strategy ``name`` in plain aten calls (grouped channels; masked_dense: original),
-        weights prepared in the input's memory format ``fmt`` (no per-call reorder)."""
+    _op_name = "grouped_conv"
+
+    def _eager_call(self, kernels, in_index, out_index, live: bool):
+        layout, geometry = self.layout, [list(pair) for pair in self._geometry]  # as the op passes them
+
+        def call(x, weight, bias):
+            if live:
+                return EagerGroupedConv.apply(x, weight, bias, kernels, layout, geometry, in_index, out_index)
+            return kernels.grouped_conv(x, weight, bias, layout, *geometry, in_index, out_index)
+        return call
+
+    def _compute(self, name: str, fmt: torch.memory_format):
         conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-        bias = None if self.bias is None else self.bias.detach()
         if name == "masked_dense":
-            weight, dense_bias = self.masked_dense_weight().contiguous(memory_format=fmt), self.dense_bias()
-            return lambda x: F.conv2d(x, weight, dense_bias, **conv)
+            return lambda x, weight, bias: F.conv2d(x, weight, bias, **conv)
         if name == "per_group":
             def bias_only(x, size, b):
                 out = x.new_zeros(output_shape(x.shape, size, *self._geometry)).contiguous(memory_format=fmt)
                 return out if b is None else out + b.view(1, -1, 1, 1)
-            return self._per_group(lambda x, w, b: F.conv2d(x, w, b, **conv), bias_only, fmt)
+            return self._per_group(lambda x, w, b: F.conv2d(x, w, b, **conv), bias_only)
+        groups = equal_groups(self.layout)[0]
+        return lambda x, weight, bias: F.conv2d(x, weight, bias, groups=groups, **conv)
+
+    def _grouped_operands(self, weight, bias, fmt: torch.memory_format) -> tuple:
         groups, k, n = equal_groups(self.layout)
-        weight = self.weight.detach().view(groups * n, k, *self.kernel_size).contiguous(memory_format=fmt)
-        return lambda x: F.conv2d(x, weight, bias, groups=groups, **conv)
+        return weight.view(groups * n, k, *self.kernel_size).contiguous(memory_format=fmt), bias
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitConv2d":
         return SplitConv2d(in_sizes, out_sizes, self.kernel_size, self.stride, self.padding, self.dilation,

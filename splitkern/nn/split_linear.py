@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from splitkern.nn._block_diagonal import BlockDiagonalLayer
-from splitkern.ops.block_diag_mm import block_diag_mm_on_layout, check_layer_input
-from splitkern.reference._common import equal_groups
+from splitkern.ops.block_diag_mm import EagerBlockDiagMM, block_diag_mm_on_layout, check_layer_input
+from splitkern.layout import equal_groups
 
 
 class SplitLinear(BlockDiagonalLayer):
@@ -44,23 +44,37 @@ class SplitLinear(BlockDiagonalLayer):
     def _check_input(self, x) -> None:
         check_layer_input(x, self.weight, self.layout)
 
-    def _aten_runners(self, name: str, fmt: torch.memory_format):
-        """``run(x)`` of strategy ``name`` in plain aten calls (grouped features; masked_dense: original)."""
-        bias = None if self.bias is None else self.bias.detach()
-        if name == "masked_dense":
-            weight, dense_bias = self.masked_dense_weight(), self.dense_bias()
-            return lambda x: F.linear(x, weight, dense_bias)
-        if name == "per_group":
-            return self._per_group(F.linear, lambda x, n, b: _bias_only(x, n, b), fmt)
-        groups, k, n = equal_groups(self.layout)
-        blocks_t = self.weight.detach().view(groups, n, k).transpose(1, 2)
-        bias_rows = None if bias is None else bias.view(groups, 1, n)
+    _op_name = "block_diag_mm"
 
-        def grouped(x):
+    def _eager_call(self, kernels, in_index, out_index, live: bool):
+        layout, n = self.layout, self.out_features
+
+        def call(x, weight, bias):
+            lead = x.shape[:-1]
+            x2d = x.reshape(lead.numel(), layout.in_features)
+            if live:
+                y = EagerBlockDiagMM.apply(x2d, weight, bias, kernels, layout, in_index, out_index)
+            else:
+                y = kernels.block_diag_mm(x2d, weight, bias, layout, in_index, out_index)
+            return y.reshape(*lead, n)
+        return call
+
+    def _compute(self, name: str, fmt: torch.memory_format):
+        if name == "masked_dense":
+            return F.linear
+        if name == "per_group":
+            return self._per_group(F.linear, _bias_only)
+        groups, k, n = equal_groups(self.layout)
+
+        def grouped(x, blocks_t, bias_rows):
             rows = x.reshape(-1, groups, k).transpose(0, 1)  # (G, M, k)
             y = torch.bmm(rows, blocks_t) if bias_rows is None else torch.baddbmm(bias_rows, rows, blocks_t)
             return y.transpose(0, 1).reshape(*x.shape[:-1], groups * n)
         return grouped
+
+    def _grouped_operands(self, weight, bias, fmt: torch.memory_format) -> tuple:
+        groups, k, n = equal_groups(self.layout)
+        return weight.view(groups, n, k).transpose(1, 2), None if bias is None else bias.view(groups, 1, n)
 
     def _same_kind(self, in_sizes, out_sizes, **factory) -> "SplitLinear":
         return SplitLinear(in_sizes, out_sizes, **factory)

@@ -1,14 +1,14 @@
-"""How a split layer runs a forward that autograd does not record: its execution strategy.
+"""How a split layer computes its forward: its execution strategy, and the model-wide tools around it.
 
 A :class:`~splitkern.nn.SplitLinear` or :class:`~splitkern.nn.SplitConv2d` computes one
-function; at small shapes *how* it is computed costs more than the arithmetic (the op's
-per-call checks and dispatch, a per-group loop, a permute at the split boundary, a weight
-reordered on every call). Without autograd (``torch.no_grad()``, ``inference_mode``, or no
-tensor that requires grad) a layer runs one of :data:`STRATEGIES`:
+function; at small shapes *how* it is computed costs more than the arithmetic (a per-group
+loop, a permute at the split boundary, a weight reordered on every call). A layer runs one of
+:data:`STRATEGIES`, with autograd recording or not:
 
-* ``"op"``: the splitkern op (:func:`splitkern.ops.block_diag_mm` / ``grouped_conv``),
-  whose backend picks the kernel (Triton's ragged kernels on CUDA, the reference on CPU).
-  What the layer always runs under autograd.
+* ``"op"``: the splitkern op's kernels (:func:`splitkern.ops.block_diag_mm` / ``grouped_conv``) on
+  the backend :mod:`splitkern.backend` picks (Triton's ragged kernels on CUDA, the reference on
+  CPU), called directly (under autograd through the op's eager ``autograd.Function``); bit for
+  bit the registered op.
 * ``"grouped"``: one aten call over all groups (``conv2d(groups=G)`` / ``baddbmm``);
   equal groups only.
 * ``"per_group"``: one aten call per group, concatenated.
@@ -16,25 +16,27 @@ tensor that requires grad) a layer runs one of :data:`STRATEGIES`:
   groups, the layer's permutations folded into its rows and columns. It costs what the dense
   layer it came from costs, so it is the floor a split model never falls below.
 
-Every strategy computes the same function (to the rounding of a different summation order).
-The non-op strategies use weights prepared once per (strategy, device, dtype, memory format)
-and rebuilt only when a parameter or index changes (its version counter moves).
+Every strategy computes the same function (to the rounding of a different summation order) and
+its gradients. Without autograd the strategies use weights prepared once per key (in the compute
+dtype, autocast's included, and memory format) and rebuilt when a parameter changes; under
+autograd they compute from the live parameters.
 
 Choice: ``layer.strategy`` is ``"auto"`` (default) or one of :data:`STRATEGIES`. ``"auto"``
-times every candidate on the first call with a new input key (device, dtype, memory format,
-shape), as ``cudnn.benchmark`` does, and keeps the fastest for that key (``layer.chosen``).
-:func:`plan_strategies` does that ahead of time for an example input; :func:`set_strategy`
-forces one strategy on every split layer of a model; :func:`strategies` lists the choices.
+times every candidate on the first call with a new key (device, dtype, memory format, shape,
+whether autograd records (then forward and backward are timed), autocast dtype), as
+``cudnn.benchmark`` does, and keeps the fastest (``layer.chosen``). :func:`plan_strategies` does
+that ahead of time for an example input; :func:`set_strategy` forces one strategy on every split
+layer of a model; :func:`strategies` lists the choices.
 
-Choice tables: :func:`choice_table` writes a model's choices as JSON-ready rows keyed by what
-decides them (layer kind, group sizes, geometry, device name, dtype, memory format, input shape),
-:func:`apply_choice_table` gives them to another model, and with ``SPLITKERN_STRATEGY_TABLE=FILE``
-every ``"auto"`` layer takes a matching row instead of timing (a GPU run of
-``benchmarks/bench_split_inference.py`` writes such a file for its GPU).
-The op runs instead of any strategy under ``torch.compile``, ``torch.jit`` tracing and functorch
-transforms (they trace or batch the op on the parameters), under ``torch.autocast``, during CUDA
-graph capture, for an empty batch, and when a backend is forced (:func:`splitkern.use_backend` or
-``SPLITKERN_BACKEND``: a forced backend means the op on that backend).
+Choice tables: :func:`choice_table` writes a model's inference choices as JSON-ready rows keyed by
+what decides them (layer kind, group sizes, geometry, device name, dtype, memory format, input
+shape), :func:`apply_choice_table` gives them to another model, and with
+``SPLITKERN_STRATEGY_TABLE=FILE`` every ``"auto"`` layer takes a matching row instead of timing (a
+GPU run of ``benchmarks/bench_split_inference.py`` writes such a file for its GPU).
+The registered op runs instead of any strategy under ``torch.compile``/``torch.export``, ``torch.jit``
+tracing and functorch transforms (they trace or batch the op on the parameters), on tensor
+subclasses (fake tensors), during CUDA graph capture and for an empty batch; a forced backend
+(:func:`splitkern.use_backend` or ``SPLITKERN_BACKEND``) means the ``"op"`` strategy on that backend.
 
 Prepared weights follow in-place updates through the tensors' version counters and every
 optimizer step (fused optimizers do not move the counters); an edit through ``.data`` moves
@@ -48,102 +50,23 @@ import json
 import os
 import platform
 import threading
-import time
 from pathlib import Path
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
 
-from splitkern import backend
 from splitkern._conv import memory_format
+from splitkern.nn import _plan
+from splitkern.nn._plan import AUTO, STRATEGIES, check_strategy, fastest, generation, key_format  # noqa: F401
 
-STRATEGIES = ("op", "grouped", "per_group", "masked_dense")
-AUTO = "auto"
-_TIMED_RUNS = 3
-_SLOW_CALL_S = 0.02  # a candidate slower than this is timed once after its warm-up
-
-
-def check_strategy(name, argument: str = "strategy") -> str:
-    """``name`` if it is ``"auto"`` or one of :data:`STRATEGIES`, else a ``TypeError``/``ValueError`` naming it."""
-    if not isinstance(name, str):
-        raise TypeError(f"{argument} must be a str, got {type(name).__name__}")
-    if name != AUTO and name not in STRATEGIES:
-        raise ValueError(f"{argument}: unknown strategy {name!r}; choose 'auto' or one of {STRATEGIES}")
-    return name
+__all__ = ["AUTO", "STRATEGIES", "apply_choice_table", "check_strategy", "choice_table", "fastest", "generation",
+           "input_key", "key_format", "plan_strategies", "refresh", "set_strategy", "split_layers", "strategies"]
 
 
 def input_key(x: torch.Tensor) -> tuple:
-    """What a choice is cached under: ``(device, dtype, channels_last, shape)`` of the input (a bool,
-    not a ``torch.memory_format``: ``torch.save`` cannot pickle those)."""
+    """What an inference choice is cached under: ``(device, dtype, channels_last, shape)`` of the input (a
+    bool, not a ``torch.memory_format``: ``torch.save`` cannot pickle those)."""
     return (x.device, x.dtype, memory_format(x) == torch.channels_last, tuple(x.shape))
-
-
-def key_format(key: tuple) -> torch.memory_format:
-    """The memory format of the inputs an :func:`input_key` describes."""
-    return torch.channels_last if key[2] else torch.contiguous_format
-
-
-def fast_path_applies(layer: nn.Module, x) -> bool:
-    """Whether ``layer``'s forward on ``x`` may run a strategy instead of the op (see the module doc)."""
-    if layer.strategy == "op" or not isinstance(x, torch.Tensor):
-        return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False  # a trace must record the op on the parameters, not prepared copies
-    if x.numel() == 0:
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters(False))):
-        return False
-    if backend.forced_backend() is not None or torch._C._are_functorch_transforms_active():
-        return False  # vmap / functional_call over stacked parameters: no storage to prepare from
-    device = x.device.type
-    if device == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False  # a graph replays the op on the live parameters (and timing cannot sync)
-    return not (device in ("cpu", "cuda") and torch.is_autocast_enabled(device))
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seconds(run, x) -> float:
-    """Fastest of a few timed calls after one warm-up (one when a call is slow)."""
-    _synchronize(x.device)
-    start = time.perf_counter()
-    run(x)
-    _synchronize(x.device)
-    warm = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(1 if warm > _SLOW_CALL_S else _TIMED_RUNS):
-        start = time.perf_counter()
-        run(x)
-        _synchronize(x.device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def fastest(candidates: dict, x: torch.Tensor) -> tuple[str, dict[str, float]]:
-    """``(name, seconds per candidate)`` of the fastest of ``{name: run}`` on ``x``."""
-    times = {name: _seconds(run, x) for name, run in candidates.items()}
-    return min(times, key=times.get), times
-
-
-# Bumped after every optimizer step: fused optimizers update parameters without moving their version
-# counters, so prepared weights are also stamped with this.
-_generation = [0]
-
-
-def _after_optimizer_step(optimizer, args, kwargs) -> None:
-    _generation[0] += 1
-
-
-register_optimizer_step_post_hook(_after_optimizer_step)
-
-
-def generation() -> int:
-    """How many optimizer steps this process has taken (part of every prepared weight's stamp)."""
-    return _generation[0]
 
 
 def refresh(model: nn.Module) -> nn.Module:
@@ -248,6 +171,17 @@ def table_choice(layer, key: tuple, rows) -> str | None:
     """The strategy ``rows`` (a choice table) holds for ``layer`` on inputs like ``key``, or None."""
     name = _index(rows).get(json.dumps(_row(layer, key), sort_keys=True))
     return name if name in layer.candidates() else None
+
+
+def _active_choice(layer, key: tuple) -> str | None:
+    """The active table's choice for a plan key (tables hold fp inference choices only)."""
+    rows = active_table()
+    if rows is None or len(_plan.choice_key(key)) != 4:
+        return None
+    return table_choice(layer, key[:4], rows)
+
+
+_plan.set_table_lookup(_active_choice)
 
 
 def apply_choice_table(model: nn.Module, rows: list[dict], example: torch.Tensor | None = None) -> int:

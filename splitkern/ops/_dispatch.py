@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from splitkern import backend
+from splitkern._conv import channel_grad_bias
 from splitkern.layout import BlockLayout, block_layout
 
 
@@ -39,3 +40,11 @@ def autocast_operands(x: Tensor, weight: Tensor, bias):
         return t.to(dtype) if eligible else t
 
     return cast(x), cast(weight), cast(bias)
+
+
+def gradients(needs, has_bias, grad_out, grad_input, grad_weight, out_index):
+    """``(dx, dw, db)`` of one call, each None where not needed; the bias gradient is one ATen sum."""
+    grad_x = grad_input() if needs[0] else None
+    grad_w = grad_weight() if needs[1] else None
+    grad_b = channel_grad_bias(grad_out, out_index) if has_bias and needs[2] else None
+    return grad_x, grad_w, grad_b

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
+
 
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.registry import custom_op
-from splitkern.ops._dispatch import autocast_operands, cached_layout, implementation
+from splitkern.ops._dispatch import autocast_operands, cached_layout, gradients, implementation
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "block_diag_mm"
@@ -74,17 +76,41 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight, in_index, out_index = ctx.saved_tensors
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _block_diag_mm_grad_input(grad_out, weight, *ctx.sizes, in_index, out_index)
-    if ctx.needs_input_grad[1]:
-        grad_w = _block_diag_mm_grad_weight(grad_out, x, *ctx.sizes, in_index, out_index)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = _block_diag_mm_grad_bias(grad_out, out_index)
-    return grad_x, grad_w, grad_b, None, None, None, None
+    in_sizes, out_sizes = ctx.sizes
+    grads = gradients(ctx.needs_input_grad, ctx.has_bias, grad_out,
+                       lambda: _block_diag_mm_grad_input(grad_out, weight, in_sizes, out_sizes, in_index, out_index),
+                       lambda: _block_diag_mm_grad_weight(grad_out, x, in_sizes, out_sizes, in_index, out_index),
+                       out_index)
+    return *grads, None, None, None, None
 
 
 _block_diag_mm.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerBlockDiagMM(torch.autograd.Function):
+    """The op's eager path: the same kernels as ``torch.ops.splitkern.block_diag_mm`` and its backward, called
+    directly on a backend module chosen once (no custom-op dispatch, no per-call backend selection).
+
+    ``apply(x, weight, bias, kernels, layout, in_index, out_index)`` with ``x`` ``(M, K)``: the split layers run
+    this outside ``torch.compile``, ``torch.export``, tracing and functorch, where nothing needs to see the
+    registered op; it computes bit for bit what the op computes on the same backend.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kernels, layout, in_index, out_index):
+        ctx.save_for_backward(x, weight)
+        ctx.call = (kernels, layout, in_index, out_index, bias is not None)
+        return kernels.block_diag_mm(x, weight, bias, layout, in_index, out_index)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        kernels, layout, in_index, out_index, has_bias = ctx.call
+        grads = gradients(ctx.needs_input_grad, has_bias, grad_out,
+                           lambda: kernels.block_diag_mm_grad_input(grad_out, weight, layout, in_index, out_index),
+                           lambda: kernels.block_diag_mm_grad_weight(grad_out, x, layout, in_index, out_index),
+                           out_index)
+        return *grads, None, None, None, None
 
 
 def block_diag_mm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,

@@ -7,10 +7,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from splitkern._conv import channel_grad_bias, new_activation, output_shape
+from splitkern._conv import new_activation, output_shape
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.registry import custom_op
-from splitkern.ops._dispatch import autocast_operands, cached_layout, implementation
+from splitkern.ops._dispatch import autocast_operands, cached_layout, gradients, implementation
 from splitkern.ops._checks import check_block_operands, check_indices, check_like, check_tensor
 
 _OP = "grouped_conv"
@@ -73,17 +73,42 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight, in_index, out_index = ctx.saved_tensors
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _grouped_conv_grad_input(grad_out, weight, x, *ctx.geometry, in_index, out_index)
-    if ctx.needs_input_grad[1]:
-        grad_w = _grouped_conv_grad_weight(grad_out, x, weight, *ctx.geometry, in_index, out_index)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = channel_grad_bias(grad_out, out_index)
-    return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
+    geometry = ctx.geometry
+    grads = gradients(ctx.needs_input_grad, ctx.has_bias, grad_out,
+                       lambda: _grouped_conv_grad_input(grad_out, weight, x, *geometry, in_index, out_index),
+                       lambda: _grouped_conv_grad_weight(grad_out, x, weight, *geometry, in_index, out_index),
+                       out_index)
+    return *grads, None, None, None, None, None, None, None, None
 
 
 _grouped_conv.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerGroupedConv(torch.autograd.Function):
+    """The op's eager path: the same kernels as ``torch.ops.splitkern.grouped_conv`` and its backward, called
+    directly on a backend module chosen once (no custom-op dispatch, no per-call backend selection).
+
+    ``apply(x, weight, bias, kernels, layout, geometry, in_index, out_index)``, ``geometry`` the four lists
+    ``(kernel_size, stride, padding, dilation)`` the op passes its kernels; bit for bit the op's result.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kernels, layout, geometry, in_index, out_index):
+        ctx.save_for_backward(x, weight)
+        ctx.call = (kernels, layout, geometry, in_index, out_index, bias is not None)
+        return kernels.grouped_conv(x, weight, bias, layout, *geometry, in_index, out_index)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        kernels, layout, geometry, in_index, out_index, has_bias = ctx.call
+        grads = gradients(ctx.needs_input_grad, has_bias, grad_out,
+                           lambda: kernels.grouped_conv_grad_input(grad_out, weight, x, layout, *geometry,
+                                                                   in_index, out_index),
+                           lambda: kernels.grouped_conv_grad_weight(grad_out, x, weight, layout, *geometry,
+                                                                    in_index, out_index),
+                           out_index)
+        return *grads, None, None, None, None, None
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from splitkern._dense import masked_dense_weight  # noqa: F401  (re-exported: the tests' oracle reads it here)
-from splitkern.layout import BlockLayout
-from splitkern.reference._common import equal_groups, gather_columns, scatter_columns
+from splitkern.layout import BlockLayout, equal_groups
+from splitkern.reference._common import gather_columns, scatter_columns
 
 
 def _batched(t: torch.Tensor, groups: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from splitkern._conv import memory_format, output_shape  # output_shape: benchmarks also read it here
-from splitkern.layout import BlockLayout
-from splitkern.reference._common import equal_groups
+from splitkern.layout import BlockLayout, equal_groups
+
 # dim 1 holds the features of a (M, K) matrix and the channels of an (N, C, H, W) image alike
 from splitkern.reference._common import gather_columns as gather_channels
 from splitkern.reference._common import scatter_columns as scatter_channels

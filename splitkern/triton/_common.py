@@ -25,8 +25,8 @@ def on_input_device(fn):
     cuda:1 called while cuda:0 is current would otherwise run on the wrong GPU."""
     @functools.wraps(fn)
     def run(first, *args, **kwargs):
-        if first.device.type != "cuda":
-            return fn(first, *args, **kwargs)
+        if not first.is_cuda or first.get_device() == torch.cuda.current_device():
+            return fn(first, *args, **kwargs)  # (a device guard costs microseconds per call: only when needed)
         with torch.cuda.device(first.device):
             return fn(first, *args, **kwargs)
     return run

@@ -40,11 +40,16 @@ def test_on_input_device_makes_the_tensors_device_current(monkeypatch):
         current.pop()
 
     monkeypatch.setattr(torch.cuda, "device", fake_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     seen = []
     run = on_input_device(lambda t, k=None: seen.append((list(current), k)))
-    run(types.SimpleNamespace(device=torch.device("cuda", 1)), k=3)
+
+    def on_gpu(index):
+        return types.SimpleNamespace(device=torch.device("cuda", index), is_cuda=True, get_device=lambda: index)
+    run(on_gpu(1), k=3)
+    run(on_gpu(0), k=4)  # already current: no guard
     run(torch.zeros(1))  # CPU (the Triton interpreter): no device switch
-    assert seen == [([torch.device("cuda", 1)], 3), ([], None)]
+    assert seen == [([torch.device("cuda", 1)], 3), ([], 4), ([], None)]
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-from splitkern import use_backend
 from splitkern.nn import SplitConv2d, SplitLinear, strategy
 from splitkern.nn.strategy import STRATEGIES, input_key, plan_strategies, set_strategy, strategies
 from splitkern.models import wrn
@@ -116,32 +115,6 @@ def test_a_new_device_replans():
         y = layer(x)
     assert {k[0].type for k in layer.chosen} == {"cpu", "cuda"}
     assert_close(y, _masked_dense_oracle(layer, x))
-
-
-def test_autograd_forced_backend_compile_and_autocast_run_the_op(monkeypatch):
-    layer = _linear(*LAYOUTS["ragged"])
-    x = torch.randn(4, layer.in_features, device=DEVICE)
-
-    def no_strategy(*args):
-        raise AssertionError("a strategy ran where the op must")
-    monkeypatch.setattr(layer, "_run_strategy", no_strategy)
-    layer(x).sum().backward()  # autograd records: the op (and its gradients)
-    assert layer.weight.grad is not None
-    with torch.no_grad(), use_backend("reference"):
-        layer(x)
-    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        layer(x)
-    with torch.no_grad():
-        layer(x[:0])  # an empty batch
-    layer.strategy = "op"
-    with torch.no_grad():
-        layer(x)
-    monkeypatch.undo()
-    assert not layer.chosen
-    with torch.no_grad():
-        layer.strategy = "auto"
-        layer(x)
-    assert len(layer.chosen) == 1  # without any of those, the strategy runs
 
 
 def test_compiled_layer_matches_eager_without_grad():

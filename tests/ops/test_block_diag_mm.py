@@ -223,6 +223,7 @@ class TestBackendSelection:
 
     def test_env_var_unknown_backend(self, monkeypatch):
         monkeypatch.setenv("SPLITKERN_BACKEND", "fast")
+        backend.reload_environment()
         layout, x, w, b, _, _ = make_case((2,), (3,), 4)
         with pytest.raises(ValueError, match="SPLITKERN_BACKEND"):
             run_auto(x, w, b, layout)
@@ -231,12 +232,14 @@ class TestBackendSelection:
         calls = []
         layout, x, w, b, _, _ = make_case((2,), (3,), 4)
         monkeypatch.setenv("SPLITKERN_BACKEND", "reference")
+        backend.reload_environment()
         monkeypatch.setattr(ref, "block_diag_mm", lambda *a: calls.append(a) or torch.zeros(4, 3))
         run_auto(x, w, b, layout)
         assert len(calls) == 1
 
     def test_context_overrides_env(self, monkeypatch):
         monkeypatch.setenv("SPLITKERN_BACKEND", "triton")
+        backend.reload_environment()
         with splitkern.use_backend("reference"):
             assert backend.select("block_diag_mm", DEVICE, torch.float32) == "reference"
 
