@@ -42,7 +42,7 @@ results:
 	$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) docs/make_results.py
 
 test: install
-	$(VENV)/bin/ruff check splitkern tests benchmarks examples experiments
+	$(VENV)/bin/ruff check splitkern tests benchmarks examples experiments docs
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: install
