@@ -193,13 +193,26 @@ def cuda_extension(home, name="splitkern._C"):
 
 
 def _with_cutlass_objects(build_ext, home):
-    """``build_ext`` that first compiles the CUTLASS objects an extension links (if any)."""
+    """``build_ext`` that compiles the CUTLASS objects an extension links (if any) while the rest of the
+    extension compiles, and links once both are done (on a many-core build machine the two overlap)."""
 
     class CutlassBuild(build_ext):
-        def run(self):
-            if any(obj.endswith("_sm90.o") for ext in self.extensions for obj in ext.extra_objects):
-                build_cutlass_objects(home, jobs=int(os.environ.get("MAX_JOBS", "2")))
-            super().run()
+        def build_extensions(self):
+            if not any(obj.endswith("_sm90.o") for ext in self.extensions for obj in ext.extra_objects):
+                return super().build_extensions()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                cutlass = pool.submit(build_cutlass_objects, home, int(os.environ.get("MAX_JOBS", "2")))
+                link = self.compiler.link_shared_object
+
+                def link_after_cutlass(*args, **kwargs):
+                    cutlass.result()  # raises the CUTLASS build's error, if any
+                    return link(*args, **kwargs)
+                self.compiler.link_shared_object = link_after_cutlass
+                try:
+                    super().build_extensions()
+                finally:
+                    self.compiler.link_shared_object = link
+                cutlass.result()
 
     return CutlassBuild
 

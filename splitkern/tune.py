@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import shutil
 import statistics
@@ -196,20 +197,35 @@ def _run(problem: Problem, cfg: MMConfig) -> list:
     return [kernel[grid](*args, **kwargs) for kernel, grid, args, kwargs in problem.launches(cfg)]
 
 
+_PAIR_SECONDS = 1e-3  # GPU work one event pair spans: a pair around one small launch times the host, not tiles
+_MAX_RUNS_PER_PAIR = 200
+_HOST_SECONDS_PER_RUN = 50e-6  # generous host cost of one run's launches, to keep the GPU busy ahead of them
+
+
+def _event_seconds(problem: Problem, cfg: MMConfig, runs: int) -> float:
+    """GPU seconds per run of ``runs`` back-to-back runs between one event pair, queued behind a GPU sleep
+    long enough that the GPU never waits for the host's launches."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cycles_per_second = torch.cuda.get_device_properties(torch.cuda.current_device()).clock_rate * 1e3
+    torch.cuda._sleep(int(min(runs * _HOST_SECONDS_PER_RUN * cycles_per_second, 2**31 - 1)))
+    start.record()
+    for _ in range(runs):
+        _run(problem, cfg)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / runs
+
+
 def _seconds(problem: Problem, cfg: MMConfig, device, repeats: int) -> float:
+    """Median seconds of one run of the problem's launches (on CUDA over ``repeats`` event pairs, each
+    spanning enough runs for ~1 ms of GPU work)."""
     if device.type != "cuda":
         t0 = time.perf_counter()
         _run(problem, cfg)
         return time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _run(problem, cfg)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    one = _event_seconds(problem, cfg, 1)
+    runs = max(1, min(_MAX_RUNS_PER_PAIR, math.ceil(_PAIR_SECONDS / max(one, 1e-7))))
+    return statistics.median(_event_seconds(problem, cfg, runs) for _ in range(repeats))
 
 
 def _same(outputs, reference) -> bool:
