@@ -114,16 +114,19 @@ def committed(paths):
 
 
 def source_block(paths: list[Path], command: str, machine: str = "", speed: bool = True) -> str:
-    """Command, machine, versions, date and source files of one measurement (``speed``: warn when measured on a
+    """Command, machine, versions, dates and source files of one measurement (``speed``: warn when measured on a
     splitkern older than a change of speed)."""
-    info = provenance(paths[0])
+    infos = [provenance(p) for p in paths]
+    versions = sorted({i["version"] for i in infos}, key=_as_tuple)
+    commits = ", ".join(dict.fromkeys(i["commit"] for i in infos))
+    dates = sorted({file_date(p) for p in paths} - {""})
+    when = dates[0] if len(dates) < 2 else f"{dates[0]} to {dates[-1]}"
     files = ", ".join(f"[`{p.relative_to(ROOT).as_posix()}`]({rel(p)})" for p in paths)
     lines = [f"- command: {command}"]
     if machine:
         lines.append(f"- machine and torch: {machine}")
-    lines += [f"- splitkern {info['version']} (commit {info['commit']}), measured {file_date(paths[0])}",
-              f"- source: {files}"]
-    note = stale_note(info["version"]) if speed else ""
+    lines += [f"- splitkern {' and '.join(versions)} (commit {commits}), measured {when}", f"- source: {files}"]
+    note = stale_note(versions[0]) if speed else ""
     return (note + "\n" if note else "") + "\n".join(lines) + "\n"
 
 
