@@ -25,6 +25,8 @@ def test_demo_without_a_gpu_installs_the_runtime_packages_and_no_extension(tmp_p
     assert "requirements-dev.txt" not in commands  # no nvidia-cutlass, no dev tools
     assert "torch==" in commands  # the pinned torch of requirements-dev.txt
     assert "splitkern train" in commands and "splitkern plot runs/demo" in commands
+    results = dry_run("results", venv=tmp_path / "venv")  # make results needs the same light install only
+    assert "SPLITKERN_SKIP_CUDA_BUILD=1" in results and "docs/make_results.py" in results
 
 
 def test_demo_with_a_gpu_and_make_test_build_the_whole_extension(tmp_path):
