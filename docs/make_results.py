@@ -216,21 +216,34 @@ def benchmark_section(op: str) -> str:
 
 # --- the other result files --------------------------------------------------------------------------------------
 
-def profile_section() -> str:
-    files = sorted(committed(RESULTS.glob("profile-*.csv")))
+def per_file_sections(pattern: str, title: str, command: str, body, intro: str = "", newest_first: bool = False,
+                      machine: str = "") -> str:
+    """A section with one subsection per committed ``benchmarks/results/<pattern>`` file: its figure (the PNG beside
+    it, if any), its provenance, and ``body(path)``; empty when there is no such file."""
+    files = sorted(committed(RESULTS.glob(pattern)), reverse=newest_first)
     if not files:
         return ""
-    out = ["## GPU profile: kernel time vs the timed call\n",
-           "`benchmarks/gpu_profile.py` times a call with CUDA events (`event_ms`) and reads the kernels' own time "
-           "from torch.profiler (`kernel_ms`); the difference is host work around the kernels.\n"]
+    out = [f"## {title}\n"] + ([intro] if intro else [])
     for path in files:
-        rows = read_rows(path)
         out.append(f"### {path.stem}\n")
-        out.append(source_block([path], GPU_COMMAND, csv_header(path)))
-        out.append(md_table(["case", "mode", "line", "event ms", "kernel ms", "launches"],
-                            [[r["case"], r["mode"], r["line"], r["event_ms"], r["kernel_ms"], r["launches"]]
-                             for r in rows]))
+        png = path.with_suffix(".png")
+        if png.exists():
+            out.append(f"![{path.stem}]({rel(png)})\n")
+        out.append(source_block([path], command, (csv_header(path) if path.suffix == ".csv" else "") or machine))
+        out.append(body(path))
     return "\n".join(out)
+
+
+def profile_section() -> str:
+    def body(path):
+        return md_table(["case", "mode", "line", "event ms", "kernel ms", "launches"],
+                        [[r["case"], r["mode"], r["line"], r["event_ms"], r["kernel_ms"], r["launches"]]
+                         for r in read_rows(path)])
+
+    return per_file_sections("profile-*.csv", "GPU profile: kernel time vs the timed call", GPU_COMMAND, body,
+                             "`benchmarks/gpu_profile.py` times a call with CUDA events (`event_ms`) and reads the "
+                             "kernels' own time from torch.profiler (`kernel_ms`); the difference is host work around "
+                             "the kernels.\n")
 
 
 def gpu_tests_section() -> str:
@@ -285,58 +298,41 @@ def kernels_section() -> str:
 
 
 def sweep_section() -> str:
-    files = sorted(committed(RESULTS.glob("tune-*.csv")))
-    if not files:
-        return ""
-    out = ["## Kernel config sweep (`python -m splitkern.tune`)\n"]
-    for path in files:
+    def body(path):
         data = read_rows(path)
         best: dict = {}
         for r in data:
             key = (r["op"], r["pass"], r["dtype_class"], r["shape_class"])
             if r["status"] == "ok" and (key not in best or float(r["median_ms"]) < float(best[key]["median_ms"])):
                 best[key] = r
-        out.append(f"### {path.stem}\n")
-        out.append(source_block([path], GPU_COMMAND, csv_header(path) or "the GPU of the file name"))
-        out.append(f"{len(data)} configs timed, {sum(r['status'] == 'ok' for r in data)} ran; the fastest per entry "
-                   "(not installed: the shipped table is checked by the static kernel report under the pinned Triton "
-                   "first):\n")
-        out.append(md_table(["op", "pass", "dtype class", "batch class", "tile (m, n, k)", "warps", "stages", "ms"],
-                            [[*k, f"{r['block_m']}x{r['block_n']}x{r['block_k']}", r["num_warps"], r["num_stages"],
-                              r["median_ms"]] for k, r in best.items()]))
-    return "\n".join(out)
+        return (f"{len(data)} configs timed, {sum(r['status'] == 'ok' for r in data)} ran; the fastest per entry "
+                "(not installed: the shipped table is checked by the static kernel report under the pinned Triton "
+                "first):\n\n"
+                + md_table(["op", "pass", "dtype class", "batch class", "tile (m, n, k)", "warps", "stages", "ms"],
+                           [[*k, f"{r['block_m']}x{r['block_n']}x{r['block_k']}", r["num_warps"], r["num_stages"],
+                             r["median_ms"]] for k, r in best.items()]))
+
+    return per_file_sections("tune-*.csv", "Kernel config sweep (`python -m splitkern.tune`)", GPU_COMMAND, body,
+                             machine="the GPU in the file name")
 
 
 def host_overhead_section() -> str:
     """benchmarks/bench_host_overhead.py's CSVs, when there are any (the table as written)."""
-    files = sorted(committed(RESULTS.glob("host_overhead-*.csv")), reverse=True)
-    if not files:
-        return ""
-    out = ["## Host overhead of split layers (per call, small shapes)\n"]
-    for path in files:
+    def body(path):
         data = read_rows(path)
-        out.append(f"### {path.stem}\n")
-        png = path.with_suffix(".png")
-        if png.exists():
-            out.append(f"![{path.stem}]({rel(png)})\n")
-        out.append(source_block([path], "`python benchmarks/bench_host_overhead.py`", csv_header(path)))
         columns = [c for c in data[0] if any(r[c] for r in data)] if data else []
-        out.append(md_table(columns, [[r[c] for c in columns] for r in data]))
-    return "\n".join(out)
+        return md_table(columns, [[r[c] for c in columns] for r in data])
+
+    return per_file_sections("host_overhead-*.csv", "Host overhead of split layers (per call, small shapes)",
+                             "`python benchmarks/bench_host_overhead.py`", body, newest_first=True)
 
 
 def demo_section() -> str:
     """``make demo`` from a fresh clone, as recorded in benchmarks/results/demo-*.txt (the time, the machine's load,
     the summary the demo printed)."""
-    files = sorted(committed(RESULTS.glob("demo-*.txt")), reverse=True)
-    if not files:
-        return ""
-    out = ["## `make demo` from a fresh clone\n"]
-    for path in files:
-        out.append(f"### {path.stem}\n")
-        out.append(source_block([path], "`git clone ... && cd splitkern && time make demo`", speed=False))
-        out.append("```\n" + path.read_text().strip() + "\n```\n")
-    return "\n".join(out)
+    return per_file_sections("demo-*.txt", "`make demo` from a fresh clone",
+                             "`git clone ... && cd splitkern && time make demo`",
+                             lambda path: "```\n" + path.read_text().strip() + "\n```\n", newest_first=True)
 
 
 # --- CIFAR-100 -----------------------------------------------------------------------------------------------------
