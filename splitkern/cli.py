@@ -325,8 +325,8 @@ def _inference_line(metrics: dict, speed: dict | None) -> str:
     line += ")"
     if split > dense:
         line += ("\n    slower than dense here: each split layer keeps the fastest of its execution strategies, one of "
-                 "which\n    ('masked_dense') costs what dense does, so this is timing noise of a busy machine "
-                 "(benchmarks/bench_split_inference.py\n    times both interleaved)")
+                 "which\n    ('masked_dense') costs what dense does, so the gap is timing noise: a busy machine, or "
+                 "a strategy chosen\n    while it was busy (benchmarks/bench_split_inference.py times more rounds)")
     return line
 
 
