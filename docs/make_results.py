@@ -72,7 +72,9 @@ def provenance(path: Path) -> dict:
     if not commit:
         return {"version": CURRENT, "commit": "not committed", "date": ""}
     sha, date = commit.split()
-    return {"version": _version_in(_git("show", f"{sha}:setup.py")), "commit": sha, "date": date}
+    if _git("status", "--porcelain", "--", rel):  # the working copy differs from that commit: say so
+        sha += " + uncommitted changes"
+    return {"version": _version_in(_git("show", f"{sha.split()[0]}:setup.py")), "commit": sha, "date": date}
 
 
 def _as_tuple(version: str) -> tuple[int, ...]:
