@@ -56,3 +56,12 @@ def _backend_environment():
     from splitkern import backend
 
     backend.reload_environment()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_measured_choices():
+    """Each test times its own split layers' strategies (the process-wide record would carry choices from one
+    test to the next)."""
+    from splitkern.nn.strategy import forget_measured_choices
+
+    forget_measured_choices()

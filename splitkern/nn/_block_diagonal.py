@@ -16,6 +16,33 @@ from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation, is_identity
 
 
+class _MaskedDense(torch.autograd.Function):
+    """``dense_call(x, W, b)`` with ``W`` the packed weight scattered into the dense (original order) weight
+    and ``b`` the bias in original order; the backward gathers the dense weight's gradient back to the packed
+    positions and the bias gradient to grouped order. One node instead of four (scatter, view, gather,
+    the dense op's): what makes a small split layer train near its dense layer's cost."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, spec):
+        positions, ungroup, out_index, shape, pad, fmt, dense_call, dense_backward = spec
+        dense = weight.new_zeros(weight.numel() + pad).index_copy_(0, positions, weight).view(shape)
+        dense = dense.contiguous(memory_format=fmt) if dense.dim() == 4 else dense
+        ctx.save_for_backward(x, dense)
+        ctx.spec, ctx.has_bias = spec, bias is not None
+        return dense_call(x, dense, None if bias is None else bias.index_select(0, ungroup))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, dense = ctx.saved_tensors
+        positions, _, out_index, *_, dense_backward = ctx.spec
+        needs = ctx.needs_input_grad
+        grad_x, grad_dense, grad_bias = dense_backward(grad_out, x, dense, (needs[0], needs[1],
+                                                                            ctx.has_bias and needs[2]))
+        grad_w = None if grad_dense is None else grad_dense.reshape(-1).index_select(0, positions)
+        grad_b = None if grad_bias is None else grad_bias.index_select(0, out_index)
+        return grad_x, grad_w, grad_b, None
+
+
 def _after_load_state_dict(module: "BlockDiagonalLayer", incompatible_keys) -> None:
     """A module-level hook (a lambda would make the layer unpicklable: ``torch.save(model)``, ``mp.spawn``)."""
     module._loaded()
@@ -201,14 +228,16 @@ class BlockDiagonalLayer(nn.Module):
         return x.to(self.weight.dtype) if _plan.compute_dtype(key) == weight_dtype else x
 
     def _choose(self, x: torch.Tensor, key: tuple) -> str:
-        """``"auto"``: a choice table's row for this key, else the fastest candidate timed on ``x``
-        (forward, and backward when autograd records the call)."""
-        name = _plan.table_choice(self, key)
+        """``"auto"``: a choice table's row for this key, else what this process measured for a layer like this
+        one on such inputs, else the fastest candidate timed on ``x`` (forward, and backward when autograd
+        records the call)."""
+        name = _plan.known_choice(self, key)
         if name is None:
             runs = {name: self._build(name, key).run for name in self.candidates()}
             if key[4]:
                 runs = {name: _plan.with_backward(run, (self.weight, self.bias)) for name, run in runs.items()}
             name, _ = _plan.fastest(runs, x)
+            _plan.note_choice(self, key, name)
         self.chosen[_plan.choice_key(key)] = name
         return name
 
@@ -218,19 +247,18 @@ class BlockDiagonalLayer(nn.Module):
         fmt, dtype, live = _plan.key_format(key), _plan.compute_dtype(key), key[4]
         if name == "op":
             run = self._op_runner(backend.implementation(self._op_name, key[0], dtype), dtype, live)
+        elif name == "masked_dense" and live:
+            run = self._live(self._masked_dense_call(fmt), dtype)
         else:
             compute = self._permuted(name, self._compute(name, fmt), fmt)
             make = self._operand_maker(name, fmt, self.weight.device)
             if live:
-                params = self._parameters
-
-                def run(x):
-                    return compute(x, *make(params["weight"], params.get("bias")))
+                run = self._live(lambda x, weight, bias: compute(x, *make(weight, bias)), dtype)
             else:
                 operands = self._prepared(make, dtype)
 
-                def run(x):
-                    return compute(x, *operands)
+                def run(x):  # x in the compute dtype (autocast's) like the prepared weights
+                    return compute(x if x.dtype == dtype else x.to(dtype), *operands)
         return _plan.Plan(name, run, None if live else _plan.stamp(self.weight, self.bias))
 
     @torch.no_grad()
@@ -246,14 +274,38 @@ class BlockDiagonalLayer(nn.Module):
         out_index = None if self._out_index_is_identity else self.out_index
         call = self._eager_call(kernels, in_index, out_index, live)
         if live:
-            def run(x):
-                if x.dtype != dtype:
-                    return call(x.to(dtype), self.weight.to(dtype),
-                                None if self.bias is None else self.bias.to(dtype))
-                return call(x, self.weight, self.bias)
-            return run
+            return self._live(call, dtype)
         weight, bias = self._prepared(lambda w, b: (w, b), dtype)
         return lambda x: call(x if x.dtype == dtype else x.to(dtype), weight, bias)
+
+    def _live(self, call, dtype: torch.dtype):
+        """``run(x)``: ``call(x, weight, bias)`` on the live parameters, all cast to ``dtype`` where they are not
+        in it (autocast's dtype: the casts are recorded, so gradients reach the fp32 parameters)."""
+        params = self._parameters
+
+        def run(x):
+            weight, bias = params["weight"], params.get("bias")
+            if x.dtype != dtype or weight.dtype != dtype:
+                return call(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+            return call(x, weight, bias)
+        return run
+
+    def _masked_dense_call(self, fmt: torch.memory_format):
+        """``call(x, weight, bias)`` of ``"masked_dense"`` under autograd: one :class:`_MaskedDense` (the dense
+        weight built, used and its gradient gathered back to the packed weight without autograd nodes)."""
+        device = self.weight.device
+        spec = (self._dense_positions(device), self._ungroup(device), self.out_index.to(device),
+                (self.out_features, self.in_features, *self.kernel_size), self._dense_pad(), fmt,
+                self._dense_call, self._dense_backward)
+        return lambda x, weight, bias: _MaskedDense.apply(x, weight, bias, spec)
+
+    def _dense_call(self, x, dense, bias):
+        """The dense layer's forward on the masked dense weight (original order)."""
+        raise NotImplementedError
+
+    def _dense_backward(self, grad_out, x, dense, needs) -> tuple:
+        """``(dx, d dense, d bias in original order)`` of :meth:`_dense_call` (None where ``needs`` is False)."""
+        raise NotImplementedError
 
     def _operand_maker(self, name: str, fmt: torch.memory_format, device: torch.device):
         """``make(weight, bias)``: what strategy ``name`` computes with, made from the parameters

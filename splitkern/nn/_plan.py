@@ -169,15 +169,20 @@ def with_backward(run, params):
     return forward_backward
 
 
-_table_lookup = [None]
+_choices = [None]
 
 
-def set_table_lookup(lookup) -> None:
-    """``lookup(layer, key) -> strategy | None``: the choice tables ``"auto"`` consults before timing
-    (installed by :mod:`splitkern.nn.strategy`, which owns the tables)."""
-    _table_lookup[0] = lookup
+def set_choices(choices) -> None:
+    """``choices`` answers ``known(layer, key) -> strategy | None`` before ``"auto"`` times, and hears
+    ``note(layer, key, strategy)`` after (installed by :mod:`splitkern.nn.strategy`, which owns the choice
+    tables and the process-wide record of measured choices)."""
+    _choices[0] = choices
 
 
-def table_choice(layer, key: tuple) -> str | None:
-    lookup = _table_lookup[0]
-    return None if lookup is None else lookup(layer, key)
+def known_choice(layer, key: tuple) -> str | None:
+    return None if _choices[0] is None else _choices[0].known(layer, key)
+
+
+def note_choice(layer, key: tuple, name: str) -> None:
+    if _choices[0] is not None:
+        _choices[0].note(layer, key, name)

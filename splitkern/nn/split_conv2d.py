@@ -82,6 +82,14 @@ class SplitConv2d(BlockDiagonalLayer):
             return kernels.grouped_conv(x, weight, bias, layout, *geometry, in_index, out_index)
         return call
 
+    def _dense_call(self, x, dense, bias):
+        return F.conv2d(x, dense, bias, self.stride, self.padding, self.dilation)
+
+    def _dense_backward(self, grad_out, x, dense, needs) -> tuple:
+        return torch.ops.aten.convolution_backward(grad_out, x, dense, [dense.shape[0]], list(self.stride),
+                                                   list(self.padding), list(self.dilation), False, [0, 0], 1,
+                                                   list(needs))
+
     def _compute(self, name: str, fmt: torch.memory_format):
         conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
         if name == "masked_dense":

@@ -59,6 +59,15 @@ class SplitLinear(BlockDiagonalLayer):
             return y.reshape(*lead, n)
         return call
 
+    def _dense_call(self, x, dense, bias):
+        return F.linear(x, dense, bias)
+
+    def _dense_backward(self, grad_out, x, dense, needs) -> tuple:
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        return (grad_out @ dense if needs[0] else None,
+                rows.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
+                rows.sum(0) if needs[2] else None)
+
     def _compute(self, name: str, fmt: torch.memory_format):
         if name == "masked_dense":
             return F.linear

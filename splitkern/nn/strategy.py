@@ -24,7 +24,9 @@ autograd they compute from the live parameters.
 Choice: ``layer.strategy`` is ``"auto"`` (default) or one of :data:`STRATEGIES`. ``"auto"``
 times every candidate on the first call with a new key (device, dtype, memory format, shape,
 whether autograd records (then forward and backward are timed), autocast dtype), as
-``cudnn.benchmark`` does, and keeps the fastest (``layer.chosen``). :func:`plan_strategies` does
+``cudnn.benchmark`` does, and keeps the fastest (``layer.chosen``); like ``cudnn.benchmark``'s cache, the
+choice is also recorded for the process, so every later layer of the same kind, sizes, geometry, bias and
+permutations on such inputs takes it without timing (:func:`forget_measured_choices` clears the record). :func:`plan_strategies` does
 that ahead of time for an example input; :func:`set_strategy` forces one strategy on every split
 layer of a model; :func:`strategies` lists the choices.
 
@@ -59,8 +61,8 @@ from splitkern._conv import memory_format
 from splitkern.nn import _plan
 from splitkern.nn._plan import AUTO, STRATEGIES, check_strategy, fastest, generation, key_format  # noqa: F401
 
-__all__ = ["AUTO", "STRATEGIES", "apply_choice_table", "check_strategy", "choice_table", "fastest", "generation",
-           "input_key", "key_format", "plan_strategies", "refresh", "set_strategy", "split_layers", "strategies"]
+__all__ = ["AUTO", "STRATEGIES", "apply_choice_table", "check_strategy", "choice_table", "fastest",
+           "forget_measured_choices", "generation", "input_key", "key_format", "plan_strategies", "refresh", "set_strategy", "split_layers", "strategies"]
 
 
 def input_key(x: torch.Tensor) -> tuple:
@@ -173,15 +175,42 @@ def table_choice(layer, key: tuple, rows) -> str | None:
     return name if name in layer.candidates() else None
 
 
-def _active_choice(layer, key: tuple) -> str | None:
-    """The active table's choice for a plan key (tables hold fp inference choices only)."""
-    rows = active_table()
-    if rows is None or len(_plan.choice_key(key)) != 4:
-        return None
-    return table_choice(layer, key[:4], rows)
+class _Choices:
+    """What ``"auto"`` consults before timing: the active choice table (fp inference choices), then this
+    process's measured choices, keyed like a table row plus whether autograd records, the autocast dtype and
+    the layer's bias and permutations. The record is process-wide, as ``cudnn.benchmark``'s: every layer
+    like one already timed runs the same strategy (two copies of a model compute the same bits, a model
+    built again resumes training on the same strategies) and is not timed again."""
+
+    def __init__(self):
+        self.measured: dict[str, str] = {}
+
+    @staticmethod
+    def _signature(layer, key: tuple) -> str:
+        row = {**_row(layer, key[:4]), "grad": key[4], "autocast": str(key[5]), "bias": layer.bias is not None,
+               "grouped_input": layer.grouped_input, "grouped_output": layer.grouped_output}
+        return json.dumps(row, sort_keys=True)
+
+    def known(self, layer, key: tuple) -> str | None:
+        rows = active_table()
+        if rows is not None and len(_plan.choice_key(key)) == 4:
+            name = table_choice(layer, key[:4], rows)
+            if name is not None:
+                return name
+        name = self.measured.get(self._signature(layer, key))
+        return name if name in layer.candidates() else None
+
+    def note(self, layer, key: tuple, name: str) -> None:
+        self.measured[self._signature(layer, key)] = name
 
 
-_plan.set_table_lookup(_active_choice)
+measured_choices = _Choices()
+_plan.set_choices(measured_choices)
+
+
+def forget_measured_choices() -> None:
+    """Forget the strategies this process measured: the next ``"auto"`` layers time their candidates again."""
+    measured_choices.measured.clear()
 
 
 def apply_choice_table(model: nn.Module, rows: list[dict], example: torch.Tensor | None = None) -> int:
