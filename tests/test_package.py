@@ -81,5 +81,5 @@ metrics = splitkern.train(config, dataset=tiny, stage1_epochs=2, warmup_epochs=1
 print("accuracy", metrics["test_acc"], "figures", len(plot({str(tmp_path / "run")!r})))
 """)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "figures 4" in out.stdout
+    assert "figures 5" in out.stdout  # learning curves, accuracy vs parameters, assignments, blocks, off-block
     assert (tmp_path / "run" / "split.pt").exists() and not (tmp_path / "run" / "tensorboard").exists()
