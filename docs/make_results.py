@@ -72,9 +72,18 @@ def provenance(path: Path) -> dict:
     if not commit:
         return {"version": CURRENT, "commit": "not committed", "date": ""}
     sha, date = commit.split()
-    if _git("status", "--porcelain", "--", rel):  # the working copy differs from that commit: say so
-        sha += " + uncommitted changes"
-    return {"version": _version_in(_git("show", f"{sha.split()[0]}:setup.py")), "commit": sha, "date": date}
+    return {"version": _version_in(_git("show", f"{sha}:setup.py")), "commit": sha, "date": date}
+
+
+def text_of(path: Path) -> str:
+    """``path``'s committed text (HEAD) where the working copy has uncommitted changes, else the file's: the page
+    cites committed numbers, also in a checkout where a benchmark is being rerun."""
+    rel = path.relative_to(ROOT).as_posix()
+    if _git("status", "--porcelain", "--", rel):
+        committed_text = _git("show", f"HEAD:{rel}")
+        if committed_text:
+            return committed_text + "\n"
+    return path.read_text()
 
 
 def _as_tuple(version: str) -> tuple[int, ...]:
@@ -92,7 +101,8 @@ def stale_note(version: str) -> str:
 
 def csv_header(path: Path) -> str:
     """The ``# machine, torch ...`` line a benchmark writes first, without the ``#``."""
-    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    lines = text_of(path).splitlines()
+    first = lines[0] if lines else ""
     return first.lstrip("# ").strip() if first.startswith("#") else ""
 
 
@@ -133,8 +143,7 @@ def source_block(paths: list[Path], command: str, machine: str = "", speed: bool
 
 
 def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return list(csv.DictReader(line for line in text_of(path).splitlines() if not line.startswith("#")))
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -254,10 +263,11 @@ def gpu_tests_section() -> str:
         return ""
     out = ["## Tests on a GPU\n"]
     for path in reports:
-        suite = next(ET.parse(path).getroot().iter("testsuite")).attrib
+        root = ET.fromstring(text_of(path))
+        suite = next(root.iter("testsuite")).attrib
         total, failed, errors, skipped = (int(suite[k]) for k in ("tests", "failures", "errors", "skipped"))
         failing = [f"`{case.get('classname')}::{case.get('name')}`"
-                   for case in ET.parse(path).getroot().iter("testcase")
+                   for case in root.iter("testcase")
                    if case.find("failure") is not None or case.find("error") is not None]
         summary = path.parent / "summary.txt"
         out.append(f"### {path.parent.name}\n")
@@ -273,7 +283,7 @@ def gpu_tests_section() -> str:
 def _gpu_machine(summary: Path) -> str:
     if not summary.exists():
         return ""
-    found = re.search(r"^torch (\S+) triton (\S+) (.+)$", summary.read_text(), re.MULTILINE)
+    found = re.search(r"^torch (\S+) triton (\S+) (.+)$", text_of(summary), re.MULTILINE)
     return f"{found.group(3)}, torch {found.group(1)}, Triton {found.group(2)}" if found else ""
 
 
@@ -334,7 +344,7 @@ def demo_section() -> str:
     the summary the demo printed)."""
     return per_file_sections("demo-*.txt", "`make demo` from a fresh clone",
                              "`git clone ... && cd splitkern && time make demo`",
-                             lambda path: "```\n" + path.read_text().strip() + "\n```\n", newest_first=True)
+                             lambda path: "```\n" + text_of(path).strip() + "\n```\n", newest_first=True)
 
 
 # --- CIFAR-100 -----------------------------------------------------------------------------------------------------
@@ -395,9 +405,18 @@ def cifar_figure(runs: dict[str, dict]) -> Path:
     return png
 
 
+def _changed(config: dict, reference: dict) -> str:
+    """``key=value`` for every setting of ``config`` that differs from ``reference`` (run bookkeeping left out)."""
+    skip = {"out", "resume", "overwrite", "seed", "baselines", "progress", "tensorboard", "data", "device", "workers",
+            "sync_bn", "image_size"}
+    diffs = [f"`{k}={v}`" for k, v in config.items() if k not in skip and reference.get(k) != v
+             and (k in reference or v not in (None, False, 0))]  # a setting added since: shown when it is on
+    return ", ".join(diffs) or "nothing but the seed"
+
+
 def _load_runs(names) -> dict[str, dict]:
     paths = committed(CIFAR / name / "metrics.json" for name in names)
-    return {path.parent.name: json.loads(path.read_text()) for path in paths}
+    return {path.parent.name: json.loads(text_of(path)) for path in paths}
 
 
 def cifar_section() -> str:
@@ -433,6 +452,20 @@ def cifar_section() -> str:
                                 "`DATA=<cifar-100 folder> experiments/cifar100/fair_protocol.sh route`", CIFAR_MACHINE,
                                 speed=False))
         out.append(cifar_table(route))
+    shown = set(fair) | set(route)
+    variants = _load_runs(sorted(p.parent.name for p in CIFAR.glob("*/metrics.json")
+                                 if p.parent.name not in shown and not p.parent.name.startswith("wrn16-2_")))
+    if variants:
+        out.append("### Variants of the protocol\n")
+        out.append("The same protocol with one setting changed (each run's `config` in its metrics.json; "
+                   "`experiments/cifar100/README.md` tells why):\n")
+        out.append(md_table(["run", "seed", "changed from the runs above"],
+                            [[name, m["config"].get("seed"), _changed(m["config"], cfg)]
+                             for name, m in variants.items()]))
+        out.append(source_block([CIFAR / n / "metrics.json" for n in variants], "`DATA=<cifar-100 folder> "
+                                "experiments/cifar100/fair_protocol.sh` (see the script's modes)", CIFAR_MACHINE,
+                                speed=False))
+        out.append(cifar_table(variants))
     older = _load_runs(sorted(p.parent.name for p in CIFAR.glob("wrn16-2_*/metrics.json")))
     if older:
         out.append("### Earlier runs (an older protocol; kept for the record)\n")
