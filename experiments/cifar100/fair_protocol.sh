@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The fair-protocol CIFAR-100 evidence (issue: "SplitNet keeps its accuracy"), resumable.
+# The fair-protocol CIFAR-100 evidence (experiments/cifar100/README.md), resumable.
 #   experiments/cifar100/fair_protocol.sh arms SEED      # WRN-16-2 2-2-2, all five arms, 15 epochs
 #   experiments/cifar100/fair_protocol.sh route          # the trained-model route, from seed 0's dense.pt
-#   experiments/cifar100/fair_protocol.sh anneal SEED    # SplitNet + random with the anneal (ANNEAL epochs, default 3)
+#   experiments/cifar100/fair_protocol.sh anneal SEED    # SplitNet + random with the anneal (ANNEAL epochs, default 3;
+#                                                        # INIT=balanced for the balanced k-means init)
 #   experiments/cifar100/fair_protocol.sh anneal-seeds   # anneal 0 then anneal 1 (for nohup ... &)
-# Runs write to $RUNS (default /work/runs); re-running a killed command resumes it.
+# Runs write to $RUNS (default runs/, git-ignored); re-running a killed command resumes it.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data/cifar100}
-RUNS=${RUNS:-/work/runs}
+RUNS=${RUNS:-runs}
 SK=${SK:-.venv/bin/splitkern}
 COMMON=(--data "$DATA" --model wrn16-2 --split 2-2-2 --precision bf16 --no-tensorboard)
 resume_flag() { [[ -f "$1/log.csv" ]] && echo --resume || true; }
@@ -34,9 +35,11 @@ case "${1:?arms SEED | route | anneal SEED | anneal-seeds}" in
     # The arms schedule with the last $ANNEAL stage-1 epochs annealed (the off-block weights fade out,
     # groups frozen), for SplitNet and random groups (which branch off the dense arm where the anneal
     # starts). dense and thin do not depend on the anneal: their numbers are arms SEED's.
-    out="$RUNS/fair_anneal${ANNEAL}_s$2"
+    # INIT: the assignment init; the committed fair_anneal3_s* runs used the plain k-means ("cluster").
+    init=${INIT:-cluster}
+    out="$RUNS/fair_anneal${ANNEAL}$([[ $init == cluster ]] || echo "_$init")_s$2"
     "$SK" train "${COMMON[@]}" --stage1-epochs 10 --warmup-epochs 5 --stage2-epochs 5 --anneal-epochs "$ANNEAL" \
-        --baselines random --seed "$2" --out "$out" $(resume_flag "$out")
+        --assign-init "$init" --baselines random --seed "$2" --out "$out" $(resume_flag "$out")
     ;;
   anneal-seeds)
     "$SELF" anneal 0
