@@ -30,7 +30,7 @@ Writes ``results/host_overhead-<cpu|gpu-chip>-<date>[-<suffix>].csv`` and a Mark
 load). A table of a later run shows the ratios of the newest ``*-before.csv`` of the same device beside
 its own. Nothing asserts a speed.
 
-Targets (issue 26): CPU, 1 thread: split / dense <= 1.5 for a no-grad forward, <= 2.0 for forward +
+Targets: CPU, 1 thread: split / dense <= 1.5 for a no-grad forward, <= 2.0 for forward +
 backward, fp32 and bf16 autocast. GPU (bf16): a SplitLinear call within 1.2x of its kernels' time at
 M = 4096 (forward and forward + backward), <= 15 us of host time per forward at M = 32, and at M = 4096
 >= 2.2x faster than the dense layer forward, >= 1.5x forward + backward.
@@ -271,7 +271,7 @@ def _fmt(value, spec=".1f") -> str:
 
 
 def gpu_target(r: dict, over: float | None, speedup: float | None) -> tuple[str, str]:
-    """(target, met) of a split row of the CUDA table: the issue's GPU targets, bf16."""
+    """(target, met) of a split row of the CUDA table: the GPU targets above, bf16."""
     if r["line"] != "split":
         return "-", "-"
     if r["case"] == "linear-4096-M4096-G4" and r["mode"] in ("fwd", "fwd+bwd"):

@@ -1,6 +1,6 @@
 """Put a GPU session's results in place: CSVs into benchmarks/results/, plots regenerated, logs kept.
 
-    python benchmarks/unpack_gpu_results.py /work/.device/.../gpu-session-*.tar.gz
+    python benchmarks/unpack_gpu_results.py gpu-results/gpu-session-*.tar.gz
 
 The tarball is what ``benchmarks/gpu_session.sh`` leaves in ``$OUT``. Its ``results/*.csv``
 already carry the names ``benchmarks/results/`` uses (``<op>-gpu-<chip>-<date>.csv``); each is
