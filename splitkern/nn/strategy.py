@@ -26,9 +26,9 @@ times every candidate on the first call with a new key (device, dtype, memory fo
 whether autograd records (then forward and backward are timed), autocast dtype), as
 ``cudnn.benchmark`` does, and keeps the fastest (``layer.chosen``); like ``cudnn.benchmark``'s cache, the
 choice is also recorded for the process, so every later layer of the same kind, sizes, geometry, bias and
-permutations on such inputs takes it without timing (:func:`forget_measured_choices` clears the record). :func:`plan_strategies` does
-that ahead of time for an example input; :func:`set_strategy` forces one strategy on every split
-layer of a model; :func:`strategies` lists the choices.
+permutations on such inputs takes it without timing (:func:`forget_measured_choices` clears the record).
+:func:`plan_strategies` does that ahead of time for an example input; :func:`set_strategy` forces one
+strategy on every split layer of a model; :func:`strategies` lists the choices.
 
 Choice tables: :func:`choice_table` writes a model's inference choices as JSON-ready rows keyed by
 what decides them (layer kind, group sizes, geometry, device name, dtype, memory format, input
@@ -62,7 +62,8 @@ from splitkern.nn import _plan
 from splitkern.nn._plan import AUTO, STRATEGIES, check_strategy, fastest, generation, key_format  # noqa: F401
 
 __all__ = ["AUTO", "STRATEGIES", "apply_choice_table", "check_strategy", "choice_table", "fastest",
-           "forget_measured_choices", "generation", "input_key", "key_format", "plan_strategies", "refresh", "set_strategy", "split_layers", "strategies"]
+           "forget_measured_choices", "generation", "input_key", "key_format", "plan_strategies", "refresh",
+           "set_strategy", "split_layers", "strategies"]
 
 
 def input_key(x: torch.Tensor) -> tuple:
