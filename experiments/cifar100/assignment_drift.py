@@ -10,7 +10,7 @@ features that left their initial group, and the mean off-block energy fraction
 ``||(1 - B) W||^2 / ||W||^2`` over the split layers at the init and after the steps.
 
     python experiments/cifar100/assignment_drift.py --ckpt /work/runs/fair_anneal3_s0/warmup/train.ckpt \\
-        --data ../shared/data/cifar100
+        --data data/cifar-100-python
 """
 
 from __future__ import annotations

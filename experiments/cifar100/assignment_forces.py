@@ -11,7 +11,7 @@ Frozen weights make it a first-order picture (in the real run the weights move t
 lr 0.1), but it runs in seconds instead of an epoch of training.
 
     python experiments/cifar100/assignment_forces.py \
-        --ckpt /work/runs/fair_s0/warmup/train.ckpt --data ../shared/data/cifar100
+        --ckpt runs/fair_s0/warmup/train.ckpt --data data/cifar-100-python
 
 (``warmup/train.ckpt`` holds the dense warm-up model; checkpoints of the old protocol,
 ``splitnet/warmup.ckpt``, hold a split-aware one; both load.)

@@ -9,7 +9,7 @@
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../.."
-DATA=${DATA:-../shared/data/cifar100}
+DATA=${DATA:-data/cifar-100-python}  # torchvision's CIFAR-100 folder, or the npz shards (see the README)
 RUNS=${RUNS:-runs}
 SK=${SK:-.venv/bin/splitkern}
 COMMON=(--data "$DATA" --model wrn16-2 --split 2-2-2 --precision bf16 --no-tensorboard)
