@@ -9,7 +9,7 @@ setting. Per setting it reports the class groups' sizes, NMI vs the superclasses
 features that left their initial group, and the mean off-block energy fraction
 ``||(1 - B) W||^2 / ||W||^2`` over the split layers at the init and after the steps.
 
-    python experiments/cifar100/assignment_drift.py --ckpt /work/runs/fair_anneal3_s0/warmup/train.ckpt \\
+    python experiments/cifar100/assignment_drift.py --ckpt runs/fair_anneal3_s0/warmup/train.ckpt \\
         --data data/cifar-100-python
 """
 
