@@ -24,17 +24,16 @@ class _MaskedDense(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, spec):
-        positions, ungroup, out_index, shape, pad, fmt, dense_call, dense_backward = spec
-        dense = weight.new_zeros(weight.numel() + pad).index_copy_(0, positions, weight).view(shape)
-        dense = dense.contiguous(memory_format=fmt) if dense.dim() == 4 else dense
+        to_dense, positions, out_index, dense_call, dense_backward = spec
+        dense, dense_bias = to_dense(weight, bias)
         ctx.save_for_backward(x, dense)
         ctx.spec, ctx.has_bias = spec, bias is not None
-        return dense_call(x, dense, None if bias is None else bias.index_select(0, ungroup))
+        return dense_call(x, dense, dense_bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, dense = ctx.saved_tensors
-        positions, _, out_index, *_, dense_backward = ctx.spec
+        _, positions, out_index, _, dense_backward = ctx.spec
         needs = ctx.needs_input_grad
         grad_x, grad_dense, grad_bias = dense_backward(grad_out, x, dense, (needs[0], needs[1],
                                                                             ctx.has_bias and needs[2]))
@@ -224,7 +223,7 @@ class BlockDiagonalLayer(nn.Module):
         whose cast dtype matches the weight's is checked in the weight's dtype."""
         if key[5] is None:
             return x
-        weight_dtype = _plan.compute_dtype((None, self.weight.dtype, None, None, None, key[5]))
+        weight_dtype = _plan.cast_dtype(self.weight.dtype, key[5])
         return x.to(self.weight.dtype) if _plan.compute_dtype(key) == weight_dtype else x
 
     def _choose(self, x: torch.Tensor, key: tuple) -> str:
@@ -294,9 +293,8 @@ class BlockDiagonalLayer(nn.Module):
         """``call(x, weight, bias)`` of ``"masked_dense"`` under autograd: one :class:`_MaskedDense` (the dense
         weight built, used and its gradient gathered back to the packed weight without autograd nodes)."""
         device = self.weight.device
-        spec = (self._dense_positions(device), self._ungroup(device), self.out_index.to(device),
-                (self.out_features, self.in_features, *self.kernel_size), self._dense_pad(), fmt,
-                self._dense_call, self._dense_backward)
+        spec = (self._operand_maker("masked_dense", fmt, device), self._dense_positions(device),
+                self.out_index.to(device), self._dense_call, self._dense_backward)
         return lambda x, weight, bias: _MaskedDense.apply(x, weight, bias, spec)
 
     def _dense_call(self, x, dense, bias):
@@ -316,7 +314,7 @@ class BlockDiagonalLayer(nn.Module):
             image = len(shape) == 4
 
             def masked_dense(weight, bias):
-                dense = weight.new_zeros(weight.numel() + pad).index_copy(0, positions, weight).view(shape)
+                dense = weight.new_zeros(weight.numel() + pad).index_copy_(0, positions, weight).view(shape)
                 return (dense.contiguous(memory_format=fmt) if image else dense,
                         None if bias is None else bias.index_select(0, ungroup))
             return masked_dense
@@ -370,14 +368,13 @@ class BlockDiagonalLayer(nn.Module):
 
     def _group_operands(self, weight, bias, fmt: torch.memory_format) -> list:
         """Per group with outputs: ``(input start, input size, block, bias slice, output size)``."""
-        lay, taps = self.layout, math.prod(self.kernel_size)
+        lay = self.layout
         parts = []
         for g in range(lay.groups):
             lo, hi = lay.out_offsets[g], lay.out_offsets[g + 1]
             if hi == lo:
                 continue
-            block = weight[lay.w_offsets[g] * taps:lay.w_offsets[g + 1] * taps].view(
-                hi - lo, lay.in_sizes[g], *self.kernel_size)
+            block = lay.block(weight, g, self.kernel_size)
             parts.append((lay.in_offsets[g], lay.in_sizes[g],
                           block.contiguous(memory_format=fmt) if block.dim() == 4 else block,
                           None if bias is None else bias[lo:hi], hi - lo))

@@ -80,10 +80,15 @@ def key_format(key: tuple) -> torch.memory_format:
     return torch.channels_last if key[2] else torch.contiguous_format
 
 
+def cast_dtype(dtype: torch.dtype, autocast: torch.dtype | None) -> torch.dtype:
+    """What autocast (computing in ``autocast``, None when off) makes of a tensor of ``dtype``: floating
+    tensors other than fp64 are cast, the rest kept."""
+    return autocast if autocast is not None and dtype.is_floating_point and dtype != torch.float64 else dtype
+
+
 def compute_dtype(key: tuple) -> torch.dtype:
     """The dtype the layer computes in for a key: autocast's for floating inputs it lowers, else the input's."""
-    dtype, autocast = key[1], key[5]
-    return autocast if autocast is not None and dtype.is_floating_point and dtype != torch.float64 else dtype
+    return cast_dtype(key[1], key[5])
 
 
 def choice_key(key: tuple) -> tuple:

@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
 from splitkern.layout import BlockLayout, block_layout, check_sizes
 from splitkern.registry import custom_op
 from splitkern.ops._dispatch import autocast_operands, cached_layout, gradients, implementation
