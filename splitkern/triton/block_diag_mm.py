@@ -24,6 +24,7 @@ import triton.language as tl
 from splitkern._conv import channel_grad_bias
 from splitkern.triton._common import (block_tile, checked_grid, column_tile, group_range, index_or_dummy,
                                       input_precision, on_input_device)
+from splitkern.triton._launch import launch
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # The dispatcher picks only from these (by batch bucket, dtype and whether every group size is a
@@ -306,7 +307,7 @@ def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
     bias = None if bias is None else bias.contiguous()
     cfg = pick_config(a.shape[0], a.dtype, layout.aligned)
     grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is, a_index, c_index, cfg)
-    mm_kernel(cfg)[grid](*args, **kwargs)
+    launch(mm_kernel(cfg), grid, args, kwargs)
     return c
 
 
@@ -333,7 +334,7 @@ def block_diag_mm_grad_weight(grad_out, x, layout, in_index=None, out_index=None
         return dw.zero_()
     grid, args, kwargs = weight_grad_launch(grad_out, x, dw, layout, in_index, out_index,
                                             weight_grad_config(x.dtype))
-    grouped_mm_weight_grad_kernel[grid](*args, **kwargs)
+    launch(grouped_mm_weight_grad_kernel, grid, args, kwargs)
     return dw
 
 

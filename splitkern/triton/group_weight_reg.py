@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from splitkern.triton._common import input_precision, on_input_device
+from splitkern.triton._launch import launch
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # (block_m unused, block_n = output-feature tile, block_k = input-feature tile)
@@ -123,7 +124,7 @@ def group_weight_reg_gemms(weight, p, q):
     b = torch.zeros(q.shape, device=weight.device, dtype=torch.float32)
     if weight.numel():
         grid, args, kwargs = reg_launch(weight, p, q, a, b)
-        group_weight_reg_kernel[grid](*args, **kwargs)
+        launch(group_weight_reg_kernel, grid, args, kwargs)
     return a, b
 
 
@@ -137,7 +138,7 @@ def group_weight_reg_gemms_backward(weight, p, q, grad_a, grad_b):
     if weight.numel():
         grid, args, kwargs = reg_backward_launch(weight, p, q, grad_a.float().contiguous(),
                                                  grad_b.float().contiguous(), dw, cross_p, cross_q)
-        group_weight_reg_backward_kernel[grid](*args, **kwargs)
+        launch(group_weight_reg_backward_kernel, grid, args, kwargs)
     return dw, (2 * p.float() * cross_p).to(p.dtype), (2 * q.float() * cross_q).to(q.dtype)
 
 

@@ -27,6 +27,7 @@ import triton.language as tl
 from splitkern._conv import new_activation, output_shape
 from splitkern.triton._common import (block_tile, checked_grid, column_tile, index_or_dummy, input_precision,
                                       on_input_device)
+from splitkern.triton._launch import launch
 from splitkern.triton.configs import CONFIGS, MMConfig
 
 # Pixel tile x channel tile x reduction chunk, picked with the static kernel report:
@@ -283,7 +284,7 @@ def grouped_conv(x, weight, bias, layout, kernel_size, stride, padding, dilation
     grid, args, kwargs = conv_launch(x, weight.contiguous(), bias, y, layout,
                                      _geometry(kernel_size, stride, padding, dilation), in_index, out_index,
                                      conv_config(x.dtype))
-    grouped_conv_kernel[grid](*args, **kwargs)
+    launch(grouped_conv_kernel, grid, args, kwargs)
     return y
 
 
@@ -299,7 +300,7 @@ def grouped_conv_grad_input(grad_out, weight, x, layout, kernel_size, stride, pa
     grid, args, kwargs = conv_grad_input_launch(grad_out, weight.contiguous(), dx, layout,
                                                 _geometry(kernel_size, stride, padding, dilation),
                                                 in_index, out_index, conv_config(x.dtype))
-    grouped_conv_grad_input_kernel[grid](*args, **kwargs)
+    launch(grouped_conv_grad_input_kernel, grid, args, kwargs)
     return dx
 
 
@@ -315,7 +316,7 @@ def grouped_conv_grad_weight(grad_out, x, weight, layout, kernel_size, stride, p
     grid, args, kwargs = conv_grad_weight_launch(grad_out, x, dw, layout,
                                                  _geometry(kernel_size, stride, padding, dilation),
                                                  in_index, out_index, conv_weight_grad_config(x.dtype))
-    grouped_conv_grad_weight_kernel[grid](*args, **kwargs)
+    launch(grouped_conv_grad_weight_kernel, grid, args, kwargs)
     return dw
 
 
