@@ -5,6 +5,9 @@
 #   experiments/cifar100/fair_protocol.sh anneal SEED    # SplitNet + random with the anneal (ANNEAL epochs, default 3;
 #                                                        # INIT=balanced for the balanced k-means init)
 #   experiments/cifar100/fair_protocol.sh anneal-seeds   # anneal 0 then anneal 1 (for nohup ... &)
+#   experiments/cifar100/fair_protocol.sh cut SEED W S A # where to cut: warm-up W, stage 1 S (cut at epoch S),
+#                                                        # anneal A, 15 epochs in all, balanced init; SplitNet
+#                                                        # only unless BASELINES=random
 # Runs write to $RUNS (default runs/, git-ignored); re-running a killed command resumes it.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -17,7 +20,7 @@ resume_flag() { [[ -f "$1/log.csv" ]] && echo --resume || true; }
 
 ANNEAL=${ANNEAL:-3}
 
-case "${1:?arms SEED | route | anneal SEED | anneal-seeds}" in
+case "${1:?arms SEED | route | anneal SEED | anneal-seeds | cut SEED W S A}" in
   arms)
     out="$RUNS/fair_s$2"
     "$SK" train "${COMMON[@]}" --stage1-epochs 10 --warmup-epochs 5 --stage2-epochs 5 \
@@ -40,6 +43,14 @@ case "${1:?arms SEED | route | anneal SEED | anneal-seeds}" in
     out="$RUNS/fair_anneal${ANNEAL}$([[ $init == cluster ]] || echo "_$init")_s$2"
     "$SK" train "${COMMON[@]}" --stage1-epochs 10 --warmup-epochs 5 --stage2-epochs 5 --anneal-epochs "$ANNEAL" \
         --assign-init "$init" --baselines random --seed "$2" --out "$out" $(resume_flag "$out")
+    ;;
+  cut)
+    # The cut-point sweep (issue: where to cut): the same 15-epoch cosine, the split at epoch $4, so the
+    # split model gets 15 - $4 epochs of stage 2 at the learning rate left on the curve.
+    out="$RUNS/fair_cut_w$3_s$4_a$5_s$2"
+    "$SK" train "${COMMON[@]}" --warmup-epochs "$3" --stage1-epochs "$4" --stage2-epochs $((15 - $4)) \
+        --anneal-epochs "$5" --assign-init balanced --baselines "${BASELINES:-}" --seed "$2" --out "$out" \
+        $(resume_flag "$out")
     ;;
   anneal-seeds)
     "$SELF" anneal 0
