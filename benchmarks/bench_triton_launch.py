@@ -72,9 +72,9 @@ def measure(calls: int, rounds: int) -> list[dict]:
     return rows
 
 
-def write(rows: list[dict], suffix: str) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"triton_launch-cpu-{datetime.date.today()}{suffix}"
+def write(rows: list[dict], suffix: str, out: Path = RESULTS) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"triton_launch-cpu-{datetime.date.today()}{suffix}"
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -96,11 +96,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--suffix", default="", help="appended to the result files' names")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     args = parser.parse_args()
     rows = measure(args.calls, args.rounds)
     for row in rows:
         print(row)
-    print(f"wrote {write(rows, args.suffix)}.csv/.md")
+    print(f"wrote {write(rows, args.suffix, args.out)}.csv/.md")
 
 
 if __name__ == "__main__":

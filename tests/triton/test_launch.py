@@ -18,7 +18,7 @@ import triton
 from triton.runtime.jit import JITFunction
 
 from splitkern.triton import _launch
-from tests.triton.launch_checks import CHECKS, CountingKernel
+from tests.triton.launch_checks import CHECKS, LAUNCH_NAMES, CountingKernel
 
 direct_only = pytest.mark.skipif(not _launch.DIRECT_LAUNCH, reason=f"no direct launch on Triton {triton.__version__}")
 
@@ -86,3 +86,18 @@ def test_direct_launch_computes_what_kernel_grid_computes(monkeypatch):
     assert not _launch._CACHES
     for a, b in zip(direct, own):
         assert torch.equal(a, b)
+
+
+@direct_only
+def test_launch_benchmark_writes_its_tables(tmp_path):
+    """benchmarks/bench_triton_launch.py on a few launches: one row per real launch variant."""
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "benchmarks/bench_triton_launch.py", "--calls", "3", "--rounds", "1",
+                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (csv_file,) = tmp_path.glob("triton_launch-cpu-*.csv")
+    rows = csv_file.read_text().splitlines()
+    assert rows[0].startswith("case,variant,arguments,kernel_grid_us,direct_us")
+    assert [r.split(",")[0] for r in rows[1:]] == list(LAUNCH_NAMES)
+    assert "| mm-forward |" in next(tmp_path.glob("triton_launch-cpu-*.md")).read_text()
