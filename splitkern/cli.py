@@ -159,6 +159,9 @@ def _train_parser(sub) -> None:
     epochs.add_argument("--anneal-epochs", type=non_negative_int, default=0,
                         help="last epochs of stage 1 that fade the weights between groups out (groups frozen; "
                              "split arms alike), so the split changes only BN statistics")
+    epochs.add_argument("--anneal-shape", choices=("linear", "quadratic"), default="linear",
+                        help="how the weights between groups fade: linearly to 0 at the cut, or quadratically "
+                             "to 0 at 3/4 of the anneal, the rest training the split function (default: linear)")
     epochs.add_argument("--batch-size", type=positive_int, default=128,
                         help="training batch per process (under torchrun: per rank; the global batch is N times it; "
                              "alexnet, tv-alexnet: 32 unless given)")
@@ -300,7 +303,7 @@ def _train_config(args):
     return TrainConfig(data=args.data, image_size=args.image_size, workers=args.workers, model=args.model,
                        split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
-                       anneal_epochs=args.anneal_epochs,
+                       anneal_epochs=args.anneal_epochs, anneal_shape=args.anneal_shape,
                        schedule=args.schedule, dropout=args.dropout, weight_decay=args.weight_decay,
                        init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init,
                        gammas=tuple(args.gammas), assign_confidence=args.assign_confidence, precision=args.precision,

@@ -104,22 +104,34 @@ def weight_parameter(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+ANNEAL_SHAPES = ("linear", "quadratic")
+QUADRATIC_ZERO_AT = 0.75  # the quadratic anneal's lam reaches 0 this far through the anneal, then stays there
+
+
 class BlockAnneal:
     """From the dense forward to the split one over ``steps`` optimizer steps starting at global ``first_step``.
 
     Registers an :class:`OffBlockScale` on every split layer's weight with the block mask of the model's
-    hard groups now (freeze the assignments while it runs). :meth:`at_step` sets
-    ``lam = 1 - (step - first_step + 1) / steps`` clamped to [0, 1]: the first step already scales a
-    little, the last one (``first_step + steps - 1``) uses ``lam = 0``. :meth:`finish` puts ``lam = 0``
-    and removes the parametrizations, leaving ``W * B`` as the layers' weights (what the split keeps).
+    hard groups now (freeze the assignments while it runs). :meth:`at_step` sets ``lam`` by ``shape``, with
+    ``t = (step - first_step + 1) / steps`` the share of the anneal done after the step:
+
+    * ``"linear"``: ``lam = 1 - t``; the last step (``first_step + steps - 1``) uses ``lam = 0``;
+    * ``"quadratic"``: ``lam = (1 - t / 0.75)**2`` until ``t = 0.75``, then 0: most of the off-block
+      weight goes early, while the learning rate is higher, and the last quarter trains the split
+      model's exact function (its BN statistics included) before the cut.
+
+    ``lam`` is clamped to [0, 1]. :meth:`finish` puts ``lam = 0`` and removes the parametrizations,
+    leaving ``W * B`` as the layers' weights (what the split keeps).
     """
 
-    def __init__(self, model, first_step: int, steps: int):
+    def __init__(self, model, first_step: int, steps: int, shape: str = "linear"):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if first_step < 0:
             raise ValueError(f"first_step must be >= 0, got {first_step}")
-        self.model, self.first_step, self.steps = model, first_step, steps
+        if shape not in ANNEAL_SHAPES:
+            raise ValueError(f"shape must be one of {ANNEAL_SHAPES}, got {shape!r}")
+        self.model, self.first_step, self.steps, self.shape = model, first_step, steps, shape
         self.layers = list(plan_of(model).layers)
         for name in self.layers:
             module = model.get_submodule(name)
@@ -129,7 +141,9 @@ class BlockAnneal:
 
     def lam_at(self, step: int) -> float:
         """The ``lam`` used at global optimizer ``step``."""
-        return min(1.0, max(0.0, 1.0 - (step - self.first_step + 1) / self.steps))
+        done = (step - self.first_step + 1) / self.steps
+        lam = 1.0 - done if self.shape == "linear" else (1.0 - min(done / QUADRATIC_ZERO_AT, 1.0)) ** 2
+        return min(1.0, max(0.0, lam))
 
     @torch.no_grad()
     def set_lam(self, lam: float) -> None:

@@ -110,6 +110,7 @@ class TrainConfig:
     stage2_epochs: int = 2
     warmup_epochs: int = 2
     anneal_epochs: int = 0
+    anneal_shape: str = "linear"
     batch_size: int = 128
     lr: float = 0.1
     schedule: str = "cosine"
@@ -162,6 +163,8 @@ class TrainConfig:
             raise ValueError(f"anneal_epochs must be in [0, stage1_epochs - warmup_epochs] = "
                              f"[0, {self.stage1_epochs - self.warmup_epochs}] (the anneal ends stage 1), got "
                              f"{self.anneal_epochs}")
+        if self.anneal_shape not in blocks.ANNEAL_SHAPES:
+            raise ValueError(f"anneal_shape must be one of {blocks.ANNEAL_SHAPES}, got {self.anneal_shape!r}")
         if self.init_from is not None and self.warmup_epochs:
             raise ValueError(f"init_from starts from a trained model and skips the warm-up: warmup_epochs "
                              f"must be 0, got {self.warmup_epochs}")
@@ -501,7 +504,8 @@ class Trainer:
         first = c.stage1_epochs - c.anneal_epochs
         start = {"test_acc_anneal_start": self.evaluate(model),
                  "off_block_fraction_anneal_start": blocks.off_block_fractions(model)}
-        anneal = blocks.BlockAnneal(model, first * self.steps_per_epoch, c.anneal_epochs * self.steps_per_epoch)
+        anneal = blocks.BlockAnneal(model, first * self.steps_per_epoch, c.anneal_epochs * self.steps_per_epoch,
+                                    c.anneal_shape)
         self.fit(model, Phase(run, "anneal", first, c.anneal_epochs, anneal=anneal))
         anneal.finish()
         return start

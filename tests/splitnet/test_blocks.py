@@ -95,6 +95,18 @@ def test_anneal_scales_only_the_off_block_weights():
     assert set(model.state_dict()) == set(groups_model().state_dict())  # plain keys again
 
 
+def test_quadratic_anneal_reaches_zero_at_three_quarters_and_stays():
+    anneal = BlockAnneal(groups_model(), first_step=10, steps=8, shape="quadratic")
+    lams = [anneal.lam_at(s) for s in range(8, 20)]
+    expected = [1.0, 1.0] + [(1 - min(k / 6, 1)) ** 2 for k in range(1, 9)] + [0.0, 0.0]
+    assert lams == pytest.approx(expected)
+    assert lams[2:] == sorted(lams[2:], reverse=True) and lams.index(0.0) == 7  # step 15: 6 of 8 steps done
+    linear = BlockAnneal(groups_model(), first_step=10, steps=8)
+    assert all(q <= lin for q, lin in zip(lams, (linear.lam_at(s) for s in range(8, 20))))  # never more off-block
+    with pytest.raises(ValueError, match="shape"):
+        BlockAnneal(groups_model(), 0, 4, shape="cosine")
+
+
 def test_anneal_gradient_is_scaled_off_block():
     model = groups_model()
     anneal = BlockAnneal(model, 0, 4)

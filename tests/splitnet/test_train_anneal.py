@@ -123,6 +123,24 @@ def test_anneal_epochs_is_checked_and_parsed(tmp_path):
     assert _train_config(_parser().parse_args(["train", "--out", "x"])).anneal_epochs == 0
 
 
+def test_anneal_shape_is_checked_parsed_and_used(tmp_path, tiny, monkeypatch):
+    with pytest.raises(ValueError, match="anneal_shape"):
+        Trainer(config(tmp_path, anneal_shape="cosine", **ANNEALED), tiny)
+    args = ["train", "--out", "x", "--anneal-epochs", "1", "--anneal-shape", "quadratic"]
+    assert _train_config(_parser().parse_args(args)).anneal_shape == "quadratic"
+    assert _train_config(_parser().parse_args(["train", "--out", "x"])).anneal_shape == "linear"
+    shapes = []
+    original = BlockAnneal.__init__
+
+    def recording(self, model, first_step, steps, shape="linear"):
+        shapes.append(shape)
+        original(self, model, first_step, steps, shape)
+
+    monkeypatch.setattr(BlockAnneal, "__init__", recording)
+    run(config(tmp_path, anneal_shape="quadratic", baselines=("random",), **ANNEALED), tiny)
+    assert shapes == ["quadratic", "quadratic"]  # SplitNet's anneal and random's
+
+
 def test_metrics_json_holds_the_per_layer_fractions(tmp_path, tiny):
     run(config(tmp_path, **ANNEALED), tiny)
     saved = json.loads((tmp_path / "metrics.json").read_text())
