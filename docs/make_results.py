@@ -339,6 +339,16 @@ def host_overhead_section() -> str:
                              "`python benchmarks/bench_host_overhead.py`", body, newest_first=True)
 
 
+def triton_launch_section() -> str:
+    """benchmarks/bench_triton_launch.py's CSVs: Triton's Python launch path, kernel[grid] vs the cached launch."""
+    def body(path):
+        data = read_rows(path)
+        return md_table(list(data[0]), [list(r.values()) for r in data]) if data else ""
+
+    return per_file_sections("triton_launch-*.csv", "Triton launch path per launch (Python only, no GPU)",
+                             "`python benchmarks/bench_triton_launch.py`", body, newest_first=True)
+
+
 def demo_section() -> str:
     """``make demo`` from a fresh clone, as recorded in benchmarks/results/demo-*.txt (the time, the machine's load,
     the summary the demo printed)."""
@@ -480,6 +490,7 @@ def cifar_section() -> str:
 # --- the page ----------------------------------------------------------------------------------------------------
 
 SECTIONS = (cifar_section, demo_section, lambda: benchmark_section("split_inference"), host_overhead_section,
+            triton_launch_section,
             lambda: benchmark_section("block_diag_mm"), lambda: benchmark_section("grouped_conv"),
             lambda: benchmark_section("group_weight_reg"), profile_section, gpu_tests_section, kernels_section,
             sweep_section)
