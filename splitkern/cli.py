@@ -148,17 +148,18 @@ def _train_parser(sub) -> None:
                       help="groups per split level, lowest first: 4 (logits only), 4-4, 2-2-2, 2-4-8")
     epochs = train.add_argument_group("schedule (one curve for every arm)")
     epochs.add_argument("--epochs", type=positive_int, default=9,
-                        help="total epochs, exactly: 1/3 dense warm-up, 1/3 learning the groups, 1/3 after "
-                             "the split (override the parts below)")
+                        help="total epochs, exactly: 1/5 dense warm-up, then learning the groups, the last 1/5 of "
+                             "stage 1 annealed, 7/15 after the split (override the parts below)")
     epochs.add_argument("--stage1-epochs", type=positive_int, default=None,
                         help="warm-up + group-learning epochs (default: epochs - stage2)")
     epochs.add_argument("--stage2-epochs", type=non_negative_int, default=None,
-                        help="epochs after the split (default: round(epochs / 3))")
+                        help="epochs after the split (default: round(7 * epochs / 15))")
     epochs.add_argument("--warmup-epochs", type=non_negative_int, default=None,
-                        help="dense epochs before the groups learn (default: half of stage 1; 0 with --init-from)")
-    epochs.add_argument("--anneal-epochs", type=non_negative_int, default=0,
+                        help="dense epochs before the groups learn (default: round(epochs / 5); 0 with --init-from)")
+    epochs.add_argument("--anneal-epochs", type=non_negative_int, default=None,
                         help="last epochs of stage 1 that fade the weights between groups out (groups frozen; "
-                             "split arms alike), so the split changes only BN statistics")
+                             "split arms alike), so the split changes only BN statistics (default: a fifth of the "
+                             "run, leaving one epoch of group learning; 0: a hard cut)")
     epochs.add_argument("--anneal-shape", choices=("linear", "quadratic"), default="linear",
                         help="how the weights between groups fade: linearly to 0 at the cut, or quadratically "
                              "to 0 at 3/4 of the anneal, the rest training the split function (default: linear)")
@@ -277,10 +278,15 @@ def _parser() -> argparse.ArgumentParser:
 
 # --- commands ----------------------------------------------------------------------------------------------
 
-def _epoch_split(args) -> tuple[int, int, int]:
-    """``(stage1, stage2, warmup)`` epochs: ``--epochs`` exactly, unless the parts are given."""
+def _epoch_split(args) -> tuple[int, int, int, int]:
+    """``(stage1, stage2, warmup, anneal)`` epochs: ``--epochs`` exactly, unless the parts are given.
+
+    By default a fifth of the run is the dense warm-up, 7/15 of it (rounded) follow the split, and the last
+    fifth of stage 1 is the anneal (leaving at least one epoch of group learning): ``--epochs 15`` is
+    3 + 2 + 3 + 7, the best cut point of the CIFAR-100 sweep (experiments/cifar100/README.md).
+    """
     epochs = args.epochs
-    stage2 = args.stage2_epochs if args.stage2_epochs is not None else (round(epochs / 3) if epochs > 1 else 0)
+    stage2 = args.stage2_epochs if args.stage2_epochs is not None else (round(epochs * 7 / 15) if epochs > 1 else 0)
     stage1 = args.stage1_epochs if args.stage1_epochs is not None else epochs - stage2
     if stage1 < 1:
         raise ValueError(f"--epochs {epochs} leaves no epoch before the split with --stage2-epochs {stage2}")
@@ -288,22 +294,24 @@ def _epoch_split(args) -> tuple[int, int, int]:
     if explicit and stage1 + stage2 != epochs:
         raise ValueError(f"--epochs {epochs} but --stage1-epochs {stage1} + --stage2-epochs {stage2} = "
                          f"{stage1 + stage2}: give the total or the parts")
-    default_warmup = 0 if args.init_from else stage1 // 2
+    default_warmup = 0 if args.init_from else min(round((stage1 + stage2) / 5), stage1 - 1)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup
     if warmup >= stage1:
         raise ValueError(f"--warmup-epochs {warmup} must be below the {stage1} epochs of stage 1 (the warm-up is "
                          "part of it)")
-    return stage1, stage2, warmup
+    default_anneal = max(0, min(round((stage1 + stage2) / 5), stage1 - warmup - 1))
+    anneal = args.anneal_epochs if args.anneal_epochs is not None else default_anneal
+    return stage1, stage2, warmup, anneal
 
 
 def _train_config(args):
     from splitkern.splitnet.train import TrainConfig
 
-    stage1, stage2, warmup = _epoch_split(args)
+    stage1, stage2, warmup, anneal = _epoch_split(args)
     return TrainConfig(data=args.data, image_size=args.image_size, workers=args.workers, model=args.model,
                        split=args.split, stage1_epochs=stage1,
                        stage2_epochs=stage2, warmup_epochs=warmup, batch_size=args.batch_size, lr=args.lr,
-                       anneal_epochs=args.anneal_epochs, anneal_shape=args.anneal_shape,
+                       anneal_epochs=anneal, anneal_shape=args.anneal_shape,
                        schedule=args.schedule, dropout=args.dropout, weight_decay=args.weight_decay,
                        init_from=args.init_from, assign_lr=args.assign_lr, assign_init=args.assign_init,
                        gammas=tuple(args.gammas), assign_confidence=args.assign_confidence, precision=args.precision,

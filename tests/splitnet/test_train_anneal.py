@@ -118,9 +118,19 @@ def test_anneal_epochs_is_checked_and_parsed(tmp_path):
             Trainer(config(tmp_path, stage1_epochs=3, warmup_epochs=1, anneal_epochs=bad), tiny_data)
     with pytest.raises(TypeError, match="anneal_epochs"):
         Trainer(config(tmp_path, anneal_epochs=1.5), tiny_data)
-    cfg = _train_config(_parser().parse_args(["train", "--out", "x", "--epochs", "15", "--anneal-epochs", "3"]))
-    assert (cfg.anneal_epochs, cfg.stage1_epochs, cfg.warmup_epochs) == (3, 10, 5)
-    assert _train_config(_parser().parse_args(["train", "--out", "x"])).anneal_epochs == 0
+    cfg = _train_config(_parser().parse_args(["train", "--out", "x", "--epochs", "15", "--anneal-epochs", "2"]))
+    assert (cfg.anneal_epochs, cfg.stage1_epochs, cfg.warmup_epochs) == (2, 8, 3)
+    assert _train_config(_parser().parse_args(["train", "--out", "x", "--anneal-epochs", "0"])).anneal_epochs == 0
+    args = ["train", "--out", "x", "--stage1-epochs", "10", "--warmup-epochs", "5", "--stage2-epochs", "5"]
+    assert _train_config(_parser().parse_args(args)).anneal_epochs == 3  # a fifth of the run by default
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 6, 9, 15, 90])
+def test_the_default_anneal_leaves_group_learning(epochs):
+    cfg = _train_config(_parser().parse_args(["train", "--out", "x", "--epochs", str(epochs)]))
+    learning = cfg.stage1_epochs - cfg.warmup_epochs - cfg.anneal_epochs
+    assert learning >= 1 and cfg.anneal_epochs <= round(epochs / 5)
+    assert cfg.anneal_epochs == round(epochs / 5) or epochs < 6
 
 
 def test_anneal_shape_is_checked_parsed_and_used(tmp_path, tiny, monkeypatch):
