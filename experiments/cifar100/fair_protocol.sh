@@ -26,14 +26,14 @@ case "${1:?arms SEED | route | anneal SEED | anneal-seeds | cut SEED W S A}" in
   arms)
     out="$RUNS/fair_s$2"
     "$SK" train "${COMMON[@]}" --stage1-epochs 10 --warmup-epochs 5 --stage2-epochs 5 --anneal-epochs 0 \
-        --baselines dense,random,cluster,thin --seed "$2" --out "$out" $(resume_flag "$out")
+        --assign-init cluster --baselines dense,random,cluster,thin --seed "$2" --out "$out" $(resume_flag "$out")
     ;;
   route)
     # A dense WRN-16-2 trained for 15 epochs (seed 0's dense arm), split with 2 + 2 more epochs at a
     # fine-tuning rate, against the same dense model continued for the same 4 epochs on the same curve.
     out="$RUNS/fair_route_s0"
     "$SK" train "${COMMON[@]}" --init-from "$RUNS/fair_s0/dense/dense.pt" --lr 0.02 \
-        --stage1-epochs 2 --warmup-epochs 0 --stage2-epochs 2 --anneal-epochs 0 --baselines dense,random --seed 0 \
+        --stage1-epochs 2 --warmup-epochs 0 --stage2-epochs 2 --anneal-epochs 0 --assign-init cluster --baselines dense,random --seed 0 \
         --out "$out" $(resume_flag "$out")
     ;;
   anneal)
