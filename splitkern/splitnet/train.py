@@ -18,7 +18,8 @@ which starts from a trained dense model saved by :func:`splitkern.save`).
   BN statistics are recomputed; epochs ``[S, S + stage2_epochs)`` fine-tune the split model.
 * ``dense``: the same network, never split, epochs ``[W, S + stage2_epochs)``; writes ``dense.pt``.
 * ``random`` / ``cluster``: the ``dense`` arm's model at epoch ``S`` (the step SplitNet splits),
-  split along random balanced / k-means groups, then the same stage 2 as SplitNet.
+  split along random balanced / k-means groups (equal-sized under ``assign_init="balanced"``, as SplitNet's
+  init), then the same stage 2 as SplitNet.
 * ``thin``: a dense network of the same family, its width chosen so its parameters are within a
   few percent of SplitNet's split model, trained from scratch for the whole schedule.
 
@@ -574,7 +575,7 @@ class Trainer:
         if name == "random":
             groups = {k: grouping.random_balanced(a.features, a.groups, c.seed) for k, a in model.assignments.items()}
         else:
-            groups = grouping.cluster_groups(model, c.seed)
+            groups = grouping.cluster_groups(model, c.seed, balanced=c.assign_init == "balanced")
         grouping.apply_groups(model, groups)
         annealed = self.anneal(name, model) if c.anneal_epochs else {}
         result = self.split_and_finish(name, model) | annealed

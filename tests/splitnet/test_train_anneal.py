@@ -168,3 +168,13 @@ def test_balanced_is_the_default_init():
     assert _train_config(_parser().parse_args(["train", "--out", "x"])).assign_init == "balanced"
     cfg = _train_config(_parser().parse_args(["train", "--out", "x", "--assign-init", "cluster"]))
     assert cfg.assign_init == "cluster"
+
+
+@pytest.mark.parametrize("init", ["balanced", "cluster"])
+def test_the_cluster_arm_splits_along_the_init_splitnet_starts_from(tmp_path, tiny, init):
+    metrics = run(config(tmp_path, stage1_epochs=2, warmup_epochs=1, stage2_epochs=0, baselines=("cluster",),
+                         assign_init=init), tiny)
+    classes = metrics["baselines"]["cluster"]["group_sizes"]["classes"]
+    if init == "balanced":
+        assert classes == [4, 4, 4, 4]
+    assert sum(classes) == 16
