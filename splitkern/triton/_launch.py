@@ -7,10 +7,11 @@ signature* and then launches the compiled kernel Triton chose, directly
 (``compiled[grid](*arguments)``, Triton's own launcher, hooks and profilers included).
 
 A launch signature determines Triton's specialization, conservatively: the current device, each
-tensor argument's dtype and whether its address is 16-byte aligned, the exact value of every other
-argument and of every launch option (``num_warps``, ``num_stages``, constexprs). Whatever Triton
-specializes on (dtypes, alignment, integer divisibility, ``== 1``, 32/64-bit) is a function of it,
-so the compiled kernel of a signature is the one ``kernel[grid]`` would pick.
+tensor argument's dtype, the exact value of every other argument and of every launch option
+(``num_warps``, ``num_stages``, constexprs), all tensors 16-byte aligned (a launch with one that is not
+goes through ``kernel[grid]`` and is not kept). Whatever Triton specializes on (dtypes, alignment,
+integer divisibility, ``== 1``, 32/64-bit) is a function of it, so the compiled kernel of a signature
+is the one ``kernel[grid]`` would pick.
 
 The direct launch relies on two things of Triton's runtime: ``JITFunction.run`` returns the
 :class:`~triton.compiler.CompiledKernel` it launched, and ``CompiledKernel[grid](*values)`` takes
@@ -73,9 +74,9 @@ class CachedLaunches:
         self._device = triton.runtime.driver.active.get_current_device
 
     def values(self, args: tuple, kwargs: dict) -> tuple:
-        """Every parameter's value in signature order: ``args``, then ``kwargs`` or the default."""
-        return args + tuple(kwargs[name] if name in kwargs else self.defaults[name]
-                            for name in self.names[len(args):])
+        """Every parameter's value in signature order, for a launch of the learnt form: ``args``, then
+        ``kwargs`` or the default (what the compiled kernel's launcher takes)."""
+        return args + self._rest(kwargs)
 
     def _learn(self, args: tuple, kwargs: dict) -> None:
         """The form of this launch (class docstring), if its later launches can be keyed."""
@@ -111,7 +112,7 @@ class CachedLaunches:
                 key = compiled = None
             if compiled is not None:
                 self.hits += 1
-                compiled[grid + (1,) * (3 - len(grid))](*args, *self._rest(kwargs))
+                compiled[grid + (1,) * (3 - len(grid))](*self.values(args, kwargs))
                 return
         compiled = self.kernel[grid](*args, **kwargs)
         if key is not None:

@@ -110,7 +110,7 @@ def small_kernel():
     return variant(block_diag_mm.static_variants(), "forward-bfloat16-aligned-m16")
 
 
-def a_misaligned_tensor_is_a_new_signature(fake_gpu):
+def a_misaligned_tensor_launches_through_kernel_grid(fake_gpu):
     kernel, _, args, kwargs, _ = small_kernel()
     cache = _launch.CachedLaunches(jit_function(kernel))
     cache((1,), args, kwargs)
@@ -170,7 +170,7 @@ def an_unhashable_argument_launches_through_kernel_grid(fake_gpu):
 CHECKS = {
     **{f"direct-launch-{name}": (lambda d, i=i: direct_launch_hands_the_launcher_what_kernel_grid_does(d, i))
        for i, name in enumerate(LAUNCH_NAMES)},
-    "misaligned-tensor": a_misaligned_tensor_is_a_new_signature,
+    "misaligned-tensor": a_misaligned_tensor_launches_through_kernel_grid,
     "changed-integer-or-option": a_changed_integer_or_option_is_a_new_signature,
     "bounded-cache": launch_keeps_one_cache_per_kernel_and_bounds_it,
     "unhashable-argument": an_unhashable_argument_launches_through_kernel_grid,
