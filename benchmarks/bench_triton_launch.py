@@ -8,7 +8,8 @@ compile for sm_90 for real, the driver is the recording one of ``tests/triton/la
 the driver's own launch (a few µs) adds to both.
 
 ``python benchmarks/bench_triton_launch.py`` (from the repository root; no ``TRITON_INTERPRET``):
-per real launch variant, the best of ``--rounds`` medians of ``--calls`` launches each, and writes
+per real launch variant, the best of ``--rounds`` medians of ``--calls`` launches each (both paths timed
+round-robin, garbage collection off: ``bench_host_overhead.interleaved_us``), and writes
 ``results/triton_launch-cpu-<date>.csv`` and ``.md``.
 """
 
@@ -17,11 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import gc
 import os
-import statistics
-import subprocess
-import time
 from pathlib import Path
 
 if os.environ.pop("TRITON_INTERPRET", None):
@@ -32,26 +29,13 @@ import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.triton
 import triton  # noqa: E402
 
+from bench_host_overhead import interleaved_us  # noqa: E402
+from common import source_commit  # noqa: E402
+
 from splitkern.triton import _launch  # noqa: E402
 from tests.triton import launch_checks  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def per_call_us(fn, calls: int, rounds: int) -> float:
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            times = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            best = min(best, statistics.median(times))
-    finally:
-        gc.enable()
-    return best * 1e6
 
 
 def measure(calls: int, rounds: int) -> list[dict]:
@@ -63,8 +47,9 @@ def measure(calls: int, rounds: int) -> list[dict]:
         grid = (3, 2)
         cache = _launch.CachedLaunches(fn)
         cache(grid, args, kwargs)  # compiles, fills the cache
-        own = per_call_us(lambda: fn[grid](*args, **kwargs), calls, rounds)
-        direct = per_call_us(lambda: cache(grid, args, kwargs), calls, rounds)
+        timed = interleaved_us({"own": lambda: fn[grid](*args, **kwargs), "direct": lambda: cache(grid, args, kwargs)},
+                               rounds, calls)
+        own, direct = timed["own"][0], timed["direct"][0]
         driver.launches.clear()
         rows.append({"case": name, "variant": label, "arguments": len(args) + len(kwargs),
                      "kernel_grid_us": round(own, 2), "direct_us": round(direct, 2),
@@ -79,8 +64,7 @@ def write(rows: list[dict], suffix: str, out: Path = RESULTS) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = [f"# Triton launch path per launch, CPU (Triton {triton.__version__}, splitkern {commit}, "
+    lines = [f"# Triton launch path per launch, CPU (Triton {triton.__version__}, splitkern {source_commit()}, "
              f"load {os.getloadavg()[0]:.1f})", "",
              "Python only: sm_90 kernels compiled for real, a recording launcher instead of the driver "
              "(`benchmarks/bench_triton_launch.py`).", "",
