@@ -328,25 +328,23 @@ def sweep_section() -> str:
                              machine="the GPU in the file name")
 
 
+def csv_as_written(path: Path) -> str:
+    """A result CSV as a Markdown table, its columns as written (those empty in every row left out)."""
+    data = read_rows(path)
+    columns = [c for c in data[0] if any(r[c] for r in data)] if data else []
+    return md_table(columns, [[r[c] for c in columns] for r in data])
+
+
 def host_overhead_section() -> str:
     """benchmarks/bench_host_overhead.py's CSVs, when there are any (the table as written)."""
-    def body(path):
-        data = read_rows(path)
-        columns = [c for c in data[0] if any(r[c] for r in data)] if data else []
-        return md_table(columns, [[r[c] for c in columns] for r in data])
-
     return per_file_sections("host_overhead-*.csv", "Host overhead of split layers (per call, small shapes)",
-                             "`python benchmarks/bench_host_overhead.py`", body, newest_first=True)
+                             "`python benchmarks/bench_host_overhead.py`", csv_as_written, newest_first=True)
 
 
 def triton_launch_section() -> str:
     """benchmarks/bench_triton_launch.py's CSVs: Triton's Python launch path, kernel[grid] vs the cached launch."""
-    def body(path):
-        data = read_rows(path)
-        return md_table(list(data[0]), [list(r.values()) for r in data]) if data else ""
-
     return per_file_sections("triton_launch-*.csv", "Triton launch path per launch (Python only, no GPU)",
-                             "`python benchmarks/bench_triton_launch.py`", body, newest_first=True)
+                             "`python benchmarks/bench_triton_launch.py`", csv_as_written, newest_first=True)
 
 
 def demo_section() -> str:
