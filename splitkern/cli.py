@@ -294,12 +294,13 @@ def _epoch_split(args) -> tuple[int, int, int, int]:
     if explicit and stage1 + stage2 != epochs:
         raise ValueError(f"--epochs {epochs} but --stage1-epochs {stage1} + --stage2-epochs {stage2} = "
                          f"{stage1 + stage2}: give the total or the parts")
-    default_warmup = 0 if args.init_from else min(round((stage1 + stage2) / 5), stage1 - 1)
+    fifth = round((stage1 + stage2) / 5)
+    default_warmup = 0 if args.init_from else min(fifth, stage1 - 1)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup
     if warmup >= stage1:
         raise ValueError(f"--warmup-epochs {warmup} must be below the {stage1} epochs of stage 1 (the warm-up is "
                          "part of it)")
-    default_anneal = max(0, min(round((stage1 + stage2) / 5), stage1 - warmup - 1))
+    default_anneal = max(0, min(fifth, stage1 - warmup - 1))
     anneal = args.anneal_epochs if args.anneal_epochs is not None else default_anneal
     return stage1, stage2, warmup, anneal
 
