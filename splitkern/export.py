@@ -215,12 +215,15 @@ def _splitkern_class(obj) -> bool:
 
 
 def _replace_layers(root: nn.Module) -> int:
-    """Swap every split layer / channel permutation of ``root`` for a plain GraphModule; how many."""
+    """Swap every split layer / channel permutation of ``root`` for a plain GraphModule; how many. Foldable
+    BatchNorms become the torch class they extend (the plain layers fold nothing)."""
     from splitkern.nn._block_diagonal import BlockDiagonalLayer
+    from splitkern.nn.fold import plain_batchnorm
     from splitkern.splitnet.convert import ChannelPermute
 
     replaced = 0
     for name, module in list(root.named_modules()):
+        plain_batchnorm(module)
         if isinstance(module, BlockDiagonalLayer):
             plain = _graph_module(_PlainBlockDiagonal(module), "Plain" + type(module).__name__)
         elif isinstance(module, ChannelPermute):
@@ -557,8 +560,9 @@ def export_report(ckpt, fmt: str, out, image_size: int = 32, batch_size: int = 6
     example batch ``(batch_size, 3, image_size, image_size)`` (seeded ``randn``), checks it
     (:func:`check_export`, max abs error printed) and tabulates parameters (conv/linear weights and
     biases) and median CPU latency (ms per batch of ``batch_size``, ``repeats`` timed calls after
-    2 warm-up calls) of the exported model, the split model and the dense model of the same class
-    and config (fresh weights, for size and speed). Returns the text (what the CLI prints).
+    2 warm-up calls) of the exported model, the split model (:func:`splitkern.accelerate`: BatchNorm
+    folded, strategies planned for the batch) and the dense model of the same class and config (fresh
+    weights, for size and speed). Returns the text (what the CLI prints).
     """
     import splitkern
     from splitkern.splitnet import count_parameters
@@ -585,7 +589,7 @@ def export_report(ckpt, fmt: str, out, image_size: int = 32, batch_size: int = 6
     error = _compare(fmt, path, exported, split_model, example, TOLERANCE)
     dense = _dense_twin(split_model)
     exported_params = _parameter_count(to_plain(split_model))  # what the file holds (BN excluded)
-    latencies = _latencies_ms([exported, split_model, dense], example, repeats)
+    latencies = _latencies_ms([exported, splitkern.accelerate(split_model, example), dense], example, repeats)
     rows = list(zip([f"exported ({fmt})", "split (splitkern)", "dense"],
                     [exported_params, count_parameters(split_model), count_parameters(dense)], latencies))
     size = path.stat().st_size

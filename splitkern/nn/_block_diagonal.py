@@ -11,7 +11,7 @@ from splitkern._dense import masked_dense_weight
 from splitkern import backend
 from splitkern.backend import prepare_layout
 from splitkern.layout import block_layout, check_sizes, equal_groups
-from splitkern.nn import _plan
+from splitkern.nn import _plan, fold
 from splitkern.nn._grouping import grouping
 from splitkern.ops._checks import check_permutation, is_identity
 
@@ -63,6 +63,7 @@ class BlockDiagonalLayer(nn.Module):
     """
 
     _feature_dim = -1  # where the features are in an input (dim 1: the channels of an image)
+    _one_call = _plan.ONE_CALL  # the strategies that are one aten call for this kind of layer
 
     def __init__(self, in_sizes, out_sizes, bias: bool, kernel_size: tuple[int, ...], in_index, out_index,
                  device, dtype):
@@ -86,6 +87,7 @@ class BlockDiagonalLayer(nn.Module):
         self._strategy = _plan.AUTO
         self.chosen: dict[tuple, str] = {}  # "auto"'s choices by _plan.choice_key
         self._plans: dict[tuple, _plan.Plan] = {}  # by _plan.plan_key: what a call runs (inputs validated)
+        object.__setattr__(self, "_fold_bn", None)  # not a submodule: the BatchNorm stays where the model has it
 
     @staticmethod
     def _index(index, length: int, name: str, device) -> torch.Tensor:
@@ -118,6 +120,35 @@ class BlockDiagonalLayer(nn.Module):
         self._note_identity()
         prepare_layout(self.layout, self.weight.device)
         self.refresh()
+
+    def fold_into(self, bn: nn.Module | None) -> None:
+        """Fold ``bn`` (the BatchNorm this layer's output feeds, and nothing else) into no-grad eval calls
+        (see :mod:`splitkern.nn.fold`, which finds such pairs); None removes the link."""
+        if bn is not None and not isinstance(bn, fold._FoldableBatchNorm):
+            raise TypeError(f"bn must be a FoldableBatchNorm1d/2d (see splitkern.nn.fold.fold_batchnorm), "
+                            f"got {type(bn).__name__}")
+        if bn is not None and bn.num_features != self.out_features:
+            raise ValueError(f"bn normalises {bn.num_features} features; this layer writes {self.out_features}")
+        object.__setattr__(self, "_fold_bn", bn)
+        self.refresh()
+
+    @property
+    def fold_target(self) -> nn.Module | None:
+        """The BatchNorm folded into this layer's no-grad eval calls, or None (:meth:`fold_into`)."""
+        return self.__dict__.get("_fold_bn")
+
+    def _folding(self) -> nn.Module | None:
+        """The linked BatchNorm if a prepared plan folds it now (eval mode, no forward hook on this layer)."""
+        bn = self.__dict__.get("_fold_bn")
+        if not fold.folds_now(bn) or self._forward_hooks or nn.modules.module._global_forward_hooks:
+            return None
+        return bn
+
+    def _stamp(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        """What this layer's prepared weights are valid for (:func:`_plan.stamp`, and a linked BatchNorm's state)."""
+        stamp = _plan.stamp(weight, bias)
+        bn = self.__dict__.get("_fold_bn")
+        return stamp if bn is None else (*stamp, self._folding() is not None, *fold.state(bn))
 
     def refresh(self) -> None:
         """Drop the plans and their prepared weights (after an edit through ``.data``, which no version
@@ -194,10 +225,29 @@ class BlockDiagonalLayer(nn.Module):
         key = _plan.plan_key(x, weight, bias, self._feature_dim)
         if key is None or not self.out_features:
             return self._op_forward(x)
+        if key is _plan.CAPTURING:
+            return self._captured_forward(x, weight, bias)
         plan = self._plans.get(key)
-        if plan is None or (plan.stamp is not None and plan.stamp != _plan.stamp(weight, bias)):
+        if plan is None or (plan.stamp is not None and plan.stamp != (
+                _plan.stamp(weight, bias) if self._fold_bn is None else self._stamp(weight, bias))):
             plan = self._new_plan(x, key)
-        return plan.run(x)
+        out = plan.run(x)
+        if plan.folds:
+            fold.mark(self._fold_bn, out)
+        return out
+
+    def _captured_forward(self, x, weight, bias) -> torch.Tensor:
+        """Under CUDA graph capture: the plan an eager call of the same key built (its prepared weights must
+        outlive the graph: :func:`splitkern.accelerate` keeps them), else the registered op. Nothing is built
+        or timed during a capture."""
+        key = _plan.plan_key(x, weight, bias, self._feature_dim, capturing=True)
+        plan = None if key is None else self._plans.get(key)
+        if plan is None or (plan.stamp is not None and plan.stamp != self._stamp(weight, bias)):
+            return self._op_forward(x)
+        out = plan.run(x)
+        if plan.folds:
+            fold.mark(self._fold_bn, out)
+        return out
 
     def _op_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The registered custom op (what compile, export, tracing and functorch record)."""
@@ -235,7 +285,7 @@ class BlockDiagonalLayer(nn.Module):
             runs = {name: self._build(name, key).run for name in self.candidates()}
             if key[4]:
                 runs = {name: _plan.with_backward(run, (self.weight, self.bias)) for name, run in runs.items()}
-            name, _ = _plan.fastest(runs, x)
+            name, _ = _plan.fastest(runs, x, self._one_call)
             _plan.note_choice(self, key, name)
         self.chosen[_plan.choice_key(key)] = name
         return name
@@ -244,6 +294,7 @@ class BlockDiagonalLayer(nn.Module):
         """The plan of strategy ``name`` for ``key``: under autograd it computes from the live parameters;
         without, from weights prepared once in the compute dtype and memory format, stamped."""
         fmt, dtype, live = _plan.key_format(key), _plan.compute_dtype(key), key[4]
+        folds = not live and self._folding() is not None
         if name == "op":
             run = self._op_runner(backend.implementation(self._op_name, key[0], dtype), dtype, live)
         elif name == "masked_dense" and live:
@@ -258,12 +309,23 @@ class BlockDiagonalLayer(nn.Module):
 
                 def run(x):  # x in the compute dtype (autocast's) like the prepared weights
                     return compute(x if x.dtype == dtype else x.to(dtype), *operands)
-        return _plan.Plan(name, run, None if live else _plan.stamp(self.weight, self.bias))
+        return _plan.Plan(name, run, None if live else self._stamp(self.weight, self.bias), folds)
 
     @torch.no_grad()
     def _prepared(self, make, dtype: torch.dtype) -> tuple:
-        """``make(weight, bias)`` on detached copies of the parameters in ``dtype``."""
-        return make(self.weight.detach().to(dtype), None if self.bias is None else self.bias.detach().to(dtype))
+        """``make(weight, bias)`` on detached copies of the parameters in ``dtype``, with the linked BatchNorm
+        folded in where it folds now (:meth:`_folding`)."""
+        weight, bias = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        bn = self._folding()
+        if bn is not None:
+            weight, bias = fold.folded(weight, bias, bn, self._row_lengths(weight.device), self.out_index)
+        return make(weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    def _row_lengths(self, device: torch.device) -> torch.Tensor:
+        """Packed weight elements per grouped output row (its group's inputs x kernel taps)."""
+        taps = math.prod(self.kernel_size)
+        sizes = torch.tensor(self.out_sizes, device=device)
+        return torch.repeat_interleave(torch.tensor(self.in_sizes, device=device) * taps, sizes)
 
     def _op_runner(self, kernels, dtype: torch.dtype, live: bool):
         """``run(x)`` of the op's kernels called directly (:class:`~splitkern.ops.block_diag_mm.EagerBlockDiagMM`

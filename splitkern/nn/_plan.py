@@ -10,7 +10,9 @@ plan is built for a new key.
 ``plan_key`` returns None where the registered custom op must run instead, because something
 records or transforms the call: ``torch.compile``/``torch.export`` (dynamo), ``torch.jit``
 tracing, functorch transforms (``vmap``, ``grad``, ``functional_call`` over stacked parameters),
-tensor subclasses (fake tensors, ``DTensor``...), CUDA graph capture and empty inputs.
+tensor subclasses (fake tensors, ``DTensor``...) and empty inputs. During CUDA graph capture it returns
+:data:`CAPTURING`: the layer replays a plan an eager call built (nothing can be timed or prepared in a
+capture), else the op.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ def _recorded() -> bool:
             or torch._C._are_functorch_transforms_active())
 
 
-def plan_key(x, weight: torch.Tensor, bias: torch.Tensor | None, feature_dim: int) -> tuple | None:
+CAPTURING = ("capturing",)  # plan_key's answer during CUDA graph capture
+
+
+def plan_key(x, weight: torch.Tensor, bias: torch.Tensor | None, feature_dim: int,
+             capturing: bool = False) -> tuple | None:
     """``(device, dtype, channels_last, shape, grad, autocast_dtype, forced_backend)`` of a call of a layer
-    (``weight``, ``bias``, features at ``feature_dim``) on ``x``, or None where the registered op must run
-    (see the module doc).
+    (``weight``, ``bias``, features at ``feature_dim``) on ``x``, None where the registered op must run
+    (see the module doc), :data:`CAPTURING` during a graph capture unless ``capturing`` (the caller knows).
 
     The first four are :func:`~splitkern.nn.strategy.input_key`; ``grad``: autograd records the call;
     ``autocast_dtype``: the dtype ``torch.autocast`` computes in on x's device (None when off).
@@ -55,8 +61,8 @@ def plan_key(x, weight: torch.Tensor, bias: torch.Tensor | None, feature_dim: in
     """
     if type(x) is not torch.Tensor or _recorded() or not x.numel():
         return None
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        return None  # a graph replays the op on the live parameters (and a plan's timing cannot sync)
+    if x.is_cuda and not capturing and torch.cuda.is_current_stream_capturing():
+        return CAPTURING
     autocast = None
     if torch._C._is_any_autocast_enabled():
         kind = x.device.type
@@ -99,15 +105,18 @@ def choice_key(key: tuple) -> tuple:
 
 class Plan:
     """What a layer runs for one key: ``run(x)`` (strategy ``strategy``), valid while the layer's
-    :meth:`stamp` equals ``stamp`` (None: the plan reads the live parameters and never goes stale)."""
+    stamp equals ``stamp`` (None: the plan reads the live parameters and never goes stale); ``folds``: its
+    prepared weights carry the BatchNorm after the layer (:mod:`splitkern.nn.fold`)."""
 
-    __slots__ = ("strategy", "run", "stamp")
+    __slots__ = ("strategy", "run", "stamp", "folds")
 
-    def __init__(self, strategy: str, run, stamp):
-        self.strategy, self.run, self.stamp = strategy, run, stamp
+    def __init__(self, strategy: str, run, stamp, folds: bool = False):
+        self.strategy, self.run, self.stamp, self.folds = strategy, run, stamp, folds
 
     def __repr__(self) -> str:
-        return f"Plan({self.strategy!r}, {'prepared weights' if self.stamp is not None else 'live parameters'})"
+        weights = "live parameters" if self.stamp is None else "prepared weights" + (", BatchNorm folded"
+                                                                                     if self.folds else "")
+        return f"Plan({self.strategy!r}, {weights})"
 
 
 # Bumped after every optimizer step: fused optimizers update parameters without moving their version
@@ -157,10 +166,23 @@ def _seconds(run, x) -> float:
     return best
 
 
-def fastest(candidates: dict, x: torch.Tensor) -> tuple[str, dict[str, float]]:
-    """``(name, seconds per candidate)`` of the fastest of ``{name: run}`` on ``x``."""
+ONE_CALL = ("masked_dense", "grouped")  # one aten call per forward; the others run more (views, slices, a cat)
+MARGIN = 0.9  # another strategy must take less than this share of the best one-call time to be chosen
+
+
+def fastest(candidates: dict, x: torch.Tensor, one_call: tuple[str, ...] = ONE_CALL) -> tuple[str, dict[str, float]]:
+    """``(name, seconds per candidate)`` of the fastest of ``{name: run}`` on ``x``, where a strategy not in
+    ``one_call`` (the candidates that are one aten call for this layer) must beat the fastest of those by the
+    :data:`MARGIN` (timing noise alone does not buy extra ops: they cost launches, graph nodes and host time the
+    timing may not see)."""
     times = {name: _seconds(run, x) for name, run in candidates.items()}
-    return min(times, key=times.get), times
+    best = min(times, key=times.get)
+    one_call = [name for name in one_call if name in times]
+    if best not in one_call and one_call:
+        simplest = min(one_call, key=times.get)
+        if times[best] >= MARGIN * times[simplest]:
+            best = simplest
+    return best, times
 
 
 def with_backward(run, params):

@@ -68,6 +68,8 @@ class SplitLinear(BlockDiagonalLayer):
                 rows.t() @ x.reshape(-1, x.shape[-1]) if needs[1] else None,
                 rows.sum(0) if needs[2] else None)
 
+    _one_call = ("masked_dense",)  # "grouped" is a batched matmul between reshapes here
+
     def _compute(self, name: str, fmt: torch.memory_format):
         if name == "masked_dense":
             return F.linear

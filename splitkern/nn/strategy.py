@@ -37,8 +37,14 @@ shape), :func:`apply_choice_table` gives them to another model, and with
 GPU run of ``benchmarks/bench_split_inference.py`` writes such a file for its GPU).
 The registered op runs instead of any strategy under ``torch.compile``/``torch.export``, ``torch.jit``
 tracing and functorch transforms (they trace or batch the op on the parameters), on tensor
-subclasses (fake tensors), during CUDA graph capture and for an empty batch; a forced backend
-(:func:`splitkern.use_backend` or ``SPLITKERN_BACKEND``) means the ``"op"`` strategy on that backend.
+subclasses (fake tensors) and for an empty batch; a forced backend (:func:`splitkern.use_backend` or
+``SPLITKERN_BACKEND``) means the ``"op"`` strategy on that backend. During CUDA graph capture a layer
+replays the plan an eager call built for the same key (its strategy and prepared weights, which the
+graph's owner must keep: :func:`splitkern.accelerate` and ``StreamParallel`` do), else the op.
+
+``"auto"`` prefers one-call strategies (``masked_dense``, and ``grouped`` for a conv): another is chosen
+only when it takes less than ``_plan.MARGIN`` (0.9) of the fastest one-call strategy's time. In eval mode
+without autograd, the prepared weights also carry the BatchNorm a layer feeds (:mod:`splitkern.nn.fold`).
 
 Prepared weights follow in-place updates through the tensors' version counters and every
 optimizer step (fused optimizers do not move the counters); an edit through ``.data`` moves

@@ -176,7 +176,7 @@ def permute_stream(model: nn.Module, stream, order: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def split(model: nn.Module, *, fold_permutation: bool = True) -> nn.Module:
+def split(model: nn.Module, *, fold_permutation: bool = True, fold_batchnorm: bool = True) -> nn.Module:
     """The physically split model: SplitConv2d/SplitLinear blocks, BN permuted, no assignments.
 
     In eval mode it computes what :func:`masked_dense` computes (to fp32 rounding).
@@ -184,6 +184,9 @@ def split(model: nn.Module, *, fold_permutation: bool = True) -> nn.Module:
     entering the split (:attr:`SplitPlan.start_stream`), permute their channels so that activation
     comes out in grouped order (no permute per forward); the start's ``ChannelPermute`` then holds
     the identity. Otherwise it permutes the activation on every forward.
+    ``fold_batchnorm``: link each split layer whose output only feeds a BatchNorm to it, so that no-grad
+    eval calls run the BatchNorm inside the layer's prepared weights
+    (:func:`splitkern.nn.fold.fold_batchnorm`; training and autograd are unaffected).
     """
     plan = plan_of(model)
     orders = channel_orders(model)
@@ -218,6 +221,10 @@ def split(model: nn.Module, *, fold_permutation: bool = True) -> nn.Module:
     for bn in result.modules():  # stage 2 fine-tunes everything
         if isinstance(bn, nn.BatchNorm2d):
             bn.weight.requires_grad_(True)
+    if fold_batchnorm:
+        from splitkern.nn.fold import fold_batchnorm as link_batchnorms
+
+        link_batchnorms(result)
     return result
 
 

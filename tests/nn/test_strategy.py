@@ -368,3 +368,13 @@ def test_channel_permute_identity_is_decided_when_the_index_is_set():
     x = torch.randn(2, 6, 3, 3)
     torch.testing.assert_close(prefix(x), x[:, :4])
     assert copy.deepcopy(prefix).is_identity
+
+
+@pytest.mark.parametrize("per_group_share, chosen", [(0.95, "grouped"), (0.85, "per_group")])
+def test_more_calls_must_beat_the_fastest_one_call_strategy_by_the_margin(monkeypatch, per_group_share, chosen):
+    from splitkern.nn import _plan
+
+    times = {"grouped": 1.0, "masked_dense": 2.0, "op": 0.97, "per_group": per_group_share}
+    monkeypatch.setattr(_plan, "_seconds", lambda run, x: times[run])
+    name, measured = _plan.fastest({name: name for name in times}, torch.zeros(1))
+    assert name == chosen and measured == times
