@@ -3,6 +3,7 @@
 Public API: :mod:`splitkern.ops` (custom ops), :mod:`splitkern.nn` (layers),
 :mod:`splitkern.splitnet` (the method), :mod:`splitkern.models`,
 :mod:`splitkern.parallel` (subtrees across streams, devices, processes),
+:func:`accelerate` (a model made fast for inference: BatchNorm folded, strategies planned, CUDA graphs),
 :func:`use_backend` / ``SPLITKERN_BACKEND`` (backend choice, see
 :mod:`splitkern.backend`), :func:`save` / :func:`load` (split models).
 """
@@ -22,9 +23,10 @@ from splitkern.backend import BackendUnavailableError, available_backends, use_b
 from splitkern import ops  # noqa: F401  (registers torch.ops.splitkern.*)
 from splitkern import nn  # noqa: F401
 from splitkern.splitnet.io import load, save
+from splitkern.inference import accelerate
 from splitkern.splitnet.train import TrainConfig, train
 
 __version__ = "0.2.1"
 
-__all__ = ["BackendUnavailableError", "TrainConfig", "available_backends", "load", "nn", "ops", "save", "train",
-           "use_backend", "__version__"]
+__all__ = ["BackendUnavailableError", "TrainConfig", "accelerate", "available_backends", "load", "nn", "ops", "save",
+           "train", "use_backend", "__version__"]

@@ -432,10 +432,14 @@ def _evaluate(model, dataset, batch_size: int, device) -> None:
 
     from splitkern.parallel import DistributedSplit
 
+    import splitkern
+
     dist = torch.distributed
     distributed = dist.is_initialized() and dist.get_world_size() > 1
     if distributed:
         model = DistributedSplit(model, example=torch.zeros(1, *dataset.input_shape, device=device))
+    else:  # BatchNorm folded, strategies planned for the batch, on CUDA a graph replayed per batch shape
+        model = splitkern.accelerate(model, torch.zeros(batch_size, *dataset.input_shape, device=device))
     correct, seconds = 0, 0.0
     with torch.no_grad():
         for images, labels in dataset.test_batches(batch_size, device):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splitkern.nn.strategy import split_layers
 from splitkern.parallel.distributed import balanced_placement, check_placement
 from splitkern.parallel.subtrees import SubtreeSet
 
@@ -74,8 +75,10 @@ class StreamParallel(nn.Module):
     the model's GPU; output ``(B, num_classes)`` logits in class order.
 
     ``capture=True`` records the whole forward (side streams forked from and rejoined to
-    the capture stream) in a CUDA graph per input shape, dtype and layout, and replays it;
-    the returned logits are a fresh tensor each call. Raises ``RuntimeError`` without CUDA.
+    the capture stream) in a CUDA graph per input shape, dtype and layout, and replays it
+    (each split layer on the strategy and prepared weights its warm-up call chose: a graph
+    replays the weights as they were when it was recorded); the returned logits are a fresh
+    tensor each call. Raises ``RuntimeError`` without CUDA.
     """
 
     def __init__(self, split_model, capture: bool = False, example: torch.Tensor | None = None):
@@ -129,8 +132,9 @@ class StreamParallel(nn.Module):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self._run(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
+            plans = [layer.plans for layer in split_layers(self).values()]  # prepared weights the graph reads
+            self._graphs[key] = (graph, static_in, static_out, plans)
+        graph, static_in, static_out, _ = self._graphs[key]
         static_in.copy_(x)
         graph.replay()
         return static_out.clone()
