@@ -3,9 +3,13 @@
 Models: WRN-16-2 and WRN-16-8 ``2-2-2`` and the 32x32 AlexNet ``2-2-2`` (fc6-fc8), balanced
 groups, eval mode, no autograd, channels_last. Lines per (model, batch):
 
-* ``dense``: the unsplit model.
-* ``split``: the split model, each split layer on the execution strategy it chose
-  (:mod:`splitkern.nn.strategy`, ``"auto"``: measured on the first call).
+* ``dense``: the unsplit model, as a user has it.
+* ``dense-folded``: the unsplit model with every BatchNorm that only follows a conv folded into it
+  (``fuse_conv_bn_eval``): the same folding the split model does, so the comparison stays fair.
+* ``split``: the split model as ``split()`` returns it, each split layer on the execution strategy it
+  chose (:mod:`splitkern.nn.strategy`, ``"auto"``: measured on the first call), the BatchNorms after
+  split layers folded (:mod:`splitkern.nn.fold`).
+* ``accelerated``: ``splitkern.accelerate(split model, example)`` (on CUDA: a CUDA graph replayed).
 * ``split-op``: the split model with every split layer on the splitkern op (``strategy="op"``,
   what autograd runs; the only path before strategies existed).
 * ``streams`` and ``graph``: :class:`~splitkern.parallel.StreamParallel` (GPU only).
@@ -41,7 +45,9 @@ import common  # benchmarks/ is on sys.path: the script's folder, or pytest's ro
 from common import DEVICE
 
 from splitkern.models import alexnet, wrn
+import splitkern
 from splitkern.nn import plan_strategies, set_strategy
+from splitkern.nn.fold import batchnorm_pairs
 from splitkern.nn.strategy import choice_table
 from splitkern.parallel import StreamParallel
 from splitkern.parallel.subtrees import count_flops
@@ -91,17 +97,33 @@ def _example(case: Case) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def folded_dense(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a dense eval model with each BatchNorm that only follows a conv/linear folded into it."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for layer_name, bn_name in batchnorm_pairs(model, (torch.nn.Conv2d, torch.nn.Linear)).items():
+        layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        fuse = fuse_conv_bn_eval if isinstance(layer, torch.nn.Conv2d) else fuse_linear_bn_eval
+        model.set_submodule(layer_name, fuse(layer, bn))
+        model.set_submodule(bn_name, torch.nn.Identity())
+    return model
+
+
 def make_runner(case: Case, line: str, mode: str = "inference"):
     dense, split_model = models(case.model)
     if line in ("streams", "graph") and DEVICE.type != "cuda":
         return None
-    model = dense if line == "dense" else copy.deepcopy(split_model)
+    model = {"dense": lambda: dense, "dense-folded": lambda: folded_dense(dense)}.get(
+        line, lambda: copy.deepcopy(split_model))()
     model = model.to(DEVICE, case.dtype, memory_format=torch.channels_last)
     x = _example(case)
     if line == "split-op":
         set_strategy(model, "op")
     if line in ("streams", "graph"):
         model = StreamParallel(model, capture=line == "graph", example=x)
+    if line == "accelerated":
+        model = splitkern.accelerate(model, x)
     with torch.no_grad():
         model(x)  # "auto" layers choose their strategy here
 
@@ -112,7 +134,8 @@ def make_runner(case: Case, line: str, mode: str = "inference"):
     return run
 
 
-LINES = {"dense": None, "split": None, "split-op": None, "streams": None, "graph": None}
+LINES = {"dense": None, "dense-folded": None, "split": None, "accelerated": None, "split-op": None, "streams": None,
+         "graph": None}
 
 
 def describe(case: Case, mode: str):
@@ -191,20 +214,30 @@ def time_case(case: Case, lines, choices: list | None = None) -> list[common.Row
 
 
 def markdown_table(rows: list[common.Row]) -> str:
-    """Per case: dense ms, split ms (speedup), split-op ms (speedup), the FLOP bound, the strategies."""
+    """Per case: dense ms, then each split line's ms with its speedup over dense (and over the BN-folded dense
+    model where it was timed), the FLOP bound, the strategies."""
     by_case = collections.defaultdict(dict)
     for r in rows:
         by_case[r.case][r.line] = r
-    head = ("| model, batch | dense ms | split ms (vs dense) | split-op ms (vs dense) | FLOP bound | "
-            "split layers' strategies |\n|---|---|---|---|---|---|")
+    head = ("| model, batch | dense ms | dense-folded ms | split ms (vs dense, vs dense-folded) | "
+            "accelerated ms (vs dense, vs dense-folded) | split-op ms (vs dense) | FLOP bound | "
+            "split layers' strategies |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     for case, got in by_case.items():
         if "dense" not in got or "split" not in got:
             continue
-        split_row, op_row = got["split"], got.get("split-op")
-        op = f"{op_row.median_ms:.2f} ({op_row.speedup:.2f}x)" if op_row else "n/a"
-        lines.append(f"| {case} | {got['dense'].median_ms:.2f} | {split_row.median_ms:.2f} "
-                     f"(**{split_row.speedup:.2f}x**) | {op} | {split_row.bound:.2f}x | {split_row.note} |")
+        folded = got.get("dense-folded")
+
+        def cell(line, bold=False, versus_folded=True):
+            row = got.get(line)
+            if row is None:
+                return "n/a"
+            speedup = f"**{row.speedup:.2f}x**" if bold else f"{row.speedup:.2f}x"
+            extra = f", {folded.median_ms / row.median_ms:.2f}x" if folded and versus_folded else ""
+            return f"{row.median_ms:.2f} ({speedup}{extra})"
+        lines.append(f"| {case} | {got['dense'].median_ms:.2f} | {folded.median_ms if folded else float('nan'):.2f} | "
+                     f"{cell('split', True)} | {cell('accelerated', True)} | {cell('split-op', versus_folded=False)} | "
+                     f"{got['split'].bound:.2f}x | {got['split'].note} |")
     return "\n".join(lines)
 
 
