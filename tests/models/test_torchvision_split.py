@@ -303,3 +303,17 @@ def test_folding_the_start_permutation_into_the_resnet_trunk_is_exact(arch, spec
     x = batch(arch)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), unfolded(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch, spec", [("resnet18", "2-2"), ("resnet50", "2-4"), ("alexnet", "2-2")])
+def test_accelerate_folds_and_keeps_the_function_of_torchvision_models(arch, spec):
+    from splitkern.nn import folded_batchnorms
+
+    model = split_aware(arch, spec)
+    x = batch(arch)
+    expected = masked_dense(model).eval()(x)
+    split_model = split(model, fold_batchnorm=False)
+    fast = splitkern.accelerate(split_model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+    assert bool(folded_batchnorms(split_model)) == arch.startswith("resnet")  # AlexNet has no BatchNorm
