@@ -168,7 +168,8 @@ def describe(case: Case, mode: str):
     useful = 2.0 * case.m * lay.weight_numel * passes
     size = torch.finfo(case.dtype).bits // 8
     traffic = size * (case.m * (lay.in_features + lay.out_features) + lay.weight_numel) * passes
-    return case.dtype, case.m, lay.in_features, lay.out_features, lay.groups, useful, traffic
+    dense = 2.0 * case.m * lay.in_features * lay.out_features * passes
+    return case.dtype, case.m, lay.in_features, lay.out_features, lay.groups, useful, traffic, dense
 
 
 def main() -> None:

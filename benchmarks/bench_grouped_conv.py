@@ -160,7 +160,8 @@ def describe(case: Case, mode: str):
     size = torch.finfo(case.dtype).bits // 8
     traffic = size * (case.batch * case.hw ** 2 * lay.in_features + pixels * lay.out_features
                       + lay.weight_numel * taps) * passes
-    return case.dtype, pixels, lay.in_features * taps, lay.out_features, lay.groups, useful, traffic
+    dense = 2.0 * pixels * lay.in_features * lay.out_features * taps * passes
+    return case.dtype, pixels, lay.in_features * taps, lay.out_features, lay.groups, useful, traffic, dense
 
 
 def main() -> None:

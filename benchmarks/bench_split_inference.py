@@ -202,7 +202,7 @@ def time_case(case: Case, lines, choices: list | None = None) -> list[common.Row
         if choices is not None:
             choices += choice_table(model)
     ms = interleaved_ms(runners, calls=max(1, 16 // case.batch))
-    dtype, m, k, n, groups, flops, traffic = describe(case, "inference")
+    dtype, m, k, n, groups, flops, traffic, *_ = describe(case, "inference")
     rows = []
     for line, t in ms.items():
         note = strategy_summary(runners[line].model) if line == "split" else ""

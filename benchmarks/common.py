@@ -48,8 +48,9 @@ class Row:
     pct_roofline: float | None
     baseline: str = "dense"
     speedup: float | None = None  # baseline time / this time
-    bound: float | None = None  # the speedup the useful FLOPs allow (split-model benchmarks)
+    bound: float | None = None  # the speedup the useful FLOPs allow: the baseline's FLOPs / the useful FLOPs
     note: str = ""  # what the line ran (e.g. the split layers' execution strategies)
+    of_dense_rate: float | None = None  # speedup / bound: this line's useful FLOP rate / the baseline's own rate
 
 
 def device_label(device: torch.device) -> str:
@@ -171,11 +172,14 @@ def benchmark_test(op: str, cases, lines, modes, make_runner):
 
 
 def add_speedups(rows: list[Row], baseline: str = "dense") -> None:
+    """Each row's speedup over the ``baseline`` line of its case and mode and, where the row has a FLOP bound,
+    the share of the baseline's FLOP rate it reaches (``speedup / bound``: 1.0 = as fast per FLOP as dense)."""
     base_ms = {(r.case, r.mode): r.median_ms for r in rows if r.line == baseline}
     for r in rows:
         base = base_ms.get((r.case, r.mode))
         r.baseline = baseline
         r.speedup = round(base / r.median_ms, 3) if base else None
+        r.of_dense_rate = round(r.speedup / r.bound, 3) if r.speedup and r.bound else None
 
 
 def result_kind(device: torch.device) -> str:
@@ -272,8 +276,9 @@ def print_rows(rows: list[Row]) -> None:
     for r in rows:
         pct = f"{r.pct_roofline:5.1f}%" if r.pct_roofline is not None else "  n/a"
         speedup = f"{r.speedup:6.2f}x vs {r.baseline}" if r.speedup else ""
+        rate = f" ({100 * r.of_dense_rate:5.1f}% of the {r.baseline} FLOP rate)" if r.of_dense_rate is not None else ""
         print(f"{r.case:<22} {r.mode:<8} {r.line:<20} {r.median_ms:9.3f} ms {r.tflops:8.3f} TFLOP/s "
-              f"{pct}  {speedup}")
+              f"{pct}  {speedup}{rate}")
 
 
 def select(op: str, cases, lines, argv=None):
@@ -298,8 +303,9 @@ def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: 
                    baseline: str = "dense") -> list[Row]:
     """Time every (case, mode, line) that ``make_runner`` can build; print, write CSV and plot.
 
-    ``describe(case, mode)`` returns ``(dtype, m, k, n, groups, useful_flops, bytes_moved)``
-    of the case seen as a GEMM (useful = the block-diagonal work only).
+    ``describe(case, mode)`` returns ``(dtype, m, k, n, groups, useful_flops, bytes_moved[, dense_flops])``
+    of the case seen as a GEMM (useful = the block-diagonal work only; dense = what the dense baseline
+    computes, which gives each row its FLOP bound and its share of the baseline's FLOP rate).
     """
     from tqdm import tqdm
 
@@ -314,10 +320,11 @@ def run_and_report(op: str, cases, lines, modes, make_runner, describe, device: 
         except Exception as exc:  # one line that cannot run here must not lose the others; it is reported
             print(f"SKIPPED {case.name} {mode} {line}: {type(exc).__name__}: {exc}")
             continue
-        dtype, m, k, n, groups, flops, traffic = describe(case, mode)
+        dtype, m, k, n, groups, flops, traffic, *dense = describe(case, mode)
         rows.append(Row(op, case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups, mode,
                         round(seconds * 1e3, 4), round(flops / seconds / 1e12, 4),
-                        roofline_pct(device, dtype, flops, traffic, seconds)))
+                        roofline_pct(device, dtype, flops, traffic, seconds),
+                        bound=round(dense[0] / flops, 3) if dense and flops else None))
     add_speedups(rows, baseline)
     print_rows(rows)
     path = write_csv(rows, op, device)

@@ -73,7 +73,7 @@ def main(argv=None) -> None:
                            if kernel_ms is not None else "")
                 print(f"{case.name:<24} {mode:<8} {line:<22} event {event_ms:8.3f} ms  {kernels}", flush=True)
                 if hasattr(bench, "describe"):
-                    dtype, m, k, n, groups, flops, traffic = bench.describe(case, mode)
+                    dtype, m, k, n, groups, flops, traffic, *_ = bench.describe(case, mode)
                     rows.append(common.Row(args.op, case.name, line, str(dtype).replace("torch.", ""), m, k, n, groups,
                                            mode, round(event_ms, 4), round(flops / seconds / 1e12, 4),
                                            common.roofline_pct(device, dtype, flops, traffic, seconds)))

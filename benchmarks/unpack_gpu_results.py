@@ -28,8 +28,9 @@ ROW_TYPES = {"m": int, "k": int, "n": int, "groups": int, "median_ms": float, "t
 
 def to_row(d: dict) -> common.Row:
     values = {k: ROW_TYPES.get(k, str)(v) for k, v in d.items() if k in common.Row.__dataclass_fields__}
-    values["pct_roofline"] = float(d["pct_roofline"]) if d.get("pct_roofline") else None
-    values["speedup"] = float(d["speedup"]) if d.get("speedup") else None
+    for name in ("pct_roofline", "speedup", "bound", "of_dense_rate"):
+        if name in common.Row.__dataclass_fields__:
+            values[name] = float(d[name]) if d.get(name) else None
     return common.Row(**values)
 
 

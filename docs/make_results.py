@@ -166,6 +166,9 @@ def row_table(rows: list[dict], timing: str = "Median ms per call") -> str:
     for r in rows:
         key = (r["case"], r["dtype"], r["mode"])
         speedup = f" ({float(r['speedup']):.2f}x)" if r.get("speedup") and r["line"] != r["baseline"] else ""
+        if speedup and r.get("of_dense_rate"):
+            speedup = f" ({float(r['speedup']):.2f}x, {float(r['tflops']):.3g} TFLOP/s = " \
+                      f"{100 * float(r['of_dense_rate']):.0f}% of the {r['baseline']} rate)"
         cells[key][r["line"]] = _ms(r["median_ms"]) + speedup
         if r.get("bound"):
             extra.setdefault(key, {})["FLOP bound"] = f"{float(r['bound']):.2f}x"
@@ -176,7 +179,11 @@ def row_table(rows: list[dict], timing: str = "Median ms per call") -> str:
     body = [[*key, *(cells[key].get(ln, "") for ln in lines), *(extra.get(key, {}).get(c, "") for c in extra_cols)]
             for key in cells]
     baseline = rows[0].get("baseline", "dense")
-    return f"{timing}; in brackets the speedup over `{baseline}` (> 1: faster).\n\n" + md_table(header, body)
+    rates = any(r.get("of_dense_rate") for r in rows)
+    rate_text = (f", the useful TFLOP/s and their share of `{baseline}`'s own FLOP rate (speedup / FLOP bound)"
+                 if rates else "")
+    return (f"{timing}; in brackets the speedup over `{baseline}` (> 1: faster){rate_text}.\n\n"
+            + md_table(header, body))
 
 
 def figure_of(path: Path, rows: list[dict]) -> Path | None:
