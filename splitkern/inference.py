@@ -59,7 +59,8 @@ class Accelerated(nn.Module):
     can (see :mod:`splitkern.inference`). ``model`` is a submodule (``state_dict`` keys gain ``model.``).
 
     ``capture``: record graphs (default: on CUDA). ``graphs``: the recorder (default :class:`CudaGraphs`).
-    Inputs and outputs are those of ``model``; a replay returns a fresh tensor (a copy of the graph's output).
+    Inputs and outputs are those of ``model``; a replay returns a fresh tensor (a copy of the graph's output);
+    a model that returns anything but one tensor always runs eagerly.
     """
 
     def __init__(self, model: nn.Module, capture: bool = True, graphs=None):
@@ -97,8 +98,10 @@ class Accelerated(nn.Module):
         if found is not None:
             return found[0](x).clone()
         if key not in self._seen:
-            self._seen.add(key)
-            return self.model(x)
+            out = self.model(x)
+            if type(out) is torch.Tensor:  # a graph replays into one output tensor; other outputs stay eager
+                self._seen.add(key)
+            return out
         replay, _ = self.graphs.record(self.model, x)
         plans = [layer.plans for layer in split_layers(self.model).values()]  # prepared weights the graph reads
         self._replays[key] = (replay, plans)

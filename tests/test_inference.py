@@ -125,3 +125,22 @@ def test_on_cuda_a_recorded_graph_replays_the_chosen_strategies():
     assert len(fast.recorded) == 1
     for out in outs:
         assert (out - expected).abs().max() <= 1e-4
+
+
+def test_a_model_with_a_non_tensor_output_stays_eager(monkeypatch):
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _split_model()
+
+        def forward(self, x):
+            y = self.net(x)
+            return y, y.sum()
+
+    x = torch.randn(2, 3, 32, 32)
+    fast = splitkern.accelerate(Pair(), x, capture=True)
+    fast.graphs = FakeGraphs(monkeypatch)
+    with torch.no_grad():
+        for _ in range(3):
+            assert isinstance(fast(x), tuple)
+    assert fast.graphs.records == 0 and not fast.recorded
