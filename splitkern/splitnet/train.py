@@ -598,6 +598,18 @@ class Trainer:
         """``(channels, height, width)`` of the data's images."""
         return self.data.input_shape
 
+    def earlier_baselines(self) -> dict:
+        """A resumed run's metrics.json baselines that this run does not train again (a run resumed with other
+        ``baselines`` adds arms to its metrics instead of dropping the ones it has); {} otherwise."""
+        path = self.out / "metrics.json"
+        if not self.config.resume or not path.exists():
+            return {}
+        try:
+            earlier = json.loads(path.read_text()).get("baselines") or {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {name: arm for name, arm in earlier.items() if name not in self.config.baselines}
+
     def write_metrics(self, metrics: dict) -> None:
         if self.is_main:
             (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -740,7 +752,7 @@ def _run(trainer: Trainer) -> dict:
                    for g in range(stage1.split_plan.groups(top))],
         "inference_ms_dense_b256": trainer.inference_ms(trainer.to_device(dense_model)),
         "inference_ms_split_b256": trainer.inference_ms(trainer.to_device(split_model)),
-        "baselines": {},
+        "baselines": trainer.earlier_baselines(),
         "config": dataclasses.asdict(config),
     }
     if "nmi_coarse" in main:

@@ -67,6 +67,14 @@ def test_resume_after_a_kill_loses_nothing(tmp_path, tiny, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_resumed_with_another_baseline_keeps_the_earlier_arms(tmp_path, tiny):
+    first = run(config(tmp_path, baselines=("random",)), tiny)
+    second = run(config(tmp_path, baselines=("dense",), resume=True), tiny)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["baselines"]) == {"random", "dense"} == set(second["baselines"])
+    assert saved["baselines"]["random"] == first["baselines"]["random"]
+
+
 def test_bad_configs(tmp_path):
     for kw, words in ((dict(warmup_epochs=2), "warmup_epochs"), (dict(baselines=("oracle",)), "baselines"),
                       (dict(model="resnet"), "wrn16-8"), (dict(assign_init="best"), "assign_init"),
