@@ -29,8 +29,7 @@ ROW_TYPES = {"m": int, "k": int, "n": int, "groups": int, "median_ms": float, "t
 def to_row(d: dict) -> common.Row:
     values = {k: ROW_TYPES.get(k, str)(v) for k, v in d.items() if k in common.Row.__dataclass_fields__}
     for name in ("pct_roofline", "speedup", "bound", "of_dense_rate"):
-        if name in common.Row.__dataclass_fields__:
-            values[name] = float(d[name]) if d.get(name) else None
+        values[name] = float(d[name]) if d.get(name) else None
     return common.Row(**values)
 
 

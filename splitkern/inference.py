@@ -21,14 +21,7 @@ from torch import nn
 
 from splitkern.nn import _plan, plan_strategies
 from splitkern.nn.fold import fold_batchnorm
-from splitkern.nn.strategy import split_layers
-
-
-def _version(t: torch.Tensor):
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors have no version counter
-        return None
+from splitkern.nn.strategy import plans_in_use
 
 
 class CudaGraphs:
@@ -78,8 +71,7 @@ class Accelerated(nn.Module):
 
     def _model_signature(self) -> tuple:
         tensors = [*self.model.parameters(), *self.model.buffers()]
-        return (_plan.generation(), self.model.training,
-                tuple((t.data_ptr(), _version(t)) for t in tensors))
+        return _plan.generation(), self.model.training, tuple(_plan.tensor_state(t) for t in tensors)
 
     def _graphable(self, x) -> bool:
         if not self.capture or type(x) is not torch.Tensor or self.model.training or torch.is_grad_enabled():
@@ -103,8 +95,7 @@ class Accelerated(nn.Module):
                 self._seen.add(key)
             return out
         replay, _ = self.graphs.record(self.model, x)
-        plans = [layer.plans for layer in split_layers(self.model).values()]  # prepared weights the graph reads
-        self._replays[key] = (replay, plans)
+        self._replays[key] = (replay, plans_in_use(self.model))
         self._signature = self._model_signature()  # the warm-up may have built plans, not moved parameters
         return replay(x).clone()
 

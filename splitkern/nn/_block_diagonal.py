@@ -231,10 +231,7 @@ class BlockDiagonalLayer(nn.Module):
         if plan is None or (plan.stamp is not None and plan.stamp != (
                 _plan.stamp(weight, bias) if self._fold_bn is None else self._stamp(weight, bias))):
             plan = self._new_plan(x, key)
-        out = plan.run(x)
-        if plan.folds:
-            fold.mark(self._fold_bn, out)
-        return out
+        return plan.run(x)
 
     def _captured_forward(self, x, weight, bias) -> torch.Tensor:
         """Under CUDA graph capture: the plan an eager call of the same key built (its prepared weights must
@@ -244,10 +241,7 @@ class BlockDiagonalLayer(nn.Module):
         plan = None if key is None else self._plans.get(key)
         if plan is None or (plan.stamp is not None and plan.stamp != self._stamp(weight, bias)):
             return self._op_forward(x)
-        out = plan.run(x)
-        if plan.folds:
-            fold.mark(self._fold_bn, out)
-        return out
+        return plan.run(x)
 
     def _op_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The registered custom op (what compile, export, tracing and functorch record)."""
@@ -294,9 +288,9 @@ class BlockDiagonalLayer(nn.Module):
         """The plan of strategy ``name`` for ``key``: under autograd it computes from the live parameters;
         without, from weights prepared once in the compute dtype and memory format, stamped."""
         fmt, dtype, live = _plan.key_format(key), _plan.compute_dtype(key), key[4]
-        folds = not live and self._folding() is not None
+        bn = None if live else self._folding()
         if name == "op":
-            run = self._op_runner(backend.implementation(self._op_name, key[0], dtype), dtype, live)
+            run = self._op_runner(backend.implementation(self._op_name, key[0], dtype), dtype, live, bn)
         elif name == "masked_dense" and live:
             run = self._live(self._masked_dense_call(fmt), dtype)
         else:
@@ -305,18 +299,19 @@ class BlockDiagonalLayer(nn.Module):
             if live:
                 run = self._live(lambda x, weight, bias: compute(x, *make(weight, bias)), dtype)
             else:
-                operands = self._prepared(make, dtype)
+                operands = self._prepared(make, dtype, bn)
 
                 def run(x):  # x in the compute dtype (autocast's) like the prepared weights
                     return compute(x if x.dtype == dtype else x.to(dtype), *operands)
-        return _plan.Plan(name, run, None if live else self._stamp(self.weight, self.bias), folds)
+        if bn is not None:
+            run = fold.marking(run, bn)
+        return _plan.Plan(name, run, None if live else self._stamp(self.weight, self.bias), bn is not None)
 
     @torch.no_grad()
-    def _prepared(self, make, dtype: torch.dtype) -> tuple:
-        """``make(weight, bias)`` on detached copies of the parameters in ``dtype``, with the linked BatchNorm
-        folded in where it folds now (:meth:`_folding`)."""
+    def _prepared(self, make, dtype: torch.dtype, bn: nn.Module | None = None) -> tuple:
+        """``make(weight, bias)`` on detached copies of the parameters in ``dtype``, with ``bn`` (the linked
+        BatchNorm where it folds now, :meth:`_folding`) folded in."""
         weight, bias = self.weight.detach(), None if self.bias is None else self.bias.detach()
-        bn = self._folding()
         if bn is not None:
             weight, bias = fold.folded(weight, bias, bn, self._row_lengths(weight.device), self.out_index)
         return make(weight.to(dtype), None if bias is None else bias.to(dtype))
@@ -327,16 +322,16 @@ class BlockDiagonalLayer(nn.Module):
         sizes = torch.tensor(self.out_sizes, device=device)
         return torch.repeat_interleave(torch.tensor(self.in_sizes, device=device) * taps, sizes)
 
-    def _op_runner(self, kernels, dtype: torch.dtype, live: bool):
+    def _op_runner(self, kernels, dtype: torch.dtype, live: bool, bn: nn.Module | None = None):
         """``run(x)`` of the op's kernels called directly (:class:`~splitkern.ops.block_diag_mm.EagerBlockDiagMM`
         under autograd): the index tables as the registered op gets them; operands cast to ``dtype``
-        (autocast's) as the op casts them."""
+        (autocast's) as the op casts them, ``bn`` folded into the prepared ones (:meth:`_prepared`)."""
         in_index = None if self._in_index_is_identity else self.in_index
         out_index = None if self._out_index_is_identity else self.out_index
         call = self._eager_call(kernels, in_index, out_index, live)
         if live:
             return self._live(call, dtype)
-        weight, bias = self._prepared(lambda w, b: (w, b), dtype)
+        weight, bias = self._prepared(lambda w, b: (w, b), dtype, bn)
         return lambda x: call(x if x.dtype == dtype else x.to(dtype), weight, bias)
 
     def _live(self, call, dtype: torch.dtype):

@@ -136,6 +136,15 @@ def generation() -> int:
     return _generation[0]
 
 
+def tensor_state(t: torch.Tensor) -> tuple:
+    """``(storage address, version)`` of ``t``: what changes when it is replaced or edited in place (an
+    inference tensor has no version counter: None)."""
+    try:
+        return t.data_ptr(), t._version
+    except RuntimeError:
+        return t.data_ptr(), None
+
+
 def stamp(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     """What prepared weights are valid for: the optimizer step count, the weight's storage and both
     parameters' versions (inference tensors have no version counter: their storage instead)."""

@@ -54,6 +54,7 @@ class FoldableBatchNorm2d(_FoldableBatchNorm, nn.BatchNorm2d):
 
 
 _FOLDABLE = {nn.BatchNorm1d: FoldableBatchNorm1d, nn.BatchNorm2d: FoldableBatchNorm2d}
+_BATCHNORMS = tuple(_FOLDABLE)
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -82,7 +83,7 @@ def _pairs_in(parent: nn.Module, kinds: tuple[type, ...]) -> list[tuple[str, str
             continue
         user = next(iter(node.users))
         bn = children.get(user.target) if user.op == "call_module" else None
-        if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and counts[user.target] == 1 \
+        if isinstance(bn, _BATCHNORMS) and counts[user.target] == 1 \
                 and user.args == (node,) and not user.kwargs and bn.num_features == _out_features(layer):
             pairs.append((node.target, user.target))
     return pairs
@@ -105,8 +106,7 @@ def batchnorm_pairs(model: nn.Module, kinds: tuple[type, ...] | None = None) -> 
     pairs = {}
     for prefix, parent in model.named_modules():
         kids = list(parent.children())
-        if not any(isinstance(k, kinds) for k in kids) or not any(isinstance(k, (nn.BatchNorm1d, nn.BatchNorm2d))
-                                                                  for k in kids):
+        if not any(isinstance(k, kinds) for k in kids) or not any(isinstance(k, _BATCHNORMS) for k in kids):
             continue
         dot = f"{prefix}." if prefix else ""
         for layer_name, bn_name in _pairs_in(parent, kinds):
@@ -164,15 +164,10 @@ def folds_now(bn: nn.Module | None) -> bool:
 
 def state(bn: nn.Module) -> tuple:
     """What folded weights are valid for: the BatchNorm's mode and every tensor's storage and version."""
+    from splitkern.nn._plan import tensor_state
+
     tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    return (bn.training, bn.eps, *((None, None) if t is None else (t.data_ptr(), _version(t)) for t in tensors))
-
-
-def _version(t: torch.Tensor):
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors have no version counter
-        return None
+    return (bn.training, bn.eps, *((None, None) if t is None else tensor_state(t) for t in tensors))
 
 
 def scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,9 +193,14 @@ def folded(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, row_l
     return weight, bias
 
 
-def mark(bn: nn.Module, output: torch.Tensor) -> None:
-    """Tell ``bn`` that ``output`` already carries it (it passes that tensor through)."""
-    bn.__dict__["_folded_output"] = weakref.ref(output)
+def marking(run, bn: nn.Module):
+    """``run`` (a plan's forward with ``bn`` folded into its weights) that also tells ``bn`` its output already
+    carries it (``bn`` passes that tensor through)."""
+    def run_and_mark(x):
+        out = run(x)
+        bn.__dict__["_folded_output"] = weakref.ref(out)
+        return out
+    return run_and_mark
 
 
 __all__ = ["FoldableBatchNorm1d", "FoldableBatchNorm2d", "batchnorm_pairs", "fold_batchnorm", "folded_batchnorms",

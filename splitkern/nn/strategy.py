@@ -68,8 +68,8 @@ from splitkern.nn import _plan
 from splitkern.nn._plan import AUTO, STRATEGIES, check_strategy, fastest, generation, key_format  # noqa: F401
 
 __all__ = ["AUTO", "STRATEGIES", "apply_choice_table", "check_strategy", "choice_table", "fastest",
-           "forget_measured_choices", "generation", "input_key", "key_format", "plan_strategies", "refresh",
-           "set_strategy", "split_layers", "strategies"]
+           "forget_measured_choices", "generation", "input_key", "key_format", "plan_strategies", "plans_in_use",
+           "refresh", "set_strategy", "split_layers", "strategies"]
 
 
 def input_key(x: torch.Tensor) -> tuple:
@@ -90,6 +90,12 @@ def split_layers(model: nn.Module) -> dict[str, nn.Module]:
     from splitkern.nn._block_diagonal import BlockDiagonalLayer
 
     return {name: m for name, m in model.named_modules() if isinstance(m, BlockDiagonalLayer)}
+
+
+def plans_in_use(model: nn.Module) -> list[dict]:
+    """Every split layer's plans as they are now: what a CUDA graph recorded now replays. Whoever keeps the graph
+    keeps this list with it, so the prepared weights it reads outlive a layer's refresh."""
+    return [layer.plans for layer in split_layers(model).values()]
 
 
 def set_strategy(model: nn.Module, name: str) -> nn.Module:

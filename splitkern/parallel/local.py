@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitkern.nn.strategy import split_layers
+from splitkern.inference import CudaGraphs
+from splitkern.nn.strategy import plans_in_use
 from splitkern.parallel.distributed import balanced_placement, check_placement
 from splitkern.parallel.subtrees import SubtreeSet
 
@@ -123,18 +124,6 @@ class StreamParallel(nn.Module):
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.stride(), x.dtype)
         if key not in self._graphs:
-            static_in = x.clone()
-            warm = torch.cuda.Stream()
-            warm.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(warm):  # warm-up outside the graph (allocations, autotuning)
-                self._run(static_in)
-            torch.cuda.current_stream().wait_stream(warm)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._run(static_in)
-            plans = [layer.plans for layer in split_layers(self).values()]  # prepared weights the graph reads
-            self._graphs[key] = (graph, static_in, static_out, plans)
-        graph, static_in, static_out, _ = self._graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
+            replay, _ = CudaGraphs().record(self._run, x)
+            self._graphs[key] = (replay, plans_in_use(self))  # the prepared weights the graph reads
+        return self._graphs[key][0](x).clone()
