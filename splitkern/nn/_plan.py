@@ -26,7 +26,9 @@ from splitkern import backend
 
 STRATEGIES = ("op", "grouped", "per_group", "masked_dense")
 AUTO = "auto"
-_TIMED_RUNS = 3
+_TIMED_RUNS = 3  # timed calls of a candidate at least (unless slow) ...
+_MAX_TIMED_RUNS = 20  # ... and at most
+_FAST_BUDGET_S = 0.002  # a fast candidate gets as many timed calls as fit in this
 _SLOW_CALL_S = 0.02  # a candidate slower than this is timed once after its warm-up
 
 
@@ -159,19 +161,27 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(run, x) -> float:
-    """Fastest of a few timed calls after one warm-up (one when a call is slow)."""
+def _call_seconds(run, x) -> float:
     _synchronize(x.device)
     start = time.perf_counter()
     run(x)
     _synchronize(x.device)
-    warm = time.perf_counter() - start
-    best = float("inf")
-    for _ in range(1 if warm > _SLOW_CALL_S else _TIMED_RUNS):
-        start = time.perf_counter()
-        run(x)
-        _synchronize(x.device)
-        best = min(best, time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def _times(candidates: dict, x) -> dict[str, float]:
+    """Fastest call of each of ``{name: run}`` on ``x``, timed in interleaved rounds after one warm-up call each
+    (so a burst of load slows every candidate alike): a candidate slower than :data:`_SLOW_CALL_S` is timed once,
+    a fast one up to :data:`_MAX_TIMED_RUNS` times, as many as fit in :data:`_FAST_BUDGET_S` (a 0.1 ms call
+    taken 3 times is mostly noise)."""
+    warm = {name: _call_seconds(run, x) for name, run in candidates.items()}
+    runs = {name: 1 if w > _SLOW_CALL_S else min(_MAX_TIMED_RUNS, max(_TIMED_RUNS, int(_FAST_BUDGET_S / max(w, 1e-9))))
+            for name, w in warm.items()}
+    best = dict.fromkeys(candidates, float("inf"))
+    for round_ in range(max(runs.values(), default=0)):
+        for name, run in candidates.items():
+            if round_ < runs[name]:
+                best[name] = min(best[name], _call_seconds(run, x))
     return best
 
 
@@ -184,7 +194,7 @@ def fastest(candidates: dict, x: torch.Tensor, one_call: tuple[str, ...] = ONE_C
     ``one_call`` (the candidates that are one aten call for this layer) must beat the fastest of those by the
     :data:`MARGIN` (timing noise alone does not buy extra ops: they cost launches, graph nodes and host time the
     timing may not see)."""
-    times = {name: _seconds(run, x) for name, run in candidates.items()}
+    times = _times(candidates, x)
     best = min(times, key=times.get)
     one_call = [name for name in one_call if name in times]
     if best not in one_call and one_call:

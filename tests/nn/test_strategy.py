@@ -375,6 +375,23 @@ def test_more_calls_must_beat_the_fastest_one_call_strategy_by_the_margin(monkey
     from splitkern.nn import _plan
 
     times = {"grouped": 1.0, "masked_dense": 2.0, "op": 0.97, "per_group": per_group_share}
-    monkeypatch.setattr(_plan, "_seconds", lambda run, x: times[run])
+    monkeypatch.setattr(_plan, "_times", lambda candidates, x: {name: times[run] for name, run in candidates.items()})
     name, measured = _plan.fastest({name: name for name in times}, torch.zeros(1))
     assert name == chosen and measured == times
+
+
+def test_candidates_are_timed_in_interleaved_rounds_fast_ones_more_often(monkeypatch):
+    from splitkern.nn import _plan
+
+    # each call "takes" the next of its candidate's scripted seconds: a slow one, and a fast one with one noisy call
+    script = {"slow": iter([0.5, 0.4, 0.3]), "fast": iter([1e-4, 5e-3] + [2e-4] * 30)}
+    order = []
+
+    def seconds(run, x):
+        order.append(run)
+        return next(script[run])
+    monkeypatch.setattr(_plan, "_call_seconds", seconds)
+    best = _plan._times({"slow": "slow", "fast": "fast"}, torch.zeros(1))
+    assert best == {"slow": 0.4, "fast": 2e-4}  # warm-ups are not counted; the noisy call is outvoted
+    assert order[:4] == ["slow", "fast", "slow", "fast"]  # warm-ups, then the first round holds both
+    assert order.count("slow") == 2 and order.count("fast") == 1 + _plan._MAX_TIMED_RUNS
