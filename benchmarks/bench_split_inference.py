@@ -184,8 +184,10 @@ def _fastest_call(fn, calls: int) -> float:
     return best
 
 
-def interleaved_ms(runners: dict, calls: int, rounds: int = 5) -> dict[str, float]:
-    """Fastest of ``calls`` calls of each runner over ``rounds`` round-robin rounds, in ms."""
+def interleaved_ms(runners: dict, calls: int, rounds: int = 5, samples: int = 12) -> dict[str, float]:
+    """Fastest of ``calls`` calls of each runner over ``rounds`` round-robin rounds (more rounds where ``calls`` is
+    small, so each line's fastest is taken over at least ``samples`` calls), in ms."""
+    rounds = max(rounds, -(-samples // calls))
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(rounds):
         for name, fn in runners.items():
