@@ -9,7 +9,8 @@
 #                                                        # anneal A, 15 epochs in all, balanced init; SplitNet
 #                                                        # only unless BASELINES=random; SHAPE=quadratic for
 #                                                        # the quadratic anneal (default linear); SPLIT=2-4-8
-#                                                        # for the deeper tree
+#                                                        # for the deeper tree, GAMMAS=R_D,R_W,R_E (default
+#                                                        # 1,1,10)
 # Runs write to $RUNS (default runs/, git-ignored); re-running a killed command resumes it.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -49,10 +50,11 @@ case "${1:?arms SEED | route | anneal SEED | anneal-seeds | cut SEED W S A}" in
   cut)
     # The cut-point sweep (issue: where to cut): the same 15-epoch cosine, the split at epoch $4, so the
     # split model gets 15 - $4 epochs of stage 2 at the learning rate left on the curve.
-    shape=${SHAPE:-linear} split=${SPLIT:-2-2-2}
-    out="$RUNS/fair_cut_w$3_s$4_a$5$([[ $shape == linear ]] || echo "_$shape")$([[ $split == 2-2-2 ]] || echo "_$split")_s$2"
+    shape=${SHAPE:-linear} split=${SPLIT:-2-2-2} gammas=${GAMMAS:-1,1,10}
+    out="$RUNS/fair_cut_w$3_s$4_a$5$([[ $shape == linear ]] || echo "_$shape")$([[ $split == 2-2-2 ]] || echo "_$split")"
+    out="$out$([[ $gammas == 1,1,10 ]] || echo "_g${gammas//,/-}")_s$2"
     "$SK" train "${COMMON[@]}" --split "$split" --warmup-epochs "$3" --stage1-epochs "$4" --stage2-epochs $((15 - $4)) \
-        --anneal-epochs "$5" --anneal-shape "$shape" --assign-init balanced --baselines "${BASELINES:-}" --seed "$2" --out "$out" \
+        --anneal-epochs "$5" --anneal-shape "$shape" --gammas "$gammas" --assign-init balanced --baselines "${BASELINES:-}" --seed "$2" --out "$out" \
         $(resume_flag "$out")
     ;;
   anneal-seeds)
