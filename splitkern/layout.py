@@ -113,6 +113,21 @@ class BlockLayout:
         return self._cached(("blocks", block_n, block_k, device), build)
 
 
+    def tap_permutation(self, device: torch.device, taps: int, order: str) -> torch.Tensor:
+        """int64 gather index that re-packs a conv weight (per group ``(n_g, k_g, taps)``, PyTorch's order)
+        taps outer: per group ``(taps, k_g, n_g)`` for ``order="forward"``, ``(taps, n_g, k_g)`` for
+        ``"grad_input"``; group g keeps its offset ``w_offsets[g] * taps``."""
+        if order not in ("forward", "grad_input"):
+            raise ValueError(f"order must be 'forward' or 'grad_input', got {order!r}")
+
+        def build():
+            dims = (2, 1, 0) if order == "forward" else (2, 0, 1)
+            blocks = [torch.arange(lo * taps, hi * taps).view(n, k, taps).permute(dims).reshape(-1)
+                      for lo, hi, n, k in zip(self.w_offsets, self.w_offsets[1:], self.out_sizes, self.in_sizes)]
+            return torch.cat(blocks).to(device)
+        return self._cached(("taps", taps, order, device), build)
+
+
 def block_layout(in_sizes, out_sizes) -> BlockLayout:
     """The shared :class:`BlockLayout` for these group sizes (sequences of ints; one per distinct layout)."""
     return _shared_layout(tuple(in_sizes), tuple(out_sizes))

@@ -332,6 +332,9 @@ class BlockDiagonalLayer(nn.Module):
         if live:
             return self._live(call, dtype)
         weight, bias = self._prepared(lambda w, b: (w, b), dtype, bn)
+        prepare = getattr(kernels, "prepare_weight", None)  # a backend that re-packs the weight does it once here
+        if prepare is not None:
+            weight = prepare(weight, self.layout, self.kernel_size)
         return lambda x: call(x if x.dtype == dtype else x.to(dtype), weight, bias)
 
     def _live(self, call, dtype: torch.dtype):

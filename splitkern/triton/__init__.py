@@ -11,11 +11,15 @@ __all__ = ["INTERPRETED", "prepare_layout", "table_shapes"]
 
 
 def table_shapes() -> tuple[set[int], set[tuple[int, int]]]:
-    """Column-tile widths and (rows, columns) weight-block tiles of every config a launch can pick."""
-    tiled = [*(cfg for table in block_diag_mm.FORWARD_CONFIGS.values() for cfg in table.values()),
-             *grouped_conv.CONV_CONFIGS.values()]
-    blocked = [*block_diag_mm.WEIGHT_GRAD_CONFIGS.values(), *grouped_conv.CONV_WEIGHT_GRAD_CONFIGS.values()]
-    return {cfg.block_n for cfg in tiled}, {(cfg.block_n, cfg.block_k) for cfg in blocked}
+    """Column-tile widths and (rows, columns) weight-block tiles of every config a launch can pick (the conv's
+    narrowed to any group width, :func:`splitkern.triton.grouped_conv.conv_config`)."""
+    widths = {cfg.block_n for table in block_diag_mm.FORWARD_CONFIGS.values() for cfg in table.values()}
+    for cfg in grouped_conv.CONV_CONFIGS.values():
+        widths.update(grouped_conv.tile_widths(cfg.block_n))
+    blocks = {(cfg.block_n, cfg.block_k) for cfg in block_diag_mm.WEIGHT_GRAD_CONFIGS.values()}
+    for cfg in grouped_conv.CONV_WEIGHT_GRAD_CONFIGS.values():
+        blocks.update((cfg.block_n, width) for width in grouped_conv.tile_widths(cfg.block_k))
+    return widths, blocks
 
 
 def prepare_layout(layout, device: torch.device) -> None:
