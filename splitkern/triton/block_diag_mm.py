@@ -15,7 +15,9 @@ over the batch for every weight tile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
 
 import torch
 import triton
@@ -190,6 +192,46 @@ def grouped_mm_persistent_kernel(
 
 
 @triton.jit
+def grouped_mm_tma_kernel(
+    a_ptr, w_ptr, bias_ptr, c_ptr,
+    tiles_ptr, red_offsets_ptr, out_offsets_ptr, w_offsets_ptr,
+    M, stride_am, stride_cm,
+    W_AS_IS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """:func:`_mm_tile` on Hopper's TMA (grid = (cdiv(M, BLOCK_M), tiles)): each operand of the tile's group
+    through a device-side tensor descriptor bounded by that group, so an edge tile's loads fill zeros past
+    it and its store stops at it. Aligned layouts (every group size a multiple of 8, none empty), unit inner
+    strides, 16-byte aligned rows, no index tables (:func:`tma_applies`)."""
+    g, col0, red_lo, red_size, out_lo, out_size = column_tile(tiles_ptr, tl.program_id(1), red_offsets_ptr,
+                                                              out_offsets_ptr, True, BLOCK_N)
+    w_lo = group_range(w_offsets_ptr, g, True)[0].to(tl.int64)
+    row0 = tl.program_id(0) * BLOCK_M
+    a_desc = tl.make_tensor_descriptor(a_ptr + red_lo, shape=[M, red_size], strides=[stride_am, 1],
+                                       block_shape=[BLOCK_M, BLOCK_K])
+    c_desc = tl.make_tensor_descriptor(c_ptr + out_lo, shape=[M, out_size], strides=[stride_cm, 1],
+                                       block_shape=[BLOCK_M, BLOCK_N])
+    if W_AS_IS:  # input gradient: W_g is (red_size, out_size), reduced over its rows
+        w_desc = tl.make_tensor_descriptor(w_ptr + w_lo, shape=[red_size, out_size], strides=[out_size, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+    else:  # forward: W_g is (out_size, red_size), reduced over its columns
+        w_desc = tl.make_tensor_descriptor(w_ptr + w_lo, shape=[out_size, red_size], strides=[red_size, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, red_size, BLOCK_K):
+        a = a_desc.load([row0, k0])
+        if W_AS_IS:
+            b = w_desc.load([k0, col0])
+        else:
+            b = w_desc.load([col0, k0]).T
+        acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        offs_c = col0 + tl.arange(0, BLOCK_N)
+        acc += tl.load(bias_ptr + out_lo + offs_c, mask=offs_c < out_size, other=0.0).to(tl.float32)[None, :]
+    c_desc.store([row0, col0], acc.to(c_ptr.dtype.element_ty))
+
+
+@triton.jit
 def grouped_mm_weight_grad_kernel(
     dy_ptr, x_ptr, dw_ptr,
     dy_cols_ptr, x_cols_ptr,
@@ -241,6 +283,66 @@ def block_diag_mm_grad_bias(grad_out, out_index=None):
     gradient, as long as the three GEMMs of the backward together.
     """
     return channel_grad_bias(grad_out, out_index)
+
+
+# Device-side tensor descriptors (Triton >= 3.4); SPLITKERN_TRITON_TMA=0 keeps every launch on the pointer
+# kernels (to measure one against the other).
+HAS_TMA = hasattr(tl, "make_tensor_descriptor")
+TMA = HAS_TMA and os.environ.get("SPLITKERN_TRITON_TMA", "1") != "0"
+
+
+@functools.cache
+def _hopper(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def on_hopper(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives on an sm_90 GPU (where TMA exists)."""
+    return t.is_cuda and _hopper(t.device)
+
+
+def tma_applies(a, c, layout, cfg: MMConfig, a_index, c_index) -> bool:
+    """Whether a forward / input-gradient launch of ``cfg`` writing ``c`` goes to :func:`grouped_mm_tma_kernel`:
+    16-bit operands on an sm_90 GPU, an aligned layout without empty groups, no index tables, a tile config
+    that is neither swapped nor persistent, unit inner strides, and row strides and pointers TMA can address
+    (16-byte multiples)."""
+    if not TMA or a_index is not None or c_index is not None or cfg.swap_ab or cfg.persistent:
+        return False
+    if a.dtype not in (torch.float16, torch.bfloat16) or not layout.aligned or 0 in layout.in_sizes + layout.out_sizes:
+        return False
+    if not on_hopper(a):
+        return False
+    row_bytes = a.element_size()
+    return (a.stride(1) == 1 and c.stride(1) == 1 and (a.stride(0) * row_bytes) % 16 == 0
+            and (c.stride(0) * row_bytes) % 16 == 0 and a.data_ptr() % 16 == 0 and c.data_ptr() % 16 == 0)
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Global memory for the device-side tensor descriptors (Triton asks for it at launch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """Give Triton an allocator for descriptor scratch, unless one is set (per thread: a context variable)."""
+    from triton.runtime import _allocation
+
+    current = getattr(_allocation, "_allocator", None)
+    if current is None or isinstance(current.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
+def tma_launch(a, weight, bias, c, layout, w_as_is, cfg: MMConfig):
+    """(grid, args, kwargs) of one :func:`grouped_mm_tma_kernel` launch writing ``c`` (also the report's)."""
+    red_over, out_over = ("out", "in") if w_as_is else ("in", "out")
+    in_offsets, out_offsets, w_offsets = layout.offsets(a.device)
+    offsets = {"in": in_offsets, "out": out_offsets}
+    tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
+    grid = checked_grid((triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0]), "block_diag_mm")
+    args = (a, weight, weight if bias is None else bias, c, tiles, offsets[red_over], offsets[out_over], w_offsets,
+            a.shape[0], a.stride(0), c.stride(0))
+    kwargs = dict(W_AS_IS=w_as_is, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return grid, args, kwargs
 
 
 def mm_kernel(cfg: MMConfig):
@@ -306,6 +408,11 @@ def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
         return c
     bias = None if bias is None else bias.contiguous()
     cfg = pick_config(a.shape[0], a.dtype, layout.aligned)
+    if tma_applies(a, c, layout, cfg, a_index, c_index):
+        if a.is_cuda:
+            _ensure_allocator()
+        launch(grouped_mm_tma_kernel, *tma_launch(a, weight.contiguous(), bias, c, layout, w_as_is, cfg))
+        return c
     grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is, a_index, c_index, cfg)
     launch(mm_kernel(cfg), grid, args, kwargs)
     return c
@@ -380,7 +487,19 @@ def static_variants():
                                       grouped_mm_launch(x, w, b, y, layout, False, ii, oi, cfg))]
                     for label, kernel, (_, args, kw) in launches:
                         yield kernel, label, args, {**kw, "INPUT_PRECISION": precision}, tc
+                    if HAS_TMA and dtype != torch.float32 and layout.aligned and not indexed:
+                        yield from _tma_variants(tag, x, y, w, b, layout)
     yield from _user_shape_variants()
+
+
+def _tma_variants(tag, x, y, w, b, layout):
+    """The TMA launches (sm_90 only: their labels end in ``-sm90``) of every bucket whose tiles take it."""
+    for bucket, cfg in config_table(x.dtype, True).items():
+        if cfg.swap_ab or cfg.persistent:
+            continue
+        for label, launch_ in ((f"forward-{tag}-m{bucket}-tma-sm90", tma_launch(x, w, b, y, layout, False, cfg)),
+                               (f"grad_input-{tag}-m{bucket}-tma-sm90", tma_launch(y, w, None, x, layout, True, cfg))):
+            yield grouped_mm_tma_kernel, label, launch_[1], launch_[2], True
 
 
 def _user_shape_variants():
