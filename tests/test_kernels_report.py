@@ -19,11 +19,12 @@ def reports():
 
 
 def test_every_variant_compiled_for_both_archs(reports):
-    n = len(kernels._variants())
-    assert n > 0
+    labels = [label for _, label, *_ in kernels._variants()]
+    assert labels
     for arch in kernels.ARCHS:
         mine = [r for r in reports if r.arch == arch]
-        assert len(mine) == n
+        assert sorted(r.variant for r in mine) == sorted(label for label in labels if kernels.for_arch(label, arch))
+        assert arch != "sm80" or not any(label.endswith("-sm90") for label in (r.variant for r in mine))
         assert not [r for r in mine if r.error], [r.error for r in mine if r.error][:3]
 
 
@@ -55,6 +56,12 @@ def test_report_covers_every_config_the_dispatcher_picks():
         assert f"grad_weight-{name}-ragged" in labels
 
 
+def test_triton_tma_variants_are_sm90_only_and_must_show_tma(reports):
+    tma = [r for r in reports if "-tma-" in r.variant]
+    assert tma and {r.arch for r in tma} == {"sm90"}
+    assert all(r.needs_wgmma_tma and r.wgmma_tma for r in tma), [r.variant for r in tma if not r.wgmma_tma]
+
+
 def test_specialisation_matches_the_jit():
     kernel, _, args, kwargs, _ = next(v for v in kernels._variants() if v[0] is tk.grouped_mm_kernel)
     _, src, options = kernels._source(kernel, args, kwargs)
@@ -78,7 +85,7 @@ def _report(**overrides):
     (dict(shared_bytes=232449), "shared memory"),
     (dict(arch="sm80", shared_bytes=166913), "shared memory"),
     (dict(error="CompilationError: x"), "compile error"),
-    (dict(needs_wgmma_tma=True, wgmma_tma=False), "CUTLASS sm90 GEMM without wgmma"),
+    (dict(needs_wgmma_tma=True, wgmma_tma=False), "TMA GEMM .CUTLASS or Triton. without wgmma"),
 ])
 def test_problems_flag_each_condition(overrides, words):
     assert kernels.problems([_report()]) == []

@@ -47,7 +47,7 @@ class KernelReport:
     blocks_per_sm: int
     error: str = ""
     wgmma_tma: bool = False  # the SASS holds wgmma (HGMMA) and TMA loads (UTMALDG)
-    needs_wgmma_tma: bool = False  # a CUTLASS sm90 kernel: both are its reason to exist
+    needs_wgmma_tma: bool = False  # a CUTLASS sm90 kernel or a Triton TMA one: both are its reason to exist
 
 
 def cuobjdump() -> str:
@@ -117,15 +117,22 @@ def blocks_per_sm(arch: str, registers: int, num_warps: int, shared: int) -> int
     return max(0, min(by_regs, by_threads, by_smem, lim["blocks_sm"]))
 
 
+def for_arch(label: str, arch: str) -> bool:
+    """Whether variant ``label`` is compiled for ``arch``: a label ending in ``-sm90`` (a TMA kernel) only there."""
+    return not label.endswith("-sm90") or arch == "sm90"
+
+
 def compile_one(index: int, arch: str) -> KernelReport:
-    """Compile variant ``index`` for ``arch`` and read its cubin."""
+    """Compile variant ``index`` for ``arch`` and read its cubin. A ``-tma-`` variant must show wgmma and TMA
+    loads (HGMMA + UTMALDG), as a CUTLASS sm90 GEMM must."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     kernel, label, args, kwargs, needs_tc = _variants()[index]
     fn, src, options = _source(kernel, args, kwargs)
     warps, stages = options.get("num_warps", 4), options.get("num_stages", 3)
-    report = KernelReport(arch, fn.__name__, label, warps, stages, 0, 0, 0, 0, False, needs_tc, 0)
+    report = KernelReport(arch, fn.__name__, label, warps, stages, 0, 0, 0, 0, False, needs_tc, 0,
+                          needs_wgmma_tma="-tma-" in label)
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch]["cc"], 32), options=options)
     except Exception as exc:  # a compile error is a finding, not a crash of the report
@@ -144,6 +151,7 @@ def compile_one(index: int, arch: str) -> KernelReport:
     report.local_bytes = usage.get("LOCAL", 0)
     report.shared_bytes = int(compiled.metadata.shared) + usage.get("SHARED", 0)
     report.tensor_cores = re.search(rf"\b{ARCHS[arch]['mma']}\b", sass) is not None
+    report.wgmma_tma = bool(_wgmma_tma_functions(sass))
     report.blocks_per_sm = blocks_per_sm(arch, report.registers, warps, report.shared_bytes)
     return report
 
@@ -153,7 +161,7 @@ def _compile_star(job):
 
 
 def triton_reports(archs=tuple(ARCHS), jobs: int = 2, progress: bool = True) -> list[KernelReport]:
-    work = [(i, arch) for arch in archs for i in range(len(_variants()))]
+    work = [(i, arch) for arch in archs for i, (_, label, *_) in enumerate(_variants()) if for_arch(label, arch)]
     ctx = multiprocessing.get_context("spawn")  # a clean process: no TRITON_INTERPRET from the caller
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_child_init) as pool:
         results = pool.map(_compile_star, work)
@@ -244,7 +252,8 @@ def problems(reports: list[KernelReport]) -> list[str]:
         if r.needs_tensor_cores and not r.tensor_cores:
             found.append(f"{where}: no {ARCHS.get(r.arch, {}).get('mma', 'MMA')} tensor-core instructions")
         if r.needs_wgmma_tma and not r.wgmma_tma:
-            found.append(f"{where}: a CUTLASS sm90 GEMM without wgmma (HGMMA) and TMA (UTMALDG) instructions")
+            found.append(f"{where}: an sm90 TMA GEMM (CUTLASS or Triton) without wgmma (HGMMA) and TMA (UTMALDG) "
+                         "instructions")
         limit = ARCHS.get(r.arch, {}).get("smem_block")
         if limit and r.shared_bytes > limit:
             found.append(f"{where}: {r.shared_bytes} B shared memory > {limit} B per block")
