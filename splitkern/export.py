@@ -216,14 +216,14 @@ def _splitkern_class(obj) -> bool:
 
 def _replace_layers(root: nn.Module) -> int:
     """Swap every split layer / channel permutation of ``root`` for a plain GraphModule; how many. Foldable
-    BatchNorms become the torch class they extend (the plain layers fold nothing)."""
+    BatchNorms and folding convs / linears become the torch class they extend (the plain layers fold nothing)."""
     from splitkern.nn._block_diagonal import BlockDiagonalLayer
-    from splitkern.nn.fold import plain_batchnorm
+    from splitkern.nn.fold import plain_module
     from splitkern.splitnet.convert import ChannelPermute
 
     replaced = 0
     for name, module in list(root.named_modules()):
-        plain_batchnorm(module)
+        plain_module(module)
         if isinstance(module, BlockDiagonalLayer):
             plain = _graph_module(_PlainBlockDiagonal(module), "Plain" + type(module).__name__)
         elif isinstance(module, ChannelPermute):

@@ -1,4 +1,4 @@
-"""BatchNorm folded into the split layer before it, for inference.
+"""BatchNorm folded into the layer before it, for inference.
 
 In eval mode a BatchNorm is a per-channel affine map, ``y = x * s + t`` with
 ``s = gamma / sqrt(running_var + eps)`` and ``t = beta - running_mean * s``. When a split layer's
@@ -19,6 +19,12 @@ parameters and statistics, so ``.train()``, a ``load_state_dict`` or an in-place
 them (unfolded in train mode). The BatchNorm (a :class:`FoldableBatchNorm2d`/``1d``: the class
 swapped in place, parameters, buffers and hooks kept) passes through exactly the tensor the
 folded layer returned and normalises anything else. :func:`unfold_batchnorm` removes the links.
+
+The model's plain ``nn.Conv2d`` / ``nn.Linear`` layers (a split model's unsplit trunk) fold the same way:
+their class is swapped in place to :class:`FoldingConv2d` / :class:`FoldingLinear`, which in a no-grad
+eval call computes with a folded copy of its weight and bias, kept until the layer's or the BatchNorm's
+state changes (the same stamp). Without that, a split model would normalise where its dense model,
+folded the same way, would not.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import weakref
 
 import torch
 from torch import nn
+
+from splitkern.nn._plan import _recorded, stamp, tensor_state
 
 
 class _FoldableBatchNorm:
@@ -55,6 +63,63 @@ class FoldableBatchNorm2d(_FoldableBatchNorm, nn.BatchNorm2d):
 
 _FOLDABLE = {nn.BatchNorm1d: FoldableBatchNorm1d, nn.BatchNorm2d: FoldableBatchNorm2d}
 _BATCHNORMS = tuple(_FOLDABLE)
+
+
+class _FoldingLayer:
+    """A torch conv / linear layer that computes with the BatchNorm after it folded in (no-grad eval calls)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.__dict__.get("_fold_bn")
+        if bn is None or not self._folds(bn, x):
+            return super().forward(x)
+        weight, bias = self._folded_parameters(bn)
+        out = self._with(x, weight, bias)
+        bn.__dict__["_folded_output"] = weakref.ref(out)
+        return out
+
+    def _folds(self, bn: nn.Module, x: torch.Tensor) -> bool:
+        """Whether this call folds: ``bn`` in eval with running statistics, autograd not recording, no forward hook
+        on this layer, no tracer or compiler watching."""
+        records = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return (folds_now(bn) and not records and not self._forward_hooks
+                and not nn.modules.module._global_forward_hooks and not _recorded())
+
+    def _folded_parameters(self, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight (rows times ``s``, in the weight's dtype and memory format) and bias (``b * s + t``) with
+        ``bn`` folded in, rebuilt when this layer's or ``bn``'s tensors change (:func:`state`)."""
+        key = (*stamp(self.weight, self.bias), *state(bn))
+        cached = self.__dict__.get("_folded_parameters_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                scale, shift = (v.to(self.weight.device) for v in scale_shift(bn))
+                rows = scale.view(-1, *(1,) * (self.weight.dim() - 1))
+                weight = torch.empty_like(self.weight).copy_(self.weight.float() * rows)
+                bias = shift if self.bias is None else self.bias.float() * scale + shift
+                cached = (key, weight, bias.to(self.weight.dtype))
+            self.__dict__["_folded_parameters_cache"] = cached
+        return cached[1], cached[2]
+
+    def __getstate__(self):
+        """Pickles and deep copies leave the folded copies behind (rebuilt on the next folded call)."""
+        state_ = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state_.items() if k != "_folded_parameters_cache"}
+
+
+class FoldingConv2d(_FoldingLayer, nn.Conv2d):
+    """``nn.Conv2d`` that folds the BatchNorm after it into no-grad eval calls (see the module doc)."""
+
+    def _with(self, x, weight, bias):
+        return self._conv_forward(x, weight, bias)
+
+
+class FoldingLinear(_FoldingLayer, nn.Linear):
+    """``nn.Linear`` that folds the BatchNorm after it into no-grad eval calls (see the module doc)."""
+
+    def _with(self, x, weight, bias):
+        return nn.functional.linear(x, weight, bias)
+
+
+_FOLDING = {nn.Conv2d: FoldingConv2d, nn.Linear: FoldingLinear}
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -115,44 +180,72 @@ def batchnorm_pairs(model: nn.Module, kinds: tuple[type, ...] | None = None) -> 
     return pairs
 
 
+def _link(layer: nn.Module, bn: nn.Module | None) -> bool:
+    """Fold ``bn`` (None: nothing) into ``layer`` if it is a split layer or a torch conv / linear (its class
+    swapped to the folding one, or back to torch's without ``bn``); whether it could."""
+    from splitkern.nn._block_diagonal import BlockDiagonalLayer
+
+    if isinstance(layer, BlockDiagonalLayer):
+        layer.fold_into(bn)
+        return True
+    if type(layer) in _FOLDING and bn is not None:
+        layer.__class__ = _FOLDING[type(layer)]  # no new state: parameters, buffers, hooks stay
+    if not isinstance(layer, _FoldingLayer):
+        return False  # a subclass of the user's own is left alone
+    layer.__dict__["_fold_bn"] = bn
+    if bn is None:
+        plain_module(layer)
+    return True
+
+
+def _linked(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: layer}`` of every layer of ``model`` that can hold a fold link (split and folding layers)."""
+    from splitkern.nn._block_diagonal import BlockDiagonalLayer
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, (BlockDiagonalLayer, _FoldingLayer))}
+
+
 def fold_batchnorm(model: nn.Module) -> dict[str, str]:
-    """Link every split layer of ``model`` whose output only feeds a BatchNorm to that BatchNorm (see the
-    module doc; :func:`batchnorm_pairs`); returns ``{layer name: BatchNorm name}`` of the links. Idempotent."""
+    """Link every split layer, ``nn.Conv2d`` and ``nn.Linear`` of ``model`` whose output only feeds a BatchNorm
+    to that BatchNorm (see the module doc; :func:`batchnorm_pairs`); returns ``{layer name: BatchNorm name}`` of
+    the links. Idempotent."""
+    from splitkern.nn._block_diagonal import BlockDiagonalLayer
+
     links = {}
-    for layer_name, bn_name in batchnorm_pairs(model).items():
-        bn = model.get_submodule(bn_name)
+    for layer_name, bn_name in batchnorm_pairs(model, (BlockDiagonalLayer, nn.Conv2d, nn.Linear)).items():
+        layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        if not (isinstance(layer, (BlockDiagonalLayer, _FoldingLayer)) or type(layer) in _FOLDING):
+            continue  # a conv / linear subclass of the user's own is left alone
         if type(bn) in _FOLDABLE:
             bn.__class__ = _FOLDABLE[type(bn)]  # no new state: parameters, buffers, hooks stay
-        if isinstance(bn, _FoldableBatchNorm):  # a BatchNorm subclass of the user's own is left alone
-            model.get_submodule(layer_name).fold_into(bn)
+        if isinstance(bn, _FoldableBatchNorm) and _link(layer, bn):
             links[layer_name] = bn_name
     return links
 
 
 def unfold_batchnorm(model: nn.Module) -> nn.Module:
-    """Remove every fold link of ``model``'s split layers: their BatchNorms normalise again."""
-    from splitkern.nn.strategy import split_layers
-
-    for layer in split_layers(model).values():
-        layer.fold_into(None)
+    """Remove every fold link of ``model``: its BatchNorms normalise again, its folding torch layers are torch's
+    own classes again."""
+    for layer in _linked(model).values():
+        _link(layer, None)
     return model
 
 
 def folded_batchnorms(model: nn.Module) -> dict[str, str]:
-    """``{split layer name: BatchNorm name}`` of the fold links in ``model``."""
-    from splitkern.nn.strategy import split_layers
-
+    """``{layer name: BatchNorm name}`` of the fold links in ``model`` (split layers and torch layers)."""
     names = {id(m): name for name, m in model.named_modules()}
-    return {name: names.get(id(layer.fold_target), "?") for name, layer in split_layers(model).items()
-            if layer.fold_target is not None}
+    links = {name: layer.__dict__.get("_fold_bn") for name, layer in _linked(model).items()}
+    return {name: names.get(id(bn), "?") for name, bn in links.items() if bn is not None}
 
 
-def plain_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` back to the torch BatchNorm class where it is a foldable one (for tracers and exporters
-    that know torch's modules); anything else unchanged."""
-    for plain, foldable in _FOLDABLE.items():
-        if type(module) is foldable:
-            module.__dict__.pop("_folded_output", None)
+def plain_module(module: nn.Module) -> nn.Module:
+    """``module`` back to the torch class it extends where it is a foldable BatchNorm or a folding conv / linear
+    (for tracers and exporters that know torch's modules, and after :func:`unfold_batchnorm`); anything else
+    unchanged."""
+    for plain, special in (*_FOLDABLE.items(), *_FOLDING.items()):
+        if type(module) is special:
+            for key in ("_folded_output", "_fold_bn", "_folded_parameters_cache"):
+                module.__dict__.pop(key, None)
             module.__class__ = plain
     return module
 
@@ -164,8 +257,6 @@ def folds_now(bn: nn.Module | None) -> bool:
 
 def state(bn: nn.Module) -> tuple:
     """What folded weights are valid for: the BatchNorm's mode and every tensor's storage and version."""
-    from splitkern.nn._plan import tensor_state
-
     tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
     return (bn.training, bn.eps, *((None, None) if t is None else tensor_state(t) for t in tensors))
 
@@ -203,5 +294,5 @@ def marking(run, bn: nn.Module):
     return run_and_mark
 
 
-__all__ = ["FoldableBatchNorm1d", "FoldableBatchNorm2d", "batchnorm_pairs", "fold_batchnorm", "folded_batchnorms",
-           "plain_batchnorm", "unfold_batchnorm"]
+__all__ = ["FoldableBatchNorm1d", "FoldableBatchNorm2d", "FoldingConv2d", "FoldingLinear", "batchnorm_pairs",
+           "fold_batchnorm", "folded_batchnorms", "plain_module", "unfold_batchnorm"]

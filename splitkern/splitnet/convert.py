@@ -184,8 +184,8 @@ def split(model: nn.Module, *, fold_permutation: bool = True, fold_batchnorm: bo
     entering the split (:attr:`SplitPlan.start_stream`), permute their channels so that activation
     comes out in grouped order (no permute per forward); the start's ``ChannelPermute`` then holds
     the identity. Otherwise it permutes the activation on every forward.
-    ``fold_batchnorm``: link each split layer whose output only feeds a BatchNorm to it, so that no-grad
-    eval calls run the BatchNorm inside the layer's prepared weights
+    ``fold_batchnorm``: link each split layer (and each plain ``nn.Conv2d`` / ``nn.Linear``) whose output only
+    feeds a BatchNorm to it, so that no-grad eval calls run the BatchNorm inside the layer's weights
     (:func:`splitkern.nn.fold.fold_batchnorm`; training and autograd are unaffected).
     """
     plan = plan_of(model)

@@ -1,4 +1,5 @@
-"""BatchNorm folded into the split layer before it (splitkern.nn.fold): exact, undone when it must be."""
+"""BatchNorm folded into the split layer (or torch conv / linear) before it (splitkern.nn.fold): exact, undone
+when it must be."""
 
 import copy
 import io
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from splitkern.models import wrn
-from splitkern.nn import (FoldableBatchNorm2d, SplitConv2d, SplitLinear, fold_batchnorm, folded_batchnorms,
-                          set_strategy, unfold_batchnorm)
+from splitkern.nn import (FoldableBatchNorm2d, FoldingConv2d, FoldingLinear, SplitConv2d, SplitLinear, fold_batchnorm,
+                          folded_batchnorms, set_strategy, strategies, unfold_batchnorm)
+from splitkern.nn.fold import plain_module
 from splitkern.splitnet import split
 
 ATOL = 1e-5
@@ -48,10 +50,13 @@ def test_folded_model_matches_the_unfolded_one(strategy, groups):
         expected = plain(x)
         assert (folded(x) - expected).abs().max() <= ATOL
         assert (folded(x) - expected).abs().max() <= ATOL  # the cached plans too
-    assert len(folded_batchnorms(folded)) == 4  # conv1 -> bn2 in the four split blocks
+    links = folded_batchnorms(folded)
+    split_links = [name for name in links if name in strategies(folded)]
+    assert len(split_links) == 4  # conv1 -> bn2 in the four split blocks
+    assert {type(folded.get_submodule(name)) for name in links if name not in split_links} == {FoldingConv2d}
+    assert len(links) > 4  # and in the unsplit ones
     assert not folded_batchnorms(plain)
-    assert all(plan.folds for name in folded_batchnorms(folded)
-               for plan in folded.get_submodule(name).plans.values())
+    assert all(plan.folds for name in split_links for plan in folded.get_submodule(name).plans.values())
 
 
 def test_train_mode_autograd_and_hooks_see_the_batchnorm_run():
@@ -159,3 +164,73 @@ def test_fold_into_checks_its_argument():
         layer.fold_into(nn.BatchNorm2d(10))
     with pytest.raises(ValueError, match="bn normalises 7 features"):
         layer.fold_into(FoldableBatchNorm2d(7))
+
+
+def _torch_pair(kind: str):
+    """(model, unfolded copy, input) of a torch conv / linear followed by its BatchNorm, statistics randomised."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        model, x = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)), torch.randn(2, 4, 5, 5)
+        model = model.to(memory_format=torch.channels_last)
+    else:
+        model, x = nn.Sequential(nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7)), torch.randn(3, 5)
+    _randomise_batchnorms(model)
+    return model, copy.deepcopy(model).eval(), x
+
+
+@pytest.mark.parametrize("kind, folding", [("conv", FoldingConv2d), ("linear", FoldingLinear)])
+def test_torch_layers_fold_their_batchnorm_exactly(kind, folding):
+    model, plain, x = _torch_pair(kind)
+    assert fold_batchnorm(model) == {"0": "1"} and type(model[0]) is folding
+    model.eval()
+    with torch.no_grad():
+        out = model[0](x)
+        assert model[1](out) is out  # the BatchNorm passes the folded output through
+        assert (model(x) - plain(x)).abs().max() <= ATOL
+        if kind == "conv":  # the folded weight keeps the layer's memory format
+            assert model[0]._folded_parameters(model[1])[0].is_contiguous(memory_format=torch.channels_last)
+        model[1].running_mean.add_(0.5)  # an edit of the BatchNorm's state refolds
+        plain[1].running_mean.add_(0.5)
+        assert (model(x) - plain(x)).abs().max() <= ATOL
+        model[0].weight.mul_(2)  # so does one of the layer's
+        plain[0].weight.mul_(2)
+        assert (model(x) - plain(x)).abs().max() <= ATOL
+
+
+def test_torch_layers_fold_only_in_no_grad_eval_calls_without_hooks():
+    model, plain, x = _torch_pair("conv")
+    fold_batchnorm(model)
+    model.eval()
+    out = model[0](x)  # autograd records: the layer's own output
+    assert (out - plain[0](x)).abs().max() <= ATOL and model[1](out) is not out
+    with torch.no_grad():
+        model.train()
+        assert (model[0](x) - plain[0](x)).abs().max() <= ATOL
+        model.eval()
+        handle = model[0].register_forward_hook(lambda m, i, o: None)
+        assert (model[0](x) - plain[0](x)).abs().max() <= ATOL
+        handle.remove()
+        assert (model[0](x) - plain[0](x)).abs().max() > 1e-2  # folded now
+
+
+def test_torch_layers_unfold_pickle_and_export_as_torch_classes():
+    model, plain, x = _torch_pair("conv")
+    fold_batchnorm(model)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert folded_batchnorms(clone) == {"0": "1"}
+            assert (clone(x) - plain(x)).abs().max() <= ATOL
+        assert type(plain_module(copy.deepcopy(model)[0])) is nn.Conv2d
+        unfold_batchnorm(model)
+        assert type(model[0]) is nn.Conv2d and not folded_batchnorms(model)
+        assert (model(x) - plain(x)).abs().max() <= ATOL
+
+
+def test_a_torch_subclass_is_left_alone():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(MyConv(4, 6, 3), nn.BatchNorm2d(6))
+    assert fold_batchnorm(model) == {} and type(model[0]) is MyConv and type(model[1]) is nn.BatchNorm2d
