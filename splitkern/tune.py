@@ -8,7 +8,8 @@ representative problem (block_diag_mm: K = N = 4096 in 4 groups, aligned or ragg
 64 or 4096; grouped_conv: WRN stage 3, 512 channels at 8x8 in 4 groups, batch 128; the
 regulariser: a 512x512x3x3 weight in 4 groups) and times the shipped config and its neighbours
 (one tile size, the warps or the stages changed; block_diag_mm's forward also as a persistent
-launch). A candidate counts only if it compiles without register spills (``n_spills`` of the
+launch), each as the dispatcher launches it (on sm_90, an aligned 16-bit config that is neither swapped nor
+persistent runs the TMA kernel). A candidate counts only if it compiles without register spills (``n_spills`` of the
 compiled kernel) and computes what the shipped config computes; the fastest median wins.
 Entries not reached within ``--budget`` keep the shipped config and say so.
 
@@ -94,8 +95,8 @@ def mm_problems(device, tiny: bool) -> list[Problem]:
             y, dx = torch.empty_like(dy), torch.empty_like(x)
 
             def launches(cfg, x=x, dy=dy, y=y, dx=dx, b=b, w=w, layout=layout):
-                return [(tk.mm_kernel(cfg), *tk.grouped_mm_launch(x, w, b, y, layout, False, None, None, cfg)),
-                        (tk.mm_kernel(cfg), *tk.grouped_mm_launch(dy, w, None, dx, layout, True, None, None, cfg))]
+                return [tk.mm_launch(x, w, b, y, layout, False, None, None, cfg),
+                        tk.mm_launch(dy, w, None, dx, layout, True, None, None, cfg)]
             problems.append(Problem("block_diag_mm", "forward", dclass, str(bucket), launches, [y, dx]))
     for dclass in tk.WEIGHT_GRAD_CONFIGS:
         dtype = _dtype(dclass, device)

@@ -345,6 +345,16 @@ def tma_launch(a, weight, bias, c, layout, w_as_is, cfg: MMConfig):
     return grid, args, kwargs
 
 
+def mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg: MMConfig):
+    """(kernel, grid, args, kwargs) of the forward / input-gradient launch the dispatcher makes for ``cfg``:
+    :func:`grouped_mm_tma_kernel` where :func:`tma_applies`, else ``mm_kernel(cfg)`` (the sweep times these)."""
+    if tma_applies(a, c, layout, cfg, a_index, c_index):
+        if a.is_cuda:
+            _ensure_allocator()
+        return (grouped_mm_tma_kernel, *tma_launch(a, weight, bias, c, layout, w_as_is, cfg))
+    return (mm_kernel(cfg), *grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg))
+
+
 def mm_kernel(cfg: MMConfig):
     """The kernel a forward/input-gradient config launches: persistent or one program per tile."""
     return grouped_mm_persistent_kernel if cfg.persistent else grouped_mm_kernel
@@ -408,13 +418,8 @@ def _launch_grouped_mm(a, weight, bias, layout, w_as_is, a_index, c_index):
         return c
     bias = None if bias is None else bias.contiguous()
     cfg = pick_config(a.shape[0], a.dtype, layout.aligned)
-    if tma_applies(a, c, layout, cfg, a_index, c_index):
-        if a.is_cuda:
-            _ensure_allocator()
-        launch(grouped_mm_tma_kernel, *tma_launch(a, weight.contiguous(), bias, c, layout, w_as_is, cfg))
-        return c
-    grid, args, kwargs = grouped_mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is, a_index, c_index, cfg)
-    launch(mm_kernel(cfg), grid, args, kwargs)
+    kernel, *launch_ = mm_launch(a, weight.contiguous(), bias, c, layout, w_as_is, a_index, c_index, cfg)
+    launch(kernel, *launch_)
     return c
 
 
