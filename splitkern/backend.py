@@ -127,8 +127,9 @@ def triton_interpreted() -> bool:
     return bool(module and module.INTERPRETED)
 
 
-def prepare_layout(layout, device: torch.device) -> None:
-    """Build on ``device`` every device table a kernel may read for ``layout`` (offsets, tile tables).
+def prepare_layout(layout, device: torch.device, taps: int = 1) -> None:
+    """Build on ``device`` every device table a kernel may read for ``layout`` (offsets, tile tables; with
+    ``taps`` > 1, a convolution's, the weight re-packing indices too).
 
     Layers call this when built or moved, so no forward or backward copies a table host -> device
     (a blocking copy: it stalls the first call per batch bucket and breaks CUDA graph capture).
@@ -138,7 +139,7 @@ def prepare_layout(layout, device: torch.device) -> None:
     device = torch.device(device)
     module, _ = _triton_module()
     if module is not None and (device.type == "cuda" or (device.type == "cpu" and module.INTERPRETED)):
-        module.prepare_layout(layout, device)
+        module.prepare_layout(layout, device, taps)
 
 
 def _unusable_reason(name: str) -> str:

@@ -83,7 +83,7 @@ class BlockDiagonalLayer(nn.Module):
         self._note_identity()
         self.register_load_state_dict_post_hook(_after_load_state_dict)
         self.reset_parameters()
-        prepare_layout(self.layout, self.weight.device)
+        prepare_layout(self.layout, self.weight.device, math.prod(self.kernel_size))
         self._strategy = _plan.AUTO
         self.chosen: dict[tuple, str] = {}  # "auto"'s choices by _plan.choice_key
         self._plans: dict[tuple, _plan.Plan] = {}  # by _plan.plan_key: what a call runs (inputs validated)
@@ -107,7 +107,7 @@ class BlockDiagonalLayer(nn.Module):
     def _apply(self, fn, recurse=True):
         """``.to()``, ``.cuda()``, ``.half()``...: then the device tables for the new device."""
         result = super()._apply(fn, recurse)
-        prepare_layout(self.layout, self.weight.device)
+        prepare_layout(self.layout, self.weight.device, math.prod(self.kernel_size))
         self.refresh()  # a new dtype or device: prepare and check again
         return result
 
@@ -118,7 +118,7 @@ class BlockDiagonalLayer(nn.Module):
 
     def _loaded(self) -> None:  # load_state_dict(assign=True) may move the parameters
         self._note_identity()
-        prepare_layout(self.layout, self.weight.device)
+        prepare_layout(self.layout, self.weight.device, math.prod(self.kernel_size))
         self.refresh()
 
     def fold_into(self, bn: nn.Module | None) -> None:

@@ -22,9 +22,9 @@ def table_shapes() -> tuple[set[int], set[tuple[int, int]]]:
     return widths, blocks
 
 
-def prepare_layout(layout, device: torch.device) -> None:
+def prepare_layout(layout, device: torch.device, taps: int = 1) -> None:
     """Every device table of ``layout`` that a launch on ``device`` may read, built now (see
-    :func:`splitkern.backend.prepare_layout`)."""
+    :func:`splitkern.backend.prepare_layout`; ``taps`` > 1: a convolution's weight re-packing indices too)."""
     widths, blocks = table_shapes()
     layout.offsets(device)
     for width in sorted(widths):
@@ -32,3 +32,6 @@ def prepare_layout(layout, device: torch.device) -> None:
             layout.column_tiles(device, width, over)
     for block_n, block_k in sorted(blocks):
         layout.block_tiles(device, block_n, block_k)
+    if taps > 1:
+        for order in ("forward", "grad_input"):
+            layout.tap_permutation(device, taps, order)
