@@ -85,7 +85,7 @@ def _report(**overrides):
     (dict(shared_bytes=232449), "shared memory"),
     (dict(arch="sm80", shared_bytes=166913), "shared memory"),
     (dict(error="CompilationError: x"), "compile error"),
-    (dict(needs_wgmma_tma=True, wgmma_tma=False), "TMA GEMM .CUTLASS or Triton. without wgmma"),
+    (dict(needs_wgmma_tma=True, wgmma_tma=False), "TMA GEMM (CUTLASS or Triton) without wgmma"),
 ])
 def test_problems_flag_each_condition(overrides, words):
     assert kernels.problems([_report()]) == []
