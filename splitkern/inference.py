@@ -1,8 +1,8 @@
 """One call for the fast inference model: :func:`accelerate`.
 
 ``fast = splitkern.accelerate(model, example)`` puts ``model`` in eval mode, links every split
-layer to the BatchNorm after it (:func:`splitkern.nn.fold.fold_batchnorm`), lets every ``"auto"``
-split layer choose its strategy on ``example`` (:func:`splitkern.nn.plan_strategies`), and wraps
+layer, ``nn.Conv2d`` and ``nn.Linear`` to the BatchNorm after it (:func:`splitkern.nn.fold.fold_batchnorm`),
+lets every ``"auto"`` split layer choose its strategy on ``example`` (:func:`splitkern.nn.plan_strategies`), and wraps
 the model in :class:`Accelerated`. On CUDA, :class:`Accelerated` records a CUDA graph per no-grad
 input key (shape, strides, dtype, device) once that key repeats, and replays it; the graph replays
 the strategies the layers chose, on their prepared weights. Everything else runs the model eagerly:
@@ -109,7 +109,7 @@ class Accelerated(nn.Module):
 def accelerate(model: nn.Module, example: torch.Tensor, *, capture: bool | None = None,
                fold: bool = True) -> Accelerated:
     """``model`` (a split model, or any model with split layers) made fast for inference on inputs like
-    ``example``: eval mode, BatchNorms folded into the split layers before them (``fold``), every ``"auto"``
+    ``example``: eval mode, BatchNorms folded into the layers before them (``fold``), every ``"auto"``
     layer's strategy chosen on ``example``, and (``capture``, default on CUDA) a CUDA graph per repeated
     no-grad input key. Returns an :class:`Accelerated` module wrapping ``model`` (which it modifies: mode,
     fold links and plans; not its parameters).
