@@ -227,7 +227,7 @@ def benchmark_section(op: str) -> str:
         sources = [path] + ([path.with_suffix(".md")] if path.with_suffix(".md").exists() else [])
         out.append(source_block(sources, command, csv_header(path)))
         interleaved = op == "split_inference" and _as_tuple(provenance(path)["version"]) >= (0, 2, 1)
-        out.append(row_table(rows, "Fastest ms per call of 5 interleaved rounds" if interleaved else
+        out.append(row_table(rows, "Fastest ms per call over interleaved rounds of every line" if interleaved else
                              "Median ms per call"))
     return "\n".join(out)
 
