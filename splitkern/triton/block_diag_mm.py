@@ -326,8 +326,11 @@ def _ensure_allocator() -> None:
     """Give Triton an allocator for descriptor scratch, unless one is set (per thread: a context variable)."""
     from triton.runtime import _allocation
 
-    current = getattr(_allocation, "_allocator", None)
-    if current is None or isinstance(current.get(), _allocation.NullAllocator):
+    try:
+        unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+    except AttributeError:  # another Triton's internals: set ours
+        unset = True
+    if unset:
         triton.set_allocator(_scratch)
 
 
