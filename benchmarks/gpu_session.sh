@@ -13,6 +13,8 @@
 #   split_inference   benchmarks/bench_split_inference.py
 #   ops_*             the op benchmarks through benchmarks/gpu_profile.py: every line's event time,
 #                     kernel time and host time, and the usual speedup CSV
+#   block_diag_mm_no_tma  the aligned 16-bit GEMMs again with the Triton TMA kernel off
+#                     (SPLITKERN_TRITON_TMA=0): the pointer kernels on the same machine
 #   tests             only the GPU-marked tests (pytest -m gpu)
 #   memcheck          compute-sanitizer over the GPU-marked op tests
 #   sweep             the kernel config sweep (python -m splitkern.tune) with what the budget has left
@@ -58,7 +60,8 @@ if [ "$DRY" != 1 ]; then
   export TORCH_CUDA_ARCH_LIST=${GPU_SESSION_ARCHS:-${MACHINE_ARCH:-8.0;9.0a}}
 fi
 CONV_CASES=(--case 512@8 --case 256@16 --case 128@32)  # WRN stages 3, 2, 1
-[ "$DRY" = 1 ] && CONV_CASES=()
+NO_TMA_CASES=(--case equal-M4096)  # the aligned GEMMs TMA serves, bf16 and fp16
+[ "$DRY" = 1 ] && CONV_CASES=() && NO_TMA_CASES=()
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
@@ -195,6 +198,9 @@ step build 240 build
 step host_overhead 120 bench host_overhead
 step split_inference 90 bench split_inference
 step ops_block_diag_mm 120 profile block_diag_mm
+# the same aligned bf16 GEMMs on the pointer kernels (the TMA kernel off): what TMA buys, on one machine
+step block_diag_mm_no_tma 45 env SPLITKERN_TRITON_TMA=0 "$PY" benchmarks/bench_block_diag_mm.py \
+    "${NO_TMA_CASES[@]}" --line dense --line splitkern-triton --name block_diag_mm-no-tma
 step ops_grouped_conv 90 profile grouped_conv "${CONV_CASES[@]}"
 step ops_group_weight_reg 30 profile group_weight_reg
 step tests 150 gpu_tests

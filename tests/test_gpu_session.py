@@ -12,8 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # in the order the script runs them: measurements first, then the GPU-marked tests, the sweep last
-STEPS = ("env", "build", "host_overhead", "split_inference", "ops_block_diag_mm", "ops_grouped_conv",
-         "ops_group_weight_reg", "tests", "memcheck", "sweep")
+STEPS = ("env", "build", "host_overhead", "split_inference", "ops_block_diag_mm", "block_diag_mm_no_tma",
+         "ops_grouped_conv", "ops_group_weight_reg", "tests", "memcheck", "sweep")
 
 
 def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place(tmp_path):
