@@ -140,9 +140,7 @@ class BlockDiagonalLayer(nn.Module):
     def _folding(self) -> nn.Module | None:
         """The linked BatchNorm if a prepared plan folds it now (eval mode, no forward hook on this layer)."""
         bn = self.__dict__.get("_fold_bn")
-        if not fold.folds_now(bn) or self._forward_hooks or nn.modules.module._global_forward_hooks:
-            return None
-        return bn
+        return bn if fold.folds_into(self, bn) else None
 
     def _stamp(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
         """What this layer's prepared weights are valid for (:func:`_plan.stamp`, and a linked BatchNorm's state)."""

@@ -81,8 +81,7 @@ class _FoldingLayer:
         """Whether this call folds: ``bn`` in eval with running statistics, autograd not recording, no forward hook
         on this layer, no tracer or compiler watching."""
         records = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return (folds_now(bn) and not records and not self._forward_hooks
-                and not nn.modules.module._global_forward_hooks and not _recorded())
+        return folds_into(self, bn) and not records and not _recorded()
 
     def _folded_parameters(self, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight (rows times ``s``, in the weight's dtype and memory format) and bias (``b * s + t``) with
@@ -253,6 +252,12 @@ def plain_module(module: nn.Module) -> nn.Module:
 def folds_now(bn: nn.Module | None) -> bool:
     """Whether a linked BatchNorm is folded into a no-grad call now: eval mode, running statistics."""
     return bn is not None and not bn.training and bn.running_mean is not None and bn.running_var is not None
+
+
+def folds_into(layer: nn.Module, bn: nn.Module | None) -> bool:
+    """Whether ``bn``, linked to ``layer``, folds into ``layer``'s no-grad calls now: :func:`folds_now`, and no
+    forward hook on ``layer`` (a hook sees the layer's own output, unfolded)."""
+    return folds_now(bn) and not layer._forward_hooks and not nn.modules.module._global_forward_hooks
 
 
 def state(bn: nn.Module) -> tuple:

@@ -334,15 +334,21 @@ def _ensure_allocator() -> None:
         triton.set_allocator(_scratch)
 
 
-def tma_launch(a, weight, bias, c, layout, w_as_is, cfg: MMConfig):
-    """(grid, args, kwargs) of one :func:`grouped_mm_tma_kernel` launch writing ``c`` (also the report's)."""
+def _column_tile_grid(a, layout, w_as_is, cfg: MMConfig):
+    """``(grid, tiles, (reduction offsets, column offsets, weight offsets))`` of a forward (``w_as_is`` False) or
+    input-gradient launch over ``a``'s rows: row tiles x the column-tile table of the written side."""
     red_over, out_over = ("out", "in") if w_as_is else ("in", "out")
     in_offsets, out_offsets, w_offsets = layout.offsets(a.device)
     offsets = {"in": in_offsets, "out": out_offsets}
     tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
     grid = checked_grid((triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0]), "block_diag_mm")
-    args = (a, weight, weight if bias is None else bias, c, tiles, offsets[red_over], offsets[out_over], w_offsets,
-            a.shape[0], a.stride(0), c.stride(0))
+    return grid, tiles, (offsets[red_over], offsets[out_over], w_offsets)
+
+
+def tma_launch(a, weight, bias, c, layout, w_as_is, cfg: MMConfig):
+    """(grid, args, kwargs) of one :func:`grouped_mm_tma_kernel` launch writing ``c`` (also the report's)."""
+    grid, tiles, tables = _column_tile_grid(a, layout, w_as_is, cfg)
+    args = (a, weight, weight if bias is None else bias, c, tiles, *tables, a.shape[0], a.stride(0), c.stride(0))
     kwargs = dict(W_AS_IS=w_as_is, HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return grid, args, kwargs
@@ -376,14 +382,9 @@ def grouped_mm_launch(a, weight, bias, c, layout, w_as_is, a_index, c_index, cfg
     Shared by the launchers and the static kernel report (which compiles exactly
     these arguments for sm_80/sm_90 without a GPU).
     """
-    red_over, out_over = ("out", "in") if w_as_is else ("in", "out")
-    in_offsets, out_offsets, w_offsets = layout.offsets(a.device)
-    offsets = {"in": in_offsets, "out": out_offsets}
-    tiles = layout.column_tiles(a.device, cfg.block_n, out_over)
-    grid = checked_grid((triton.cdiv(a.shape[0], cfg.block_m), tiles.shape[0]), "block_diag_mm")
+    grid, tiles, tables = _column_tile_grid(a, layout, w_as_is, cfg)
     args = (a, weight, weight if bias is None else bias, c,
-            index_or_dummy(a_index, tiles), index_or_dummy(c_index, tiles),
-            tiles, offsets[red_over], offsets[out_over], w_offsets,
+            index_or_dummy(a_index, tiles), index_or_dummy(c_index, tiles), tiles, *tables,
             a.shape[0], a.stride(0), a.stride(1), c.stride(0), c.stride(1))
     kwargs = dict(W_AS_IS=w_as_is, HAS_BIAS=bias is not None,
                   GATHER_A=a_index is not None, SCATTER_C=c_index is not None, SWAP_AB=cfg.swap_ab,

@@ -7,6 +7,7 @@ import torch
 from splitkern.layout import block_layout
 from splitkern.triton import block_diag_mm as tk
 from tests.helpers import DEVICE, assert_close
+from tests.ops.test_block_diag_mm import masked_dense_linear
 
 pytestmark = pytest.mark.skipif(not tk.HAS_TMA, reason="this Triton has no tensor descriptors")
 
@@ -14,12 +15,8 @@ ALIGNED = {"equal": ((16,) * 4, (16,) * 4), "ragged": ((8, 24, 16), (32, 8, 16))
 
 
 def masked_dense(x, w, b, layout):
-    dense = torch.zeros(layout.out_features, layout.in_features, dtype=torch.float32, device=x.device)
-    for g in range(layout.groups):
-        o, i = layout.out_offsets[g], layout.in_offsets[g]
-        dense[o:o + layout.out_sizes[g], i:i + layout.in_sizes[g]] = layout.block(w, g).float()
-    y = x.float() @ dense.T
-    return y if b is None else y + b.float()
+    """The masked dense oracle of the op tests, in fp32."""
+    return masked_dense_linear(x.float(), w.float(), None if b is None else b.float(), layout, None, None)
 
 
 @pytest.fixture
