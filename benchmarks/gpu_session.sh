@@ -215,5 +215,5 @@ fi
 
 "$PY" benchmarks/gpu_summary.py "$WORK" > "$WORK/summary.txt" 2>> "$WORK/logs/summary.log"
 cp "$WORK/summary.txt" "$OUT/summary.txt"
-tar -czf "$OUT/gpu-session-$STAMP.tar.gz" -C "$WORK" .
-echo "[gpu_session] done in $(( $(date +%s) - START )) s: $OUT/summary.txt, $OUT/gpu-session-$STAMP.tar.gz"
+tar -czf "$OUT/gpu-run-$STAMP.tar.gz" -C "$WORK" .
+echo "[gpu_session] done in $(( $(date +%s) - START )) s: $OUT/summary.txt, $OUT/gpu-run-$STAMP.tar.gz"

@@ -1,12 +1,12 @@
-"""Put a GPU session's results in place: CSVs into benchmarks/results/, plots regenerated, logs kept.
+"""Put a GPU run's results in place: CSVs into benchmarks/results/, plots regenerated, logs kept.
 
-    python benchmarks/unpack_gpu_results.py gpu-results/gpu-session-*.tar.gz
+    python benchmarks/unpack_gpu_results.py gpu-results/gpu-run-*.tar.gz
 
 The tarball is what ``benchmarks/gpu_session.sh`` leaves in ``$OUT``. Its ``results/*.csv``
 already carry the names ``benchmarks/results/`` uses (``<op>-gpu-<chip>-<date>.csv``); each is
 copied there with its speedup plot redrawn (the host-cost, profile and sweep CSVs have none), and the
-Markdown tables beside them (``*.md``) with them. The session's logs, test report and summary go to
-``benchmarks/results/gpu-session-<date>/``; a measured config table (``results/*configs*.json``)
+Markdown tables beside them (``*.md``) with them. The run's logs, test report and summary go to
+``benchmarks/results/gpu-run-<date>/``; a measured config table (``results/*configs*.json``)
 is reported, for a person to install after reading it.
 """
 

@@ -45,7 +45,7 @@ OP_TITLES = {"block_diag_mm": "block_diag_mm (ragged block-diagonal matmul)",
              "group_weight_reg": "group_weight_reg (the R_W regulariser)",
              "split_inference": "Split models vs the dense models they came from (inference)"}
 GPU_COMMAND = ("`bash benchmarks/gpu_session.sh` on the GPU machine, then "
-               "`python benchmarks/unpack_gpu_results.py gpu-session-*.tar.gz` (see the README's GPU section)")
+               "`python benchmarks/unpack_gpu_results.py gpu-run-*.tar.gz` (see the README's GPU section)")
 
 
 # --- provenance ------------------------------------------------------------------------------------------------
@@ -68,7 +68,8 @@ CURRENT = _version_in((ROOT / "setup.py").read_text())
 def provenance(path: Path) -> dict:
     """``version`` (splitkern's, from setup.py at the last commit that changed ``path``), ``commit``, ``date``."""
     rel = path.relative_to(ROOT).as_posix()
-    commit = _git("log", "-1", "--format=%h %ad", "--date=short", "--", rel)
+    # --follow and no renames in the filter: a file that was only moved keeps the commit that wrote it
+    commit = _git("log", "-1", "--follow", "--diff-filter=AMC", "--format=%h %ad", "--date=short", "--", rel)
     if not commit:
         return {"version": CURRENT, "commit": "not committed", "date": ""}
     sha, date = commit.split()
@@ -265,7 +266,7 @@ def profile_section() -> str:
 
 
 def gpu_tests_section() -> str:
-    reports = sorted(committed(RESULTS.glob("gpu-session-*/tests.xml")))
+    reports = sorted(committed(RESULTS.glob("gpu-run-*/tests.xml")))
     if not reports:
         return ""
     out = ["## Tests on a GPU\n"]

@@ -23,7 +23,7 @@ def test_dry_run_brings_back_one_tarball_and_a_summary_that_unpack_puts_in_place
     done = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    tarballs = list(out.glob("gpu-session-*.tar.gz"))
+    tarballs = list(out.glob("gpu-run-*.tar.gz"))
     assert len(tarballs) == 1 and sorted(p.name for p in out.iterdir()) == sorted([tarballs[0].name, "summary.txt"])
     summary = (out / "summary.txt").read_text()
     steps = summary.split("## Steps")[1].split("```")[1].split()
